@@ -1,0 +1,351 @@
+//! Every setting of the hub, parsed and validated once at start.
+//!
+//! Names follow SPEC §1: in `herald.toml` as written here, in the
+//! environment as `HERALD_` + the path in capitals with `__` between levels
+//! (`HERALD_STREAM__HEARTBEAT_SECS`), on the command line as
+//! `--set stream.heartbeat_secs=5`. `docs/CONFIGURATION.md` lists them all;
+//! the doc comment of each field is the reference and gives its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory of the embedded durable store. Default `./herald-data`.
+    pub data_dir: PathBuf,
+    /// Keep history in memory only, ignoring `data_dir`. Default `false`.
+    pub memory: bool,
+    /// How long a graceful shutdown may take before open streams are cut.
+    /// Default `10`.
+    pub shutdown_timeout_secs: u64,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub stream: StreamConfig,
+    pub history: HistoryConfig,
+    pub cors: CorsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[auth]`: with no key configured the hub runs in dev mode (SPEC §1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256/384/512 tokens. Default: none.
+    pub jwt_secret: Option<String>,
+    /// PEM file with the public key for RS*/ES*/EdDSA tokens. Default: none.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file path or URL. Default: none.
+    pub jwks: Option<String>,
+    /// Required `iss`. Default: not checked.
+    pub issuer: Option<String>,
+    /// Required `aud`. Default: not checked.
+    pub audience: Option<String>,
+    /// Static API keys for server-side publishers. Default: none.
+    pub api_keys: Vec<String>,
+    /// Cookie that may carry the token. Default `herald_token`.
+    pub cookie_name: String,
+}
+
+/// `[limits]`: 0 means unlimited wherever a count is a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open streams on this hub. Default `100000`.
+    pub max_connections: usize,
+    /// Open streams from one client address. Default `1000`.
+    pub max_connections_per_ip: usize,
+    /// Open streams of one user. Default `0` (unlimited).
+    pub max_connections_per_user: usize,
+    /// `topic=` patterns on one stream. Default `64`.
+    pub max_topics_per_connection: usize,
+    /// Topics named by one published event. Default `64`.
+    pub max_topics_per_event: usize,
+    /// Bytes of one event's data (after JSON encoding); over it: `413`.
+    /// Default `65536`.
+    pub max_event_bytes: usize,
+    /// Bytes of one publish request body; over it: `413`. Default `1048576`.
+    pub max_body_bytes: usize,
+    /// Events in one publish batch. Default `1000`.
+    pub max_batch: usize,
+    /// Publishes per second per publisher. Default `0` (off).
+    pub publish_rate_per_sec: u32,
+    /// New streams per second per client address. Default `0` (off).
+    pub connect_rate_per_ip: u32,
+}
+
+/// `[stream]`: how each SSE stream behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// A `: ping` comment is sent after this many seconds of silence.
+    /// Default `15`.
+    pub heartbeat_secs: u64,
+    /// The `retry:` sent at the start of every stream, in ms. Temporary
+    /// refusals and shutdown send a jittered value between this and twice
+    /// this. Default `2000`.
+    pub retry_ms: u64,
+    /// Events that may wait for one connection. Default `1024`.
+    pub queue_capacity: usize,
+    /// What a full queue does. Default `disconnect`.
+    pub overflow: Overflow,
+    /// Events read from history per step of a replay. Default `500`.
+    pub replay_batch: usize,
+    /// Largest `history=N` a subscriber may ask for. Default `1000`.
+    pub max_history: usize,
+}
+
+/// What happens when a connection's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Close the stream; the client resumes from history with Last-Event-ID.
+    Disconnect,
+    /// Drop the oldest waiting event to make room (counted).
+    DropOldest,
+    /// Drop the new event (counted).
+    DropNewest,
+}
+
+/// `[history]`: what the log retains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per topic. Default `1000`.
+    pub max_events_per_topic: usize,
+    /// Age after which events leave history, in seconds. Default `86400`
+    /// (one day); `0` keeps them until the count limit.
+    pub max_age_secs: u64,
+    /// When the durable store syncs to disk. Default `batch`.
+    pub fsync: Fsync,
+    /// How long an `idempotency_key` is remembered, in seconds. Default `3600`.
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered at once. Default `100000`.
+    pub max_idempotency_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Sync every publish before acknowledging it.
+    Always,
+    /// Acknowledge after the sync that covers it; concurrent publishes share
+    /// one sync.
+    Batch,
+    /// Leave syncing to the operating system.
+    Never,
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call the hub from a browser. Default: none.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT` or `nats://HOST:PORT`. Default: none (one node).
+    pub url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./herald-data"),
+            memory: false,
+            shutdown_timeout_secs: 10,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            stream: StreamConfig::default(),
+            history: HistoryConfig::default(),
+            cors: CorsConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwks: None,
+            issuer: None,
+            audience: None,
+            api_keys: Vec::new(),
+            cookie_name: "herald_token".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            max_connections_per_user: 0,
+            max_topics_per_connection: 64,
+            max_topics_per_event: 64,
+            max_event_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            publish_rate_per_sec: 0,
+            connect_rate_per_ip: 0,
+        }
+    }
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            heartbeat_secs: 15,
+            retry_ms: 2000,
+            queue_capacity: 1024,
+            overflow: Overflow::Disconnect,
+            replay_batch: 500,
+            max_history: 1000,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_events_per_topic: 1000,
+            max_age_secs: 86_400,
+            fsync: Fsync::Batch,
+            idempotency_window_secs: 3600,
+            max_idempotency_keys: 100_000,
+        }
+    }
+}
+
+/// A setting that cannot work as given.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Checks every setting; the hub refuses to start on the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("stream.heartbeat_secs", self.stream.heartbeat_secs as usize),
+            ("stream.queue_capacity", self.stream.queue_capacity),
+            ("stream.replay_batch", self.stream.replay_batch),
+            ("limits.max_event_bytes", self.limits.max_event_bytes),
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_batch", self.limits.max_batch),
+            ("limits.max_topics_per_event", self.limits.max_topics_per_event),
+            ("history.max_events_per_topic", self.history.max_events_per_topic),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+        if self.stream.retry_ms == 0 {
+            return Err(invalid("stream.retry_ms", "must be at least 1"));
+        }
+        // Settings of parts that are not built yet are refused rather than
+        // silently ignored: an operator who sets them expects them to work.
+        let not_yet: [(&'static str, bool); 10] = [
+            ("auth.jwt_secret", self.auth.jwt_secret.is_some()),
+            ("auth.jwt_public_key_file", self.auth.jwt_public_key_file.is_some()),
+            ("auth.jwks", self.auth.jwks.is_some()),
+            ("auth.api_keys", !self.auth.api_keys.is_empty()),
+            ("auth.issuer", self.auth.issuer.is_some()),
+            ("auth.audience", self.auth.audience.is_some()),
+            ("limits.max_connections_per_user", self.limits.max_connections_per_user != 0),
+            ("limits.publish_rate_per_sec", self.limits.publish_rate_per_sec != 0),
+            ("limits.connect_rate_per_ip", self.limits.connect_rate_per_ip != 0),
+            ("cors.allowed_origins", !self.cors.allowed_origins.is_empty()),
+        ];
+        if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
+            return Err(invalid(name, "is not supported by this version of Herald yet"));
+        }
+        if self.cluster.url.is_some() {
+            return Err(invalid("cluster.url", "clustering is not supported by this version of Herald yet"));
+        }
+        Ok(())
+    }
+
+    /// True when no auth key is configured: SPEC §1 dev mode.
+    pub fn dev_mode(&self) -> bool {
+        let a = &self.auth;
+        a.jwt_secret.is_none()
+            && a.jwt_public_key_file.is_none()
+            && a.jwks.is_none()
+            && a.api_keys.is_empty()
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.stream.heartbeat_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.dev_mode());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.stream.heartbeat_secs, 15);
+        assert_eq!(c.stream.overflow, Overflow::Disconnect);
+        assert_eq!(c.limits.max_event_bytes, 65536);
+        assert_eq!(c.history.fsync, Fsync::Batch);
+        assert_eq!(c.auth.cookie_name, "herald_token");
+    }
+
+    #[test]
+    fn refuses_zero_and_unbuilt_settings() {
+        let mut c = Config::default();
+        c.stream.queue_capacity = 0;
+        assert_eq!(c.validate().unwrap_err().setting, "stream.queue_capacity");
+        let mut c = Config::default();
+        c.cluster.url = Some("redis://x".into());
+        assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
+    }
+
+    #[test]
+    fn parses_toml_with_spec_names() {
+        let c: Config = toml_like(
+            r#"{"listen":"127.0.0.1:9000","stream":{"overflow":"drop_oldest","heartbeat_secs":1}}"#,
+        );
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.stream.overflow, Overflow::DropOldest);
+        assert_eq!(c.stream.queue_capacity, 1024);
+        assert!(serde_json::from_str::<Config>(r#"{"stream":{"heartbeat":1}}"#).is_err());
+    }
+
+    fn toml_like(json: &str) -> Config {
+        serde_json::from_str(json).unwrap()
+    }
+}

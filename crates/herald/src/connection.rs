@@ -1,0 +1,252 @@
+//! One subscriber's state, shared by fan-out (which fills its queue) and its
+//! stream writer (which empties it).
+//!
+//! The queue is bounded by `stream.queue_capacity` events. What happens when
+//! it is full is the `stream.overflow` policy: `disconnect` closes the stream
+//! (the client resumes from history with Last-Event-ID, so nothing is lost
+//! while history covers it); `drop_oldest` and `drop_newest` keep the stream
+//! and count each dropped event. Either way a slow reader costs at most
+//! `queue_capacity` shared event handles, never an unbounded buffer.
+//!
+//! The queue lock is a `parking_lot::Mutex`: fan-out holds it for a push,
+//! the writer for a swap of the whole deque, neither across an await.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::config::Overflow;
+use crate::event::SharedEvent;
+use crate::selector::Selector;
+
+/// Why a stream was closed by the hub rather than by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue overflowed under the `disconnect` policy.
+    Overflow,
+    /// An operator or the hub closed it.
+    Closed,
+}
+
+/// What happened to one offered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// Already queued through another matching pattern.
+    Duplicate,
+    /// Dropped by `drop_newest`, or the oldest was dropped by `drop_oldest`.
+    Dropped,
+    /// The queue overflowed and the stream is closing (`disconnect`).
+    Disconnected,
+    /// The stream was already closing.
+    Closed,
+}
+
+pub struct Connection {
+    /// Internal key of the fan-out registry and index.
+    pub key: u64,
+    /// Public id, sent in `herald.connected` and used by `to.connections`.
+    pub id: Arc<str>,
+    pub selector: Selector,
+    pub peer: Option<IpAddr>,
+    capacity: usize,
+    overflow: Overflow,
+    /// Highest id ever offered. Fan-out offers events in id order, so an id
+    /// at or below it was already queued through another pattern.
+    last_offered: AtomicU64,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    dropped: AtomicU64,
+}
+
+struct Queue {
+    items: VecDeque<SharedEvent>,
+    closed: Option<CloseReason>,
+}
+
+impl Connection {
+    pub fn new(
+        key: u64,
+        id: Arc<str>,
+        selector: Selector,
+        peer: Option<IpAddr>,
+        capacity: usize,
+        overflow: Overflow,
+    ) -> Connection {
+        Connection {
+            key,
+            id,
+            selector,
+            peer,
+            capacity: capacity.max(1),
+            overflow,
+            last_offered: AtomicU64::new(0),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                closed: None,
+            }),
+            wake: Notify::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `event` for this connection. Called by fan-out only, in id order.
+    pub fn offer(&self, event: &SharedEvent) -> Offered {
+        if self.last_offered.fetch_max(event.id.0, Ordering::Relaxed) >= event.id.0 {
+            return Offered::Duplicate;
+        }
+        let mut q = self.queue.lock();
+        if q.closed.is_some() {
+            return Offered::Closed;
+        }
+        if let Some(key) = event.coalesce_key.as_deref() {
+            // Only the newest of a coalesce key waits in the queue; removing
+            // the older one keeps the rest in id order.
+            if let Some(pos) = q
+                .items
+                .iter()
+                .position(|e| e.coalesce_key.as_deref() == Some(key))
+            {
+                q.items.remove(pos);
+            }
+        }
+        let mut outcome = Offered::Queued;
+        if q.items.len() >= self.capacity {
+            match self.overflow {
+                Overflow::Disconnect => {
+                    q.closed = Some(CloseReason::Overflow);
+                    q.items = VecDeque::new();
+                    drop(q);
+                    self.wake.notify_one();
+                    return Offered::Disconnected;
+                }
+                Overflow::DropNewest => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Offered::Dropped;
+                }
+                Overflow::DropOldest => {
+                    q.items.pop_front();
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    outcome = Offered::Dropped;
+                }
+            }
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(event.clone());
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        outcome
+    }
+
+    /// Moves every waiting event into `out`; returns why the stream must
+    /// close, if it must.
+    pub fn drain(&self, out: &mut Vec<SharedEvent>) -> Option<CloseReason> {
+        let mut q = self.queue.lock();
+        out.extend(q.items.drain(..));
+        q.closed
+    }
+
+    /// Waits until an event is queued or the connection is closed. A wake-up
+    /// that arrives between a `drain` and this call is kept, not lost.
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Closes the stream from the hub's side (its writer ends it).
+    pub fn close(&self, reason: CloseReason) {
+        let mut q = self.queue.lock();
+        if q.closed.is_none() {
+            q.closed = Some(reason);
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Events dropped by `drop_oldest`/`drop_newest` so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventDraft, EventId};
+    use crate::topic::Topic;
+
+    fn conn(capacity: usize, overflow: Overflow) -> Connection {
+        let selector = Selector {
+            connection_id: "c".into(),
+            patterns: vec![],
+            event_types: None,
+            user: None,
+            meta: Default::default(),
+        };
+        Connection::new(1, "c".into(), selector, None, capacity, overflow)
+    }
+
+    fn ev(id: u64, coalesce: Option<&str>) -> SharedEvent {
+        let draft = EventDraft {
+            topics: vec![Topic::new("t").unwrap()],
+            coalesce_key: coalesce.map(Into::into),
+            ..Default::default()
+        };
+        Arc::new(Event::commit(draft, EventId(id), 0))
+    }
+
+    fn drained(c: &Connection) -> (Vec<u64>, Option<CloseReason>) {
+        let mut out = Vec::new();
+        let closed = c.drain(&mut out);
+        (out.iter().map(|e| e.id.0).collect(), closed)
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_first() {
+        let c = conn(2, Overflow::DropNewest);
+        for id in 1..=4 {
+            c.offer(&ev(id, None));
+        }
+        assert_eq!(drained(&c), (vec![1, 2], None));
+        assert_eq!(c.dropped(), 2);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_last() {
+        let c = conn(2, Overflow::DropOldest);
+        for id in 1..=4 {
+            c.offer(&ev(id, None));
+        }
+        assert_eq!(drained(&c), (vec![3, 4], None));
+        assert_eq!(c.dropped(), 2);
+    }
+
+    #[test]
+    fn disconnect_closes_and_frees_the_queue() {
+        let c = conn(2, Overflow::Disconnect);
+        assert_eq!(c.offer(&ev(1, None)), Offered::Queued);
+        assert_eq!(c.offer(&ev(2, None)), Offered::Queued);
+        assert_eq!(c.offer(&ev(3, None)), Offered::Disconnected);
+        assert_eq!(c.offer(&ev(4, None)), Offered::Closed);
+        assert_eq!(drained(&c), (vec![], Some(CloseReason::Overflow)));
+    }
+
+    #[test]
+    fn duplicates_and_coalescing() {
+        let c = conn(10, Overflow::Disconnect);
+        assert_eq!(c.offer(&ev(1, Some("k"))), Offered::Queued);
+        assert_eq!(c.offer(&ev(1, Some("k"))), Offered::Duplicate);
+        c.offer(&ev(2, None));
+        c.offer(&ev(3, Some("k")));
+        assert_eq!(drained(&c), (vec![2, 3], None));
+    }
+}

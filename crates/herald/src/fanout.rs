@@ -1,0 +1,287 @@
+//! Fan-out: from a committed event to the queues of the connections that
+//! receive it.
+//!
+//! The log calls [`Fanout::committed`] with events in id order, one caller at
+//! a time. Candidates come from indexes — the pattern trie for topics, maps
+//! by connection id and user for direct events — and each candidate gets the
+//! final word from its [`Selector`](crate::selector::Selector). Offering is a
+//! push of an `Arc` into a bounded queue plus a wake-up: the encoded bytes are
+//! shared, never copied per subscriber.
+//!
+//! The registry is behind a `parking_lot::RwLock`: dispatch reads it,
+//! connects and disconnects write it, and nothing holds it across an await.
+//! Registration happens under the write lock, so no dispatch is in flight
+//! when a new connection reads the delivered head: every event up to that
+//! head was dispatched before it joined (the stream replays those from the
+//! log), every later one reaches its queue. That is the whole of the
+//! no-gap, no-duplicate join between replay and live.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::connection::{Connection, Offered};
+use crate::event::{EventId, SharedEvent};
+use crate::index::SubscriptionIndex;
+use crate::log::CommitSink;
+
+#[derive(Default)]
+pub struct Fanout {
+    /// Id of the last event dispatched.
+    head: AtomicU64,
+    registry: RwLock<Registry>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Registry {
+    connections: HashMap<u64, Arc<Connection>>,
+    by_id: HashMap<Arc<str>, u64>,
+    by_user: HashMap<Box<str>, HashSet<u64>>,
+    index: SubscriptionIndex<Arc<Connection>>,
+}
+
+/// Totals since start.
+#[derive(Default)]
+struct Counters {
+    dispatched: AtomicU64,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    overflow_disconnects: AtomicU64,
+}
+
+/// A snapshot of fan-out's numbers.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct FanoutStats {
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub events_dispatched: u64,
+    pub deliveries_queued: u64,
+    pub deliveries_dropped: u64,
+    pub overflow_disconnects: u64,
+}
+
+impl Fanout {
+    pub fn new() -> Fanout {
+        Fanout::default()
+    }
+
+    /// Adds a connection and returns the id of the last event dispatched
+    /// before it joined; every later event is offered to it.
+    pub fn register(&self, conn: Arc<Connection>) -> EventId {
+        let mut reg = self.registry.write();
+        for pattern in &conn.selector.patterns {
+            reg.index.insert(pattern, conn.key, conn.clone());
+        }
+        if let Some(user) = &conn.selector.user {
+            reg.by_user.entry(user.clone()).or_default().insert(conn.key);
+        }
+        reg.by_id.insert(conn.id.clone(), conn.key);
+        reg.connections.insert(conn.key, conn);
+        EventId(self.head.load(Ordering::Acquire))
+    }
+
+    /// Removes a connection and everything that points at it.
+    pub fn unregister(&self, key: u64) {
+        let mut reg = self.registry.write();
+        let Some(conn) = reg.connections.remove(&key) else {
+            return;
+        };
+        for pattern in &conn.selector.patterns {
+            reg.index.remove(pattern, key);
+        }
+        if let Some(user) = &conn.selector.user {
+            if let Some(keys) = reg.by_user.get_mut(user) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    reg.by_user.remove(user);
+                }
+            }
+        }
+        reg.by_id.remove(&conn.id);
+    }
+
+    /// Id of the last event dispatched.
+    pub fn head(&self) -> EventId {
+        EventId(self.head.load(Ordering::Acquire))
+    }
+
+    /// A connection by its public id.
+    pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
+        let reg = self.registry.read();
+        reg.by_id.get(id).and_then(|k| reg.connections.get(k)).cloned()
+    }
+
+    /// Every connection (for shutdown and admin listings).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.registry.read().connections.values().cloned().collect()
+    }
+
+    pub fn stats(&self) -> FanoutStats {
+        let reg = self.registry.read();
+        let c = &self.counters;
+        FanoutStats {
+            connections: reg.connections.len(),
+            subscriptions: reg.index.len(),
+            events_dispatched: c.dispatched.load(Ordering::Relaxed),
+            deliveries_queued: c.queued.load(Ordering::Relaxed),
+            deliveries_dropped: c.dropped.load(Ordering::Relaxed),
+            overflow_disconnects: c.overflow_disconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    fn dispatch(&self, reg: &Registry, event: &SharedEvent) {
+        let mut tally = Tally::default();
+        let mut offer = |conn: &Arc<Connection>| {
+            if conn.selector.accepts(event) {
+                tally.add(conn.offer(event));
+            }
+        };
+        if event.target.broadcast {
+            reg.connections.values().for_each(&mut offer);
+        } else if !event.topics.is_empty() {
+            for topic in event.topics.iter() {
+                reg.index.for_each_match(topic, |_, conn| offer(conn));
+            }
+        } else {
+            let by_id = event.target.connections.iter().filter_map(|id| reg.by_id.get(id.as_str()));
+            let by_user = event
+                .target
+                .users
+                .iter()
+                .filter_map(|u| reg.by_user.get(u.as_str()))
+                .flatten();
+            for key in by_id.chain(by_user) {
+                if let Some(conn) = reg.connections.get(key) {
+                    offer(conn);
+                }
+            }
+        }
+        let c = &self.counters;
+        c.dispatched.fetch_add(1, Ordering::Relaxed);
+        c.queued.fetch_add(tally.queued, Ordering::Relaxed);
+        c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
+        c.overflow_disconnects.fetch_add(tally.disconnected, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    queued: u64,
+    dropped: u64,
+    disconnected: u64,
+}
+
+impl Tally {
+    fn add(&mut self, offered: Offered) {
+        match offered {
+            Offered::Queued => self.queued += 1,
+            Offered::Dropped => {
+                self.queued += 1;
+                self.dropped += 1
+            }
+            Offered::Disconnected => self.disconnected += 1,
+            Offered::Duplicate | Offered::Closed => {}
+        }
+    }
+}
+
+impl CommitSink for Fanout {
+    fn committed(&self, events: &[SharedEvent]) {
+        let reg = self.registry.read();
+        for event in events {
+            self.dispatch(&reg, event);
+            // Advanced while the read lock is held: a registration (write
+            // lock) sees either none or all of this batch as dispatched.
+            self.head.store(event.id.0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overflow;
+    use crate::event::{Event, EventDraft, Target};
+    use crate::pattern::Pattern;
+    use crate::selector::Selector;
+    use crate::topic::Topic;
+
+    fn conn(key: u64, patterns: &[&str], user: Option<&str>) -> Arc<Connection> {
+        let id: Arc<str> = format!("c{key}").into();
+        let selector = Selector {
+            connection_id: id.clone(),
+            patterns: patterns.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+            event_types: None,
+            user: user.map(Into::into),
+            meta: Default::default(),
+        };
+        Arc::new(Connection::new(key, id, selector, None, 16, Overflow::Disconnect))
+    }
+
+    fn event(id: u64, topics: &[&str], target: Target) -> SharedEvent {
+        let draft = EventDraft {
+            topics: topics.iter().map(|t| Topic::new(t).unwrap()).collect(),
+            target,
+            ..Default::default()
+        };
+        Arc::new(Event::commit(draft, EventId(id), 0))
+    }
+
+    fn queued(c: &Connection) -> Vec<u64> {
+        let mut out = Vec::new();
+        c.drain(&mut out);
+        out.iter().map(|e| e.id.0).collect()
+    }
+
+    #[test]
+    fn routes_by_pattern_once_per_connection() {
+        let f = Fanout::new();
+        let a = conn(1, &["jobs/*", "jobs/**", "jobs/1"], None);
+        let b = conn(2, &["chat/**"], None);
+        f.register(a.clone());
+        f.register(b.clone());
+        f.committed(&[event(1, &["jobs/1"], Target::default()), event(2, &["chat/x/y"], Target::default())]);
+        assert_eq!(queued(&a), vec![1]);
+        assert_eq!(queued(&b), vec![2]);
+        assert_eq!(f.head(), EventId(2));
+    }
+
+    #[test]
+    fn direct_and_broadcast_delivery() {
+        let f = Fanout::new();
+        let a = conn(1, &["x"], Some("alice"));
+        let b = conn(2, &[], None);
+        f.register(a.clone());
+        f.register(b.clone());
+        let to_b = Target { connections: vec!["c2".into()], ..Default::default() };
+        let to_alice = Target { users: vec!["alice".into()], ..Default::default() };
+        let all = Target { broadcast: true, ..Default::default() };
+        f.committed(&[event(1, &[], to_b), event(2, &[], to_alice), event(3, &[], all)]);
+        assert_eq!(queued(&a), vec![2, 3]);
+        assert_eq!(queued(&b), vec![1, 3]);
+    }
+
+    #[test]
+    fn unregister_forgets_everything() {
+        let f = Fanout::new();
+        let a = conn(1, &["x/**"], Some("alice"));
+        f.register(a.clone());
+        assert_eq!(f.stats().subscriptions, 1);
+        f.unregister(1);
+        let s = f.stats();
+        assert_eq!((s.connections, s.subscriptions), (0, 0));
+        assert!(f.connection("c1").is_none());
+        f.committed(&[event(1, &["x/y"], Target::default())]);
+        assert!(queued(&a).is_empty());
+    }
+
+    #[test]
+    fn register_reports_the_dispatched_head() {
+        let f = Fanout::new();
+        f.committed(&[event(7, &["a"], Target::default())]);
+        assert_eq!(f.register(conn(1, &["a"], None)), EventId(7));
+    }
+}

@@ -1,0 +1,86 @@
+//! Every HTTP refusal, and its one JSON shape: `{"error": CODE, "message": TEXT}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::log::LogError;
+use crate::publish::PublishError;
+use crate::subscribe::SubscribeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// The body is not the JSON (or text) the endpoint takes.
+    #[error("{0}")]
+    BadBody(String),
+    #[error("the request body is over the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        use SubscribeError as S;
+        match self {
+            ApiError::Publish(e) => publish_parts(e),
+            ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
+            ApiError::Subscribe(S::TooManyTopics { .. }) => (StatusCode::BAD_REQUEST, "too_many_topics"),
+            ApiError::Subscribe(S::BadParameter(..)) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::Subscribe(S::Log(e)) => log_parts(e),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+
+}
+
+fn publish_parts(e: &PublishError) -> (StatusCode, &'static str) {
+    use PublishError as P;
+    match e {
+        P::NoDestination => (StatusCode::BAD_REQUEST, "no_destination"),
+        P::BadTopic(..) => (StatusCode::BAD_REQUEST, "invalid_topic"),
+        P::BadEventName(..) => (StatusCode::BAD_REQUEST, "invalid_event"),
+        P::BadField(..) => (StatusCode::BAD_REQUEST, "invalid_field"),
+        P::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        P::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        P::EmptyBatch | P::BatchTooLarge(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
+        P::InBatch { source, .. } => publish_parts(source),
+        P::Log(e) => log_parts(e),
+    }
+}
+
+fn log_parts(e: &LogError) -> (StatusCode, &'static str) {
+    match e {
+        LogError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        LogError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(%status, error = %self, "request failed");
+        }
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

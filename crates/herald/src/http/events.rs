@@ -1,0 +1,66 @@
+//! `GET /v1/events`: the SSE endpoint.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+
+use super::{ApiError, PeerAddr};
+use crate::hub::{Hub, Subscription};
+use crate::sse;
+use crate::subscribe::{Refusal, SubscribeRequest};
+
+/// Opens an event stream (SPEC §3). Mount it with any axum router whose
+/// state is a [`Hub`].
+pub async fn events(
+    State(hub): State<Hub>,
+    peer: PeerAddr,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut request = SubscribeRequest::from_query(query.as_deref().unwrap_or(""))?;
+    if let Some(id) = headers.get("last-event-id") {
+        // The header wins over the query parameter. A header that is not
+        // text cannot be an id this hub issued: treat it as unknown.
+        request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
+    }
+    request.peer = peer.0;
+    Ok(match hub.subscribe(request).await? {
+        Subscription::Stream { body, .. } => sse_response(Body::from_stream(
+            futures_util::StreamExt::map(body, Ok::<_, std::convert::Infallible>),
+        )),
+        Subscription::Refused(refusal) => refused(refusal),
+    })
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A temporary refusal: `200` so that EventSource retries by itself, with
+/// `Retry-After`, a jittered `retry:`, one `herald.refused`, and the end.
+fn refused(refusal: Refusal) -> Response {
+    let mut buf = BytesMut::new();
+    sse::write_retry(&mut buf, refusal.retry_after_ms);
+    let data = serde_json::json!({
+        "error": refusal.error,
+        "message": refusal.message,
+        "retry_after_ms": refusal.retry_after_ms,
+    });
+    sse::write_event(&mut buf, None, Some("herald.refused"), &data.to_string());
+    let mut response = sse_response(Body::from(buf.freeze()));
+    let secs = refusal.retry_after_ms.div_ceil(1000).max(1);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}

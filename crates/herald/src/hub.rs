@@ -1,0 +1,256 @@
+//! The hub: one cheap-to-clone handle over everything a running Herald
+//! shares — configuration, the log, fan-out, limits and the shutdown signal.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::config::{Config, ConfigError};
+use crate::connection::Connection;
+use crate::event::EventId;
+use crate::fanout::{Fanout, FanoutStats};
+use crate::limits::ConnectionLimiter;
+use crate::log::memory::MemoryLogSettings;
+use crate::log::{EventLog, MemoryLog, ReadFrom};
+use crate::publish::{validate_batch, PublishError, PublishRequest};
+use crate::selector::Selector;
+use crate::stream::{EventStream, Writer};
+use crate::subscribe::{
+    parse_event_types, parse_last_event_id, parse_patterns, Refusal, Start, SubscribeError,
+    SubscribeRequest,
+};
+
+/// A handle to a running hub. Clone it freely: clones share one hub.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use herald::{Config, Hub, PublishRequest};
+/// let hub = Hub::new(Config::default())?;
+/// // Mount the HTTP API (SSE endpoint included) in an axum application:
+/// let app = axum::Router::new().nest("/herald", hub.router());
+/// // Publish from Rust:
+/// let id = hub.publish(PublishRequest::topic("jobs/42", "done")).await?;
+/// # let _ = (app, id); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    log: Arc<dyn EventLog>,
+    fanout: Arc<Fanout>,
+    limiter: ConnectionLimiter,
+    /// Cancelled when the hub starts shutting down: streams flush, send a
+    /// jittered `retry:` and end; new streams are refused for now.
+    shutdown: CancellationToken,
+    next_key: AtomicU64,
+}
+
+/// What `subscribe` gives back.
+pub enum Subscription {
+    /// An open stream; its connection id is in `herald.connected`.
+    Stream { connection_id: Arc<str>, body: EventStream },
+    /// Refused for now (limits, shutdown); the client should retry later.
+    Refused(Refusal),
+}
+
+/// A snapshot of the hub's numbers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HubStats {
+    pub log: &'static str,
+    pub head: String,
+    pub addresses: usize,
+    #[serde(flatten)]
+    pub fanout: FanoutStats,
+}
+
+impl Hub {
+    /// A hub keeping history in memory (see `MemoryLog`).
+    pub fn new(config: Config) -> Result<Hub, ConfigError> {
+        let h = &config.history;
+        let log = MemoryLog::new(MemoryLogSettings {
+            max_events_per_topic: h.max_events_per_topic,
+            max_age: (h.max_age_secs != 0).then(|| Duration::from_secs(h.max_age_secs)),
+            idempotency_window: Duration::from_secs(h.idempotency_window_secs),
+            max_idempotency_keys: h.max_idempotency_keys,
+        });
+        Hub::with_log(config, Arc::new(log))
+    }
+
+    /// A hub on any implementation of the log seam.
+    pub fn with_log(config: Config, log: Arc<dyn EventLog>) -> Result<Hub, ConfigError> {
+        config.validate()?;
+        let fanout = Arc::new(Fanout::new());
+        log.attach(fanout.clone());
+        let limiter = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
+        Ok(Hub {
+            shared: Arc::new(Shared {
+                config,
+                log,
+                fanout,
+                limiter,
+                shutdown: CancellationToken::new(),
+                next_key: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.shared.log
+    }
+
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.shared.fanout
+    }
+
+    /// Publishes one event; returns its id once it is in the log.
+    pub async fn publish(&self, request: PublishRequest) -> Result<EventId, PublishError> {
+        Ok(self.publish_batch(vec![request]).await?[0])
+    }
+
+    /// Publishes a batch, all or nothing; returns the ids in order. A
+    /// repeated idempotency key returns the first publish's id.
+    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Result<Vec<EventId>, PublishError> {
+        let drafts = validate_batch(requests, &self.shared.config.limits)?;
+        let appended = self.shared.log.append(drafts).await?;
+        Ok(appended.into_iter().map(|a| a.id).collect())
+    }
+
+    /// Opens a stream, or says why not (see SPEC §3).
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, SubscribeError> {
+        let config = &self.shared.config;
+        let patterns = parse_patterns(&request.topics, config.limits.max_topics_per_connection)?;
+        let event_types = parse_event_types(&request.event_types)?;
+        if let Some(n) = request.history {
+            if n > config.stream.max_history {
+                return Err(SubscribeError::BadParameter(
+                    "history",
+                    format!("asks for {n} events; the limit is {}", config.stream.max_history),
+                ));
+            }
+        }
+        if self.is_shutting_down() {
+            return Ok(Subscription::Refused(Refusal::shutting_down(self.jittered_retry_ms())));
+        }
+        let permit = match self.shared.limiter.try_acquire(request.peer) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                return Ok(Subscription::Refused(Refusal::limit(reason, self.jittered_retry_ms())))
+            }
+        };
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let connection_id: Arc<str> = new_connection_id(key).into();
+        let selector = Selector {
+            connection_id: connection_id.clone(),
+            patterns,
+            event_types,
+            user: None,
+            meta: Default::default(),
+        };
+        let conn = Arc::new(Connection::new(
+            key,
+            connection_id.clone(),
+            selector,
+            request.peer,
+            config.stream.queue_capacity,
+            config.stream.overflow,
+        ));
+        let head = self.shared.fanout.register(conn.clone());
+        // From here on the writer owns the registration: dropping it (on any
+        // error below too) unregisters the connection.
+        let start = match self.start(&request, &conn, head).await {
+            Ok(start) => start,
+            Err(err) => {
+                self.shared.fanout.unregister(key);
+                return Err(err);
+            }
+        };
+        let writer = Writer::new(self.clone(), conn, permit, head, start);
+        Ok(Subscription::Stream {
+            connection_id,
+            body: writer.into_stream(),
+        })
+    }
+
+    async fn start(&self, request: &SubscribeRequest, conn: &Connection, head: EventId) -> Result<Start, SubscribeError> {
+        if let Some(raw) = &request.last_event_id {
+            let Some(after) = parse_last_event_id(raw) else {
+                return Ok(Start::Reset(crate::log::Coverage::Unknown));
+            };
+            let coverage = self.shared.log.coverage(after, &conn.selector).await?;
+            return Ok(match coverage.reset_reason() {
+                None if after >= head => Start::Live,
+                None => Start::Replay(ReadFrom::After(after)),
+                Some(_) => Start::Reset(coverage),
+            });
+        }
+        Ok(match (request.history, request.since) {
+            (Some(0), None) | (None, None) => Start::Live,
+            (_, Some(ms)) => Start::Replay(ReadFrom::Since(ms)),
+            (Some(n), None) => Start::Replay(ReadFrom::Last(n)),
+        })
+    }
+
+    /// Begins a graceful shutdown: new streams are refused, open ones flush,
+    /// receive a jittered `retry:` and end.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_started(&self) -> WaitForCancellationFutureOwned {
+        self.shared.shutdown.clone().cancelled_owned()
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// A reconnect delay between `retry_ms` and twice that, so that clients
+    /// sent away together do not come back together.
+    pub fn jittered_retry_ms(&self) -> u64 {
+        let base = self.shared.config.stream.retry_ms;
+        base + fastrand::u64(0..=base)
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.limiter.open()
+    }
+
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            log: self.shared.log.kind(),
+            head: self.shared.fanout.head().to_string(),
+            addresses: self.shared.limiter.addresses(),
+            fanout: self.shared.fanout.stats(),
+        }
+    }
+
+    /// Whether a peer may use publish and admin calls in dev mode.
+    pub fn is_trusted_in_dev_mode(peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| ip.to_canonical().is_loopback())
+    }
+}
+
+/// Public connection ids: not sequential, so one stream's id does not give
+/// away its neighbours'.
+fn new_connection_id(key: u64) -> String {
+    format!("c{key:x}-{:016x}", fastrand::u64(..))
+}

@@ -1,0 +1,536 @@
+//! The in-memory log: history kept in this process only.
+//!
+//! One `std::sync::Mutex` guards everything. Every critical section is short
+//! and synchronous (no await while held), and holding it while handing
+//! events to the sink is what keeps fan-out in id order.
+//!
+//! Ids start at the start time in microseconds, so a restarted hub never
+//! reissues an id a client still holds: the client's old id falls below this
+//! run's first id and gets `herald.reset` instead of a silently wrong resume.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadFrom, ReadRequest};
+use crate::event::{Event, EventDraft, EventId, SharedEvent};
+use crate::selector::Selector;
+use crate::topic::Topic;
+
+/// Retention settings of the in-memory log.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLogSettings {
+    pub max_events_per_topic: usize,
+    /// `None`: no age limit.
+    pub max_age: Option<Duration>,
+    pub idempotency_window: Duration,
+    /// Most idempotency keys remembered at once; the oldest go first.
+    pub max_idempotency_keys: usize,
+}
+
+pub struct MemoryLog {
+    inner: Arc<Mutex<Inner>>,
+    sink: OnceLock<Arc<dyn CommitSink>>,
+}
+
+struct Stored {
+    event: SharedEvent,
+    /// Topic histories still holding this event.
+    refs: usize,
+}
+
+/// The ids one topic (or the topic-less stream of direct events) retains.
+#[derive(Default)]
+struct History {
+    /// Ascending. May hold ids that expired by ttl; they are skipped.
+    ids: VecDeque<u64>,
+    /// Highest id evicted from this history (0: none).
+    evicted_through: u64,
+}
+
+struct Inner {
+    settings: MemoryLogSettings,
+    first_id: u64,
+    next_id: u64,
+    last_ms: u64,
+    events: BTreeMap<u64, Stored>,
+    topics: HashMap<Topic, History>,
+    /// Events with no topic (broadcasts and direct messages).
+    direct: History,
+    /// Highest id evicted from any history.
+    max_evicted: u64,
+    /// Highest `evicted_through` of a topic history dropped for being empty.
+    pruned_floor: u64,
+    expiring: BinaryHeap<Reverse<(u64, u64)>>,
+    idempotency: HashMap<Box<str>, (EventId, u64)>,
+    idempotency_order: VecDeque<(Box<str>, u64)>,
+}
+
+impl MemoryLog {
+    pub fn new(settings: MemoryLogSettings) -> MemoryLog {
+        let first_id = now_ms().saturating_mul(1000).max(1);
+        MemoryLog {
+            inner: Arc::new(Mutex::new(Inner {
+                settings,
+                first_id,
+                next_id: first_id,
+                last_ms: 0,
+                events: BTreeMap::new(),
+                topics: HashMap::new(),
+                direct: History::default(),
+                max_evicted: 0,
+                pruned_floor: 0,
+                expiring: BinaryHeap::new(),
+                idempotency: HashMap::new(),
+                idempotency_order: VecDeque::new(),
+            })),
+            sink: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough data (every
+        // step is a whole insert or remove); keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of events held (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops expired and too-old events now (also done on every append and
+    /// once a second in the background).
+    pub fn sweep(&self) {
+        self.lock().sweep(now_ms());
+    }
+}
+
+impl Inner {
+    fn head(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    fn sweep(&mut self, now: u64) {
+        while let Some(Reverse((at, id))) = self.expiring.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiring.pop();
+            if let Some(stored) = self.events.remove(&id) {
+                // Expiry is not eviction: no watermark moves.
+                for topic in stored.event.topics.iter() {
+                    self.trim_front(Some(topic), id, false);
+                }
+                if stored.event.topics.is_empty() {
+                    self.trim_front(None, id, false);
+                }
+            }
+        }
+        if let Some(max_age) = self.settings.max_age {
+            let oldest_kept = now.saturating_sub(max_age.as_millis() as u64);
+            while let Some((&id, stored)) = self.events.first_key_value() {
+                if stored.event.published_at_ms >= oldest_kept {
+                    break;
+                }
+                let event = self.events.remove(&id).expect("present").event;
+                for topic in event.topics.iter() {
+                    self.trim_front(Some(topic), id, true);
+                }
+                if event.topics.is_empty() {
+                    self.trim_front(None, id, true);
+                }
+            }
+        }
+        while let Some((_, at)) = self.idempotency_order.front() {
+            if *at > now {
+                break;
+            }
+            let (key, _) = self.idempotency_order.pop_front().expect("present");
+            self.idempotency.remove(&key);
+        }
+    }
+
+    /// Pops ids up to `id` from the front of a history (ids there that are
+    /// gone from `events` expired earlier), moving its watermark when this is
+    /// an eviction, and drops a topic history left empty.
+    fn trim_front(&mut self, topic: Option<&Topic>, id: u64, evicted: bool) {
+        let history = match topic {
+            Some(t) => match self.topics.get_mut(t) {
+                Some(h) => h,
+                None => return,
+            },
+            None => &mut self.direct,
+        };
+        while history.ids.front().is_some_and(|&f| f <= id || !self.events.contains_key(&f)) {
+            history.ids.pop_front();
+        }
+        if evicted {
+            history.evicted_through = history.evicted_through.max(id);
+            self.max_evicted = self.max_evicted.max(id);
+        }
+        if let Some(t) = topic {
+            if history.ids.is_empty() {
+                let through = history.evicted_through;
+                self.topics.remove(t);
+                self.pruned_floor = self.pruned_floor.max(through);
+            }
+        }
+    }
+
+    fn store(&mut self, event: SharedEvent) {
+        let id = event.id.0;
+        let max = self.settings.max_events_per_topic.max(1);
+        let mut refs = 0;
+        let mut evict = Vec::new();
+        if event.topics.is_empty() {
+            refs = 1;
+            self.direct.ids.push_back(id);
+            while self.direct.ids.len() > max {
+                evict.push((None, self.direct.ids.pop_front().expect("non-empty")));
+            }
+        }
+        for topic in event.topics.iter() {
+            refs += 1;
+            let history = self.topics.entry(topic.clone()).or_default();
+            history.ids.push_back(id);
+            while history.ids.len() > max {
+                evict.push((Some(topic.clone()), history.ids.pop_front().expect("non-empty")));
+            }
+        }
+        if let Some(at) = event.expires_at_ms {
+            self.expiring.push(Reverse((at, id)));
+        }
+        if let Some(key) = &event.idempotency_key {
+            let until = event.published_at_ms + self.settings.idempotency_window.as_millis() as u64;
+            self.idempotency.insert(key.clone(), (event.id, until));
+            self.idempotency_order.push_back((key.clone(), until));
+            while self.idempotency_order.len() > self.settings.max_idempotency_keys {
+                let (old, _) = self.idempotency_order.pop_front().expect("non-empty");
+                if self.idempotency.get(&old).is_some_and(|(i, _)| i.0 <= id) {
+                    self.idempotency.remove(&old);
+                }
+            }
+        }
+        self.events.insert(id, Stored { event, refs });
+        for (topic, old) in evict {
+            self.release(topic.as_ref(), old);
+        }
+    }
+
+    /// One history let go of `id` because it was over its count.
+    fn release(&mut self, topic: Option<&Topic>, id: u64) {
+        let Some(stored) = self.events.get_mut(&id) else {
+            return; // expired by ttl already: not an eviction
+        };
+        stored.refs -= 1;
+        if stored.refs == 0 {
+            self.events.remove(&id);
+        }
+        let history = match topic {
+            Some(t) => self.topics.get_mut(t).expect("history of a stored event"),
+            None => &mut self.direct,
+        };
+        history.evicted_through = history.evicted_through.max(id);
+        self.max_evicted = self.max_evicted.max(id);
+    }
+
+    fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
+        let after = after.0;
+        // An id below this log's first one was issued by another log (an
+        // earlier run); one above the head was never issued.
+        if after < self.first_id.saturating_sub(1) || after > self.head() {
+            return Coverage::Unknown;
+        }
+        if after >= self.max_evicted.max(self.pruned_floor) {
+            return Coverage::Covered;
+        }
+        if after < self.pruned_floor || after < self.direct.evicted_through {
+            return Coverage::Expired;
+        }
+        let lost = self.topics.iter().any(|(topic, h)| {
+            h.evicted_through > after && selector.patterns.iter().any(|p| p.matches(topic))
+        });
+        if lost {
+            Coverage::Expired
+        } else {
+            Coverage::Covered
+        }
+    }
+
+    /// First id whose event was published at or after `ms`. Ids and times
+    /// rise together, so this is a binary search over the id range.
+    fn first_id_since(&self, ms: u64, until: u64) -> Option<u64> {
+        let (mut lo, mut hi) = (*self.events.first_key_value()?.0, until.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.events.range(mid..=until).next() {
+                Some((&id, s)) if s.event.published_at_ms < ms => lo = id + 1,
+                Some(_) | None => hi = mid,
+            }
+        }
+        if lo > until {
+            return None; // everything up to `until` is older
+        }
+        self.events.range(lo..=until).next().map(|(&id, _)| id)
+    }
+
+    fn read(&self, req: &ReadRequest<'_>, now: u64) -> Vec<SharedEvent> {
+        let until = req.until.0;
+        let visible = |s: &&Stored| !s.event.is_expired(now) && req.selector.wants(&s.event);
+        match req.from {
+            ReadFrom::After(id) if id.0 >= until => Vec::new(),
+            ReadFrom::After(id) => self
+                .events
+                .range(id.0 + 1..=until)
+                .map(|(_, s)| s)
+                .filter(visible)
+                .take(req.limit)
+                .map(|s| s.event.clone())
+                .collect(),
+            ReadFrom::Since(ms) => match self.first_id_since(ms, until) {
+                None => Vec::new(),
+                Some(first) => self
+                    .events
+                    .range(first..=until)
+                    .map(|(_, s)| s)
+                    .filter(visible)
+                    .take(req.limit)
+                    .map(|s| s.event.clone())
+                    .collect(),
+            },
+            ReadFrom::Last(n) => {
+                let mut out: Vec<SharedEvent> = self
+                    .events
+                    .range(..=until)
+                    .rev()
+                    .map(|(_, s)| s)
+                    .filter(visible)
+                    .take(n.min(req.limit))
+                    .map(|s| s.event.clone())
+                    .collect();
+                out.reverse();
+                out
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryLog {
+    fn attach(&self, sink: Arc<dyn CommitSink>) {
+        if self.sink.set(sink).is_err() {
+            panic!("MemoryLog::attach called twice");
+        }
+        // Quiet logs still age out: sweep once a second while the log lives.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak: Weak<Mutex<Inner>> = Arc::downgrade(&self.inner);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    inner.lock().unwrap_or_else(|e| e.into_inner()).sweep(now_ms());
+                }
+            });
+        }
+    }
+
+    async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
+        let sink = self
+            .sink
+            .get()
+            .ok_or_else(|| LogError::Failed("log not attached to a hub".into()))?;
+        let mut inner = self.lock();
+        let now = now_ms().max(inner.last_ms);
+        inner.last_ms = now;
+        inner.sweep(now);
+        let mut out = Vec::with_capacity(drafts.len());
+        let mut committed = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            if let Some(key) = draft.idempotency_key.as_deref() {
+                if let Some(&(id, until)) = inner.idempotency.get(key) {
+                    if until > now {
+                        out.push(Appended { id, duplicate: true });
+                        continue;
+                    }
+                }
+            }
+            let id = EventId(inner.next_id);
+            inner.next_id += 1;
+            let event = Arc::new(Event::commit(draft, id, now));
+            inner.store(event.clone());
+            committed.push(event);
+            out.push(Appended { id, duplicate: false });
+        }
+        if !committed.is_empty() {
+            sink.committed(&committed);
+        }
+        Ok(out)
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+        Ok(self.lock().read(&request, now_ms()))
+    }
+
+    async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
+        Ok(self.lock().coverage(after, selector))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::Pattern;
+    use crate::topic::Topic;
+
+    struct Collect(Mutex<Vec<u64>>);
+    impl CommitSink for Collect {
+        fn committed(&self, events: &[SharedEvent]) {
+            self.0.lock().unwrap().extend(events.iter().map(|e| e.id.0));
+        }
+    }
+
+    fn settings(max: usize) -> MemoryLogSettings {
+        MemoryLogSettings {
+            max_events_per_topic: max,
+            max_age: None,
+            idempotency_window: Duration::from_secs(60),
+            max_idempotency_keys: 1000,
+        }
+    }
+
+    fn log(max: usize) -> (MemoryLog, Arc<Collect>) {
+        let log = MemoryLog::new(settings(max));
+        let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+        log.attach(sink.clone());
+        (log, sink)
+    }
+
+    fn draft(topic: &str) -> EventDraft {
+        EventDraft {
+            topics: vec![Topic::new(topic).unwrap()],
+            data: topic.into(),
+            ..Default::default()
+        }
+    }
+
+    fn selector(patterns: &[&str]) -> Selector {
+        Selector {
+            connection_id: "c".into(),
+            patterns: patterns.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+            event_types: None,
+            user: None,
+            meta: Default::default(),
+        }
+    }
+
+    fn ids(events: &[SharedEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.id.0).collect()
+    }
+
+    #[tokio::test]
+    async fn ids_rise_across_topics_and_reach_the_sink_in_order() {
+        let (log, sink) = log(10);
+        let a = log.append(vec![draft("a"), draft("b")]).await.unwrap();
+        let b = log.append(vec![draft("a")]).await.unwrap();
+        let all: Vec<u64> = a.iter().chain(&b).map(|x| x.id.0).collect();
+        assert!(all.windows(2).all(|w| w[1] == w[0] + 1));
+        assert_eq!(*sink.0.lock().unwrap(), all);
+    }
+
+    #[tokio::test]
+    async fn reads_after_last_and_since() {
+        let (log, _) = log(100);
+        let mut got = Vec::new();
+        for t in ["a", "b", "a", "c", "a"] {
+            got.push(log.append(vec![draft(t)]).await.unwrap()[0].id);
+        }
+        let sel = selector(&["a"]);
+        let head = *got.last().unwrap();
+        let req = |from| ReadRequest { from, until: head, limit: 100, selector: &sel };
+        let after = log.read(req(ReadFrom::After(got[0]))).await.unwrap();
+        assert_eq!(ids(&after), vec![got[2].0, got[4].0]);
+        let last = log.read(req(ReadFrom::Last(2))).await.unwrap();
+        assert_eq!(ids(&last), vec![got[2].0, got[4].0]);
+        let since = log.read(req(ReadFrom::Since(0))).await.unwrap();
+        assert_eq!(ids(&since), vec![got[0].0, got[2].0, got[4].0]);
+        let future = log.read(req(ReadFrom::Since(u64::MAX))).await.unwrap();
+        assert!(future.is_empty());
+        // `until` bounds the read.
+        let bounded = ReadRequest { until: got[2], ..req(ReadFrom::After(got[0])) };
+        assert_eq!(ids(&log.read(bounded).await.unwrap()), vec![got[2].0]);
+    }
+
+    #[tokio::test]
+    async fn count_eviction_moves_coverage_per_topic() {
+        let (log, _) = log(2);
+        let first = log.append(vec![draft("a")]).await.unwrap()[0].id;
+        let b = log.append(vec![draft("b")]).await.unwrap()[0].id;
+        log.append(vec![draft("a"), draft("a")]).await.unwrap();
+        // `first` was evicted from `a`; `b` kept all of its history.
+        assert_eq!(log.coverage(first, &selector(&["a"])).await.unwrap(), Coverage::Covered);
+        let before_first = EventId(first.0 - 1);
+        assert_eq!(log.coverage(before_first, &selector(&["a"])).await.unwrap(), Coverage::Expired);
+        assert_eq!(log.coverage(before_first, &selector(&["b"])).await.unwrap(), Coverage::Covered);
+        assert_eq!(log.coverage(before_first, &selector(&["*"])).await.unwrap(), Coverage::Expired);
+        assert_eq!(log.coverage(EventId(b.0 + 100), &selector(&["a"])).await.unwrap(), Coverage::Unknown);
+        assert_eq!(log.coverage(EventId(5), &selector(&["a"])).await.unwrap(), Coverage::Unknown);
+    }
+
+    #[tokio::test]
+    async fn ttl_expiry_hides_without_resetting() {
+        let (log, _) = log(10);
+        let mut d = draft("a");
+        d.ttl_secs = Some(0);
+        let gone = log.append(vec![d]).await.unwrap()[0].id;
+        let kept = log.append(vec![draft("a")]).await.unwrap()[0].id;
+        log.sweep();
+        let sel = selector(&["a"]);
+        let read = log
+            .read(ReadRequest { from: ReadFrom::After(EventId(gone.0 - 1)), until: kept, limit: 10, selector: &sel })
+            .await
+            .unwrap();
+        assert_eq!(ids(&read), vec![kept.0]);
+        assert_eq!(log.coverage(EventId(gone.0 - 1), &sel).await.unwrap(), Coverage::Covered);
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_commits_once() {
+        let (log, sink) = log(10);
+        let mut d = draft("a");
+        d.idempotency_key = Some("k1".into());
+        let first = log.append(vec![d.clone()]).await.unwrap()[0];
+        let again = log.append(vec![d]).await.unwrap()[0];
+        assert!(!first.duplicate);
+        assert!(again.duplicate);
+        assert_eq!(first.id, again.id);
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn age_retention_evicts_and_reports() {
+        let mut s = settings(10);
+        s.max_age = Some(Duration::from_millis(0));
+        let log = MemoryLog::new(s);
+        log.attach(Arc::new(Collect(Mutex::new(Vec::new()))));
+        let id = log.append(vec![draft("a")]).await.unwrap()[0].id;
+        // Any later moment is past the zero-length age limit.
+        log.lock().sweep(now_ms() + 5);
+        assert!(log.is_empty());
+        assert_eq!(log.coverage(EventId(id.0 - 1), &selector(&["a"])).await.unwrap(), Coverage::Expired);
+        assert_eq!(log.coverage(id, &selector(&["a"])).await.unwrap(), Coverage::Covered);
+    }
+}

@@ -1,0 +1,130 @@
+//! The ordered event log: the one seam between the hub and where events live.
+//!
+//! Every store Herald runs on — the in-memory log here, the embedded durable
+//! store, a shared Redis Streams or NATS JetStream engine — implements
+//! [`EventLog`], and the hub needs nothing else from it. The contract:
+//!
+//! * **Ids.** The log assigns [`EventId`]s, strictly increasing across all
+//!   topics, and never issues the same id twice for a data directory (or a
+//!   cluster). One Last-Event-ID therefore names a point in *one* sequence,
+//!   whatever mix of topics and patterns a connection reads.
+//! * **Commit, then hand over, in order.** [`EventLog::append`] returns only
+//!   once its events are stored with the configured durability. Every
+//!   committed event — from this node or, clustered, from any node — is given
+//!   to the [`CommitSink`] exactly once, in id order, by one caller at a time,
+//!   and only after [`EventLog::read`] can return it. Fan-out relies on this
+//!   to join replay and live delivery without gap or duplicate (see
+//!   `stream.rs`).
+//! * **Retention is visible.** Events leave history by count or age
+//!   (eviction), or at the end of their `ttl` (expiry). [`EventLog::coverage`]
+//!   tells whether a Last-Event-ID can still be resumed without a gap: an
+//!   evicted matching event after it means no; an expired one does not count,
+//!   its life simply ended.
+//! * **Idempotency** lives in the log, so it holds across nodes: a draft
+//!   whose `idempotency_key` was committed within the window is not committed
+//!   again; its first id is returned with `duplicate: true`.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::event::{EventDraft, EventId, SharedEvent};
+use crate::selector::Selector;
+
+pub use memory::MemoryLog;
+
+/// Receives committed events, in id order. Implemented by fan-out; must not
+/// block (it is called with the log's ordering lock held).
+pub trait CommitSink: Send + Sync + 'static {
+    fn committed(&self, events: &[SharedEvent]);
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Matching events with an id greater than this one.
+    After(EventId),
+    /// The last `n` matching events.
+    Last(usize),
+    /// Matching events published at or after this time (Unix ms).
+    Since(u64),
+}
+
+/// A read of retained, unexpired events matching `selector`, oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest<'a> {
+    pub from: ReadFrom,
+    /// No event after this id is returned: the caller's live queue has them.
+    pub until: EventId,
+    /// At most this many events (for [`ReadFrom::Last`], the smaller of the two).
+    pub limit: usize,
+    pub selector: &'a Selector,
+}
+
+/// Whether history can resume a stream after a given id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every matching event after the id is still retained.
+    Covered,
+    /// This log never issued the id (another log, or the future).
+    Unknown,
+    /// Matching events after the id have been evicted.
+    Expired,
+}
+
+impl Coverage {
+    /// The `reason` of a `herald.reset` event.
+    pub fn reset_reason(self) -> Option<&'static str> {
+        match self {
+            Coverage::Covered => None,
+            Coverage::Unknown => Some("unknown_id"),
+            Coverage::Expired => Some("history_expired"),
+        }
+    }
+}
+
+/// The result of appending one draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: EventId,
+    /// True when the idempotency key was already committed: nothing new was
+    /// stored or delivered, and `id` is the first publish's id.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store or engine cannot be reached or written now; retry later.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    #[error("event log failure: {0}")]
+    Failed(String),
+}
+
+/// The ordered event log. See the module documentation for the contract.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Connects the log to fan-out. Called once, before the first append.
+    fn attach(&self, sink: Arc<dyn CommitSink>);
+
+    /// Stores a batch, all or nothing, and returns one [`Appended`] per draft
+    /// in order.
+    async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError>;
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError>;
+
+    async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError>;
+
+    /// A short name for logs and health output (`memory`, `redb`, `redis`…).
+    fn kind(&self) -> &'static str;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,289 @@
+//! Publish requests (SPEC §4): the JSON a publisher sends, and its
+//! validation into an [`EventDraft`] the log can commit.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::LimitsConfig;
+use crate::event::{EventDraft, Target};
+use crate::log::LogError;
+use crate::topic::{Topic, TopicError};
+
+/// Longest event name, idempotency or coalesce key, user or connection id.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// One event to publish, as in the body of `POST /v1/publish`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// SSE event type; absent or `message` is the default type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// A string is sent as is; any other JSON value as compact JSON.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Seconds the event stays in history (0: delivered live, never replayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<PublishTo>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broadcast: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_ack: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `to`: direct addressing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishTo {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub connections: Vec<String>,
+}
+
+/// Tells an explicit `"data": null` (sent as `null`) from no `data` (empty).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl PublishRequest {
+    /// An event on one topic.
+    pub fn topic(topic: impl Into<String>, data: impl Into<Value>) -> PublishRequest {
+        PublishRequest {
+            topic: Some(topic.into()),
+            data: Some(data.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the SSE event type.
+    pub fn event(mut self, event: impl Into<String>) -> PublishRequest {
+        self.event = Some(event.into());
+        self
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("an event needs at least one of `topic`, `topics`, `to` or `broadcast`")]
+    NoDestination,
+    #[error("topic {0:?} {1}")]
+    BadTopic(String, TopicError),
+    #[error("event names {1}; got {0:?}")]
+    BadEventName(String, &'static str),
+    #[error("`{0}` {1}")]
+    BadField(&'static str, String),
+    #[error("event data is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("`{0}` is not supported by this version of Herald yet")]
+    Unsupported(&'static str),
+    #[error("a batch needs at least one event")]
+    EmptyBatch,
+    #[error("a batch holds at most {0} events")]
+    BatchTooLarge(usize),
+    #[error("event {index} of the batch: {source}")]
+    InBatch {
+        index: usize,
+        source: Box<PublishError>,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), PublishError> {
+    if value.is_empty() {
+        return Err(PublishError::BadField(field, "must not be empty".into()));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(PublishError::BadField(
+            field,
+            format!("is {} bytes; the limit is {MAX_NAME_BYTES}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_event_name(name: &str) -> Result<(), PublishError> {
+    let bad = |why| Err(PublishError::BadEventName(name.into(), why));
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return bad("must be 1 to 256 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("must not contain CR, LF or other control characters");
+    }
+    if name.starts_with("herald.") {
+        return bad("starting with `herald.` are reserved for the hub");
+    }
+    Ok(())
+}
+
+/// Validates one request into a draft.
+pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft, PublishError> {
+    if req.retain || req.key.is_some() {
+        return Err(PublishError::Unsupported(if req.retain { "retain" } else { "key" }));
+    }
+    if req.require_ack {
+        return Err(PublishError::Unsupported("require_ack"));
+    }
+    let mut topics: Vec<Topic> = Vec::with_capacity(req.topics.len() + 1);
+    for name in req.topic.iter().chain(&req.topics) {
+        let topic = Topic::new(name).map_err(|e| PublishError::BadTopic(name.clone(), e))?;
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    if topics.len() > limits.max_topics_per_event {
+        return Err(PublishError::BadField(
+            "topics",
+            format!("names {} topics; the limit is {}", topics.len(), limits.max_topics_per_event),
+        ));
+    }
+    let to = req.to.unwrap_or_default();
+    for user in &to.users {
+        check_name("to.users", user)?;
+    }
+    for conn in &to.connections {
+        check_name("to.connections", conn)?;
+    }
+    let target = Target {
+        users: to.users,
+        connections: to.connections,
+        broadcast: req.broadcast,
+        filter: req.filter,
+    };
+    if topics.is_empty() && !target.is_addressed() && !target.broadcast {
+        return Err(PublishError::NoDestination);
+    }
+    let event_type = match req.event {
+        Some(name) => {
+            check_event_name(&name)?;
+            (name != "message").then_some(name)
+        }
+        None => None,
+    };
+    for (field, key) in [("coalesce_key", &req.coalesce_key), ("idempotency_key", &req.idempotency_key)] {
+        if let Some(key) = key {
+            check_name(field, key)?;
+        }
+    }
+    let data = match req.data {
+        None => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    if data.len() > limits.max_event_bytes {
+        return Err(PublishError::TooLarge {
+            size: data.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(EventDraft {
+        topics,
+        event_type,
+        data,
+        target,
+        ttl_secs: req.ttl,
+        coalesce_key: req.coalesce_key,
+        idempotency_key: req.idempotency_key,
+    })
+}
+
+/// Validates a batch: every event, or none.
+pub fn validate_batch(
+    reqs: Vec<PublishRequest>,
+    limits: &LimitsConfig,
+) -> Result<Vec<EventDraft>, PublishError> {
+    if reqs.is_empty() {
+        return Err(PublishError::EmptyBatch);
+    }
+    if reqs.len() > limits.max_batch {
+        return Err(PublishError::BatchTooLarge(limits.max_batch));
+    }
+    let single = reqs.len() == 1;
+    reqs.into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            validate(r, limits).map_err(|e| match single {
+                true => e,
+                false => PublishError::InBatch {
+                    index,
+                    source: Box::new(e),
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<EventDraft, PublishError> {
+        let req: PublishRequest = serde_json::from_value(v).expect("well-formed request");
+        validate(req, &LimitsConfig::default())
+    }
+
+    #[test]
+    fn data_strings_pass_and_values_become_compact_json() {
+        assert_eq!(parse(json!({"topic": "a", "data": "hi"})).unwrap().data, "hi");
+        assert_eq!(parse(json!({"topic": "a", "data": {"x": [1, 2]}})).unwrap().data, r#"{"x":[1,2]}"#);
+        assert_eq!(parse(json!({"topic": "a", "data": null})).unwrap().data, "null");
+        assert_eq!(parse(json!({"topic": "a"})).unwrap().data, "");
+    }
+
+    #[test]
+    fn topics_merge_and_dedupe() {
+        let d = parse(json!({"topic": "a", "topics": ["b", "a"]})).unwrap();
+        let names: Vec<&str> = d.topics.iter().map(Topic::as_str).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(parse(json!({"data": "x"})), Err(PublishError::NoDestination)));
+        assert!(matches!(parse(json!({"topic": "a b"})), Err(PublishError::BadTopic(..))));
+        assert!(matches!(parse(json!({"topic": "a/*"})), Err(PublishError::BadTopic(..))));
+        for name in ["a\nb", "a\rb", "", "herald.connected"] {
+            assert!(
+                matches!(parse(json!({"topic": "a", "event": name})), Err(PublishError::BadEventName(..))),
+                "{name:?}"
+            );
+        }
+        let big = "x".repeat(64 * 1024 + 1);
+        assert!(matches!(parse(json!({"topic": "a", "data": big})), Err(PublishError::TooLarge { .. })));
+        assert!(matches!(parse(json!({"topic": "a", "retain": true})), Err(PublishError::Unsupported(_))));
+        assert!(serde_json::from_value::<PublishRequest>(json!({"topic": "a", "topci": 1})).is_err());
+        assert!(serde_json::from_value::<PublishRequest>(json!({"topic": 5})).is_err());
+    }
+
+    #[test]
+    fn message_is_the_default_type() {
+        assert_eq!(parse(json!({"topic": "a", "event": "message"})).unwrap().event_type, None);
+    }
+
+    #[test]
+    fn batches_name_the_bad_event() {
+        let reqs = vec![PublishRequest::topic("a", "x"), PublishRequest::topic("b c", "y")];
+        let err = validate_batch(reqs, &LimitsConfig::default()).unwrap_err();
+        assert!(err.to_string().starts_with("event 1 of the batch: topic \"b c\""), "{err}");
+        assert!(matches!(validate_batch(vec![], &LimitsConfig::default()), Err(PublishError::EmptyBatch)));
+    }
+}

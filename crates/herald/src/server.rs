@@ -1,0 +1,128 @@
+//! Serving the hub over TCP, and shutting down gracefully.
+//!
+//! Herald runs its own accept loop on hyper rather than `axum::serve` to
+//! control what a long-lived SSE connection costs and how it ends:
+//! `TCP_NODELAY` (small events go out at once), a header read timeout (no
+//! slow-loris), the smallest read buffer hyper allows, the client's address
+//! for per-address limits, and a shutdown that ends streams (the hub tells
+//! them to) before it waits for connections — bounded by
+//! `shutdown_timeout_secs`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::hub::Hub;
+
+/// Smallest read buffer hyper accepts; requests to Herald are small, and
+/// an SSE connection reads nothing after its request.
+const READ_BUFFER_BYTES: usize = 8192;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    listener: TcpListener,
+    hub: Hub,
+}
+
+impl Server {
+    /// Binds `listen` from the hub's configuration.
+    pub async fn bind(hub: Hub) -> io::Result<Server> {
+        let listener = TcpListener::bind(hub.config().listen).await?;
+        Ok(Server { listener, hub })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> io::Result<()> {
+        let Server { listener, hub } = self;
+        let router = crate::http::router(hub.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(READ_BUFFER_BYTES);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, addr) = match accepted {
+                        Ok(pair) => pair,
+                        Err(err) => {
+                            // Out of file descriptors or similar: back off a
+                            // little instead of spinning.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = router.clone().map_request(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(addr));
+                        req
+                    });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.await {
+                            tracing::debug!(%addr, %err, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut signal => break,
+            }
+        }
+        drop(listener);
+        let open = hub.open_streams();
+        tracing::info!(open_streams = open, "shutting down: telling subscribers to reconnect");
+        hub.shutdown();
+        let limit = hub.config().shutdown_timeout();
+        match tokio::time::timeout(limit, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                remaining_streams = hub.open_streams(),
+                "shutdown timeout reached; closing remaining connections"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

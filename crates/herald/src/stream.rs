@@ -1,0 +1,208 @@
+//! The SSE stream of one connection: the last step of the hot path.
+//!
+//! A stream writes, in order: `retry:` and `herald.connected`; then either
+//! `herald.reset` or the backlog read from the log in pages (never more than
+//! `stream.replay_batch` events in memory); then live events from the
+//! connection's queue; a `: ping` after each quiet heartbeat interval; and on
+//! shutdown what is still queued, a jittered `retry:`, and the end.
+//!
+//! Exactly once, without gap: the connection joins fan-out *before* the
+//! backlog is read, and learns the id `head` of the last event dispatched
+//! before it joined (see `fanout.rs`). The backlog covers ids up to `head`;
+//! the queue holds everything after. The writer tracks the last id it wrote
+//! and skips anything at or below it, so an event can never be written twice.
+//!
+//! Everything waiting for the connection when the writer wakes goes out as
+//! one chunk (one write). Dropping the stream — the client went away, a write
+//! failed, the stream ended — unregisters the connection and frees its slot.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::connection::{CloseReason, Connection};
+use crate::event::{EventId, SharedEvent};
+use crate::hub::Hub;
+use crate::limits::ConnectionPermit;
+use crate::log::{ReadFrom, ReadRequest};
+use crate::sse;
+use crate::subscribe::Start;
+
+/// The body of an SSE response: chunks of encoded events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+pub(crate) struct Writer {
+    hub: Hub,
+    conn: Arc<Connection>,
+    _permit: ConnectionPermit,
+    preamble: Option<Bytes>,
+    /// The backlog still to read, and the id it stops at.
+    replay: Option<(ReadFrom, EventId)>,
+    /// Id of the last event written; nothing at or below it is written again.
+    last_written: u64,
+    heartbeat_every: Duration,
+    heartbeat: Pin<Box<Sleep>>,
+    scratch: Vec<SharedEvent>,
+    finished: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        hub: Hub,
+        conn: Arc<Connection>,
+        permit: ConnectionPermit,
+        head: EventId,
+        start: Start,
+    ) -> Writer {
+        let config = hub.config();
+        let heartbeat_every = config.heartbeat();
+        let mut preamble = BytesMut::new();
+        sse::write_retry(&mut preamble, config.stream.retry_ms);
+        let connected = serde_json::json!({
+            "connection_id": &*conn.id,
+            "topics": conn.selector.patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "heartbeat_secs": config.stream.heartbeat_secs,
+        });
+        sse::write_event(&mut preamble, None, Some("herald.connected"), &connected.to_string());
+        let replay = match start {
+            Start::Live => None,
+            Start::Replay(from) => Some((from, head)),
+            Start::Reset(coverage) => {
+                let reset = serde_json::json!({ "reason": coverage.reset_reason() });
+                // The id moves the client's Last-Event-ID to the point the
+                // live stream starts from, so a reconnect does not reset again.
+                let id = (head.0 != 0).then_some(head);
+                sse::write_event(&mut preamble, id, Some("herald.reset"), &reset.to_string());
+                None
+            }
+        };
+        Writer {
+            hub,
+            conn,
+            _permit: permit,
+            preamble: Some(preamble.freeze()),
+            replay,
+            last_written: 0,
+            heartbeat_every,
+            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            scratch: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub(crate) fn into_stream(self) -> EventStream {
+        Box::pin(futures_util::stream::unfold(self, |mut w| async move {
+            let chunk = w.next_chunk().await?;
+            Some((chunk, w))
+        }))
+    }
+
+    fn wrote(&mut self) {
+        self.heartbeat
+            .as_mut()
+            .reset(Instant::now() + self.heartbeat_every);
+    }
+
+    /// Encodes the events in `scratch` that are newer than the last written.
+    fn take_scratch(&mut self) -> Option<Bytes> {
+        let fresh: Vec<&SharedEvent> = self
+            .scratch
+            .iter()
+            .filter(|e| e.id.0 > self.last_written)
+            .collect();
+        let chunk = match fresh.as_slice() {
+            [] => None,
+            [one] => Some(one.frame.clone()),
+            many => {
+                let mut buf = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
+                for e in many {
+                    buf.extend_from_slice(&e.frame);
+                }
+                Some(buf.freeze())
+            }
+        };
+        if let Some(last) = fresh.last() {
+            self.last_written = last.id.0;
+        }
+        self.scratch.clear();
+        chunk
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(preamble) = self.preamble.take() {
+            self.wrote();
+            return Some(preamble);
+        }
+        while let Some((from, until)) = self.replay {
+            let hub = self.hub.clone();
+            let limit = hub.config().stream.replay_batch;
+            let request = ReadRequest {
+                from,
+                until,
+                limit,
+                selector: &self.conn.selector,
+            };
+            let page = match hub.log().read(request).await {
+                Ok(page) => page,
+                Err(err) => {
+                    // Going on would leave a gap; end the stream and let the
+                    // client resume with its Last-Event-ID.
+                    tracing::warn!(connection = %self.conn.id, %err, "replay failed; closing stream");
+                    return None;
+                }
+            };
+            let more = page.len() == limit && !matches!(from, ReadFrom::Last(_));
+            self.replay = match (more, page.last()) {
+                (true, Some(last)) => Some((ReadFrom::After(last.id), until)),
+                _ => None,
+            };
+            self.scratch = page;
+            if let Some(chunk) = self.take_scratch() {
+                self.wrote();
+                return Some(chunk);
+            }
+        }
+        loop {
+            if self.finished {
+                return None;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let closed = self.conn.drain(&mut scratch);
+            self.scratch = scratch;
+            if closed == Some(CloseReason::Overflow) {
+                // The client resumes from history; what is queued is stale.
+                return None;
+            }
+            if let Some(chunk) = self.take_scratch() {
+                self.wrote();
+                return Some(chunk);
+            }
+            if closed.is_some() || self.hub.is_shutting_down() {
+                self.finished = true;
+                let mut buf = BytesMut::new();
+                sse::write_retry(&mut buf, self.hub.jittered_retry_ms());
+                return Some(buf.freeze());
+            }
+            let shutdown = self.hub.shutdown_token();
+            tokio::select! {
+                _ = self.conn.ready() => {}
+                _ = shutdown.cancelled() => {}
+                _ = self.heartbeat.as_mut() => {
+                    self.wrote();
+                    return Some(Bytes::from_static(sse::HEARTBEAT));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.hub.fanout().unregister(self.conn.key);
+        tracing::debug!(connection = %self.conn.id, "stream closed");
+    }
+}

@@ -1,0 +1,98 @@
+//! `herald`: the command line on top of the `herald` library.
+
+mod settings;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "A real-time push hub on Server-Sent Events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the hub.
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags merged) as TOML, and exit.
+    Config(settings::Sources),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    sources: settings::Sources,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human", env = "HERALD_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `herald=debug`.
+    #[arg(long, default_value = "info", env = "HERALD_LOG")]
+    log: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(sources) => sources.load().and_then(|config| {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herald: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log)?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let config = args.sources.load()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        if config.dev_mode() {
+            tracing::warn!(
+                "DEV MODE: no auth key is configured. Anyone who can reach {} may read every topic; \
+                 publish and admin calls are accepted from loopback only. Configure [auth] before \
+                 exposing this hub.",
+                config.listen
+            );
+        }
+        if !config.memory {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "the durable store is not built yet: history is kept in memory and lost on restart"
+            );
+        }
+        let hub = herald::Hub::new(config)?;
+        let server = herald::Server::bind(hub.clone()).await?;
+        let addr = server.local_addr()?;
+        tracing::info!(log = hub.log().kind(), "listening on http://{addr}");
+        server.run(herald::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
