@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "A real-time push hub on Server-Sent Events")]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time push hub on Server-Sent Events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     let config = args.sources.load()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         if config.dev_mode() {
             tracing::warn!(
@@ -95,4 +101,3 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
-

@@ -255,8 +255,14 @@ impl Config {
             ("limits.max_event_bytes", self.limits.max_event_bytes),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_batch", self.limits.max_batch),
-            ("limits.max_topics_per_event", self.limits.max_topics_per_event),
-            ("history.max_events_per_topic", self.history.max_events_per_topic),
+            (
+                "limits.max_topics_per_event",
+                self.limits.max_topics_per_event,
+            ),
+            (
+                "history.max_events_per_topic",
+                self.history.max_events_per_topic,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -270,21 +276,42 @@ impl Config {
         // silently ignored: an operator who sets them expects them to work.
         let not_yet: [(&'static str, bool); 10] = [
             ("auth.jwt_secret", self.auth.jwt_secret.is_some()),
-            ("auth.jwt_public_key_file", self.auth.jwt_public_key_file.is_some()),
+            (
+                "auth.jwt_public_key_file",
+                self.auth.jwt_public_key_file.is_some(),
+            ),
             ("auth.jwks", self.auth.jwks.is_some()),
             ("auth.api_keys", !self.auth.api_keys.is_empty()),
             ("auth.issuer", self.auth.issuer.is_some()),
             ("auth.audience", self.auth.audience.is_some()),
-            ("limits.max_connections_per_user", self.limits.max_connections_per_user != 0),
-            ("limits.publish_rate_per_sec", self.limits.publish_rate_per_sec != 0),
-            ("limits.connect_rate_per_ip", self.limits.connect_rate_per_ip != 0),
-            ("cors.allowed_origins", !self.cors.allowed_origins.is_empty()),
+            (
+                "limits.max_connections_per_user",
+                self.limits.max_connections_per_user != 0,
+            ),
+            (
+                "limits.publish_rate_per_sec",
+                self.limits.publish_rate_per_sec != 0,
+            ),
+            (
+                "limits.connect_rate_per_ip",
+                self.limits.connect_rate_per_ip != 0,
+            ),
+            (
+                "cors.allowed_origins",
+                !self.cors.allowed_origins.is_empty(),
+            ),
         ];
         if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
-            return Err(invalid(name, "is not supported by this version of Herald yet"));
+            return Err(invalid(
+                name,
+                "is not supported by this version of Herald yet",
+            ));
         }
         if self.cluster.url.is_some() {
-            return Err(invalid("cluster.url", "clustering is not supported by this version of Herald yet"));
+            return Err(invalid(
+                "cluster.url",
+                "clustering is not supported by this version of Herald yet",
+            ));
         }
         Ok(())
     }

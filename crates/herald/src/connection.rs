@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Overflow;
 use crate::event::SharedEvent;
@@ -61,6 +62,10 @@ pub struct Connection {
     queue: Mutex<Queue>,
     wake: Notify,
     dropped: AtomicU64,
+    /// Cancelled when the hub closes the stream. The transport (see
+    /// `server.rs`) then drops the socket: a reader that stopped reading
+    /// blocks every write, so the stream itself would never get to end.
+    transport: Option<CancellationToken>,
 }
 
 struct Queue {
@@ -76,6 +81,7 @@ impl Connection {
         peer: Option<IpAddr>,
         capacity: usize,
         overflow: Overflow,
+        transport: Option<CancellationToken>,
     ) -> Connection {
         Connection {
             key,
@@ -91,6 +97,7 @@ impl Connection {
             }),
             wake: Notify::new(),
             dropped: AtomicU64::new(0),
+            transport,
         }
     }
 
@@ -121,7 +128,7 @@ impl Connection {
                     q.closed = Some(CloseReason::Overflow);
                     q.items = VecDeque::new();
                     drop(q);
-                    self.wake.notify_one();
+                    self.end_transport();
                     return Offered::Disconnected;
                 }
                 Overflow::DropNewest => {
@@ -165,7 +172,14 @@ impl Connection {
             q.closed = Some(reason);
         }
         drop(q);
+        self.end_transport();
+    }
+
+    fn end_transport(&self) {
         self.wake.notify_one();
+        if let Some(transport) = &self.transport {
+            transport.cancel();
+        }
     }
 
     /// Events dropped by `drop_oldest`/`drop_newest` so far.
@@ -192,7 +206,7 @@ mod tests {
             user: None,
             meta: Default::default(),
         };
-        Connection::new(1, "c".into(), selector, None, capacity, overflow)
+        Connection::new(1, "c".into(), selector, None, capacity, overflow, None)
     }
 
     fn ev(id: u64, coalesce: Option<&str>) -> SharedEvent {

@@ -18,7 +18,9 @@ use crate::topic::Topic;
 /// connection subscribed to many topics and patterns resumes with a single
 /// Last-Event-ID: "everything that matches me after this id". On the wire
 /// they are decimal strings.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct EventId(pub u64);
 
 impl fmt::Display for EventId {
@@ -185,7 +187,10 @@ mod tests {
         assert!(filter_matches(&map(json!({"role": ["x", "admin"]})), &meta));
         assert!(!filter_matches(&map(json!({"role": ["x"]})), &meta));
         assert!(!filter_matches(&map(json!({"plan": "pro"})), &meta));
-        assert!(filter_matches(&map(json!({"tenant": ["acme", "b"]})), &meta));
+        assert!(filter_matches(
+            &map(json!({"tenant": ["acme", "b"]})),
+            &meta
+        ));
         assert!(filter_matches(&map(json!({})), &Map::new()));
     }
 

@@ -57,6 +57,8 @@ struct Counters {
 pub struct FanoutStats {
     pub connections: usize,
     pub subscriptions: usize,
+    /// Events waiting in connection queues now.
+    pub queued_now: usize,
     pub events_dispatched: u64,
     pub deliveries_queued: u64,
     pub deliveries_dropped: u64,
@@ -76,7 +78,10 @@ impl Fanout {
             reg.index.insert(pattern, conn.key, conn.clone());
         }
         if let Some(user) = &conn.selector.user {
-            reg.by_user.entry(user.clone()).or_default().insert(conn.key);
+            reg.by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(conn.key);
         }
         reg.by_id.insert(conn.id.clone(), conn.key);
         reg.connections.insert(conn.key, conn);
@@ -111,7 +116,10 @@ impl Fanout {
     /// A connection by its public id.
     pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
         let reg = self.registry.read();
-        reg.by_id.get(id).and_then(|k| reg.connections.get(k)).cloned()
+        reg.by_id
+            .get(id)
+            .and_then(|k| reg.connections.get(k))
+            .cloned()
     }
 
     /// Every connection (for shutdown and admin listings).
@@ -125,6 +133,7 @@ impl Fanout {
         FanoutStats {
             connections: reg.connections.len(),
             subscriptions: reg.index.len(),
+            queued_now: reg.connections.values().map(|c| c.queued()).sum(),
             events_dispatched: c.dispatched.load(Ordering::Relaxed),
             deliveries_queued: c.queued.load(Ordering::Relaxed),
             deliveries_dropped: c.dropped.load(Ordering::Relaxed),
@@ -132,11 +141,15 @@ impl Fanout {
         }
     }
 
-    fn dispatch(&self, reg: &Registry, event: &SharedEvent) {
+    fn dispatch(&self, reg: &Registry, event: &SharedEvent, closed: &mut Vec<u64>) {
         let mut tally = Tally::default();
         let mut offer = |conn: &Arc<Connection>| {
             if conn.selector.accepts(event) {
-                tally.add(conn.offer(event));
+                let offered = conn.offer(event);
+                if offered == Offered::Disconnected {
+                    closed.push(conn.key);
+                }
+                tally.add(offered);
             }
         };
         if event.target.broadcast {
@@ -146,7 +159,11 @@ impl Fanout {
                 reg.index.for_each_match(topic, |_, conn| offer(conn));
             }
         } else {
-            let by_id = event.target.connections.iter().filter_map(|id| reg.by_id.get(id.as_str()));
+            let by_id = event
+                .target
+                .connections
+                .iter()
+                .filter_map(|id| reg.by_id.get(id.as_str()));
             let by_user = event
                 .target
                 .users
@@ -163,7 +180,8 @@ impl Fanout {
         c.dispatched.fetch_add(1, Ordering::Relaxed);
         c.queued.fetch_add(tally.queued, Ordering::Relaxed);
         c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
-        c.overflow_disconnects.fetch_add(tally.disconnected, Ordering::Relaxed);
+        c.overflow_disconnects
+            .fetch_add(tally.disconnected, Ordering::Relaxed);
     }
 }
 
@@ -190,12 +208,19 @@ impl Tally {
 
 impl CommitSink for Fanout {
     fn committed(&self, events: &[SharedEvent]) {
+        let mut closed = Vec::new();
         let reg = self.registry.read();
         for event in events {
-            self.dispatch(&reg, event);
+            self.dispatch(&reg, event, &mut closed);
             // Advanced while the read lock is held: a registration (write
             // lock) sees either none or all of this batch as dispatched.
             self.head.store(event.id.0, Ordering::Release);
+        }
+        drop(reg);
+        // Overflowed streams leave the books now, not when their writer next
+        // runs: a stalled socket may keep it from ever running.
+        for key in closed {
+            self.unregister(key);
         }
     }
 }
@@ -213,12 +238,23 @@ mod tests {
         let id: Arc<str> = format!("c{key}").into();
         let selector = Selector {
             connection_id: id.clone(),
-            patterns: patterns.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).unwrap())
+                .collect(),
             event_types: None,
             user: user.map(Into::into),
             meta: Default::default(),
         };
-        Arc::new(Connection::new(key, id, selector, None, 16, Overflow::Disconnect))
+        Arc::new(Connection::new(
+            key,
+            id,
+            selector,
+            None,
+            16,
+            Overflow::Disconnect,
+            None,
+        ))
     }
 
     fn event(id: u64, topics: &[&str], target: Target) -> SharedEvent {
@@ -243,7 +279,10 @@ mod tests {
         let b = conn(2, &["chat/**"], None);
         f.register(a.clone());
         f.register(b.clone());
-        f.committed(&[event(1, &["jobs/1"], Target::default()), event(2, &["chat/x/y"], Target::default())]);
+        f.committed(&[
+            event(1, &["jobs/1"], Target::default()),
+            event(2, &["chat/x/y"], Target::default()),
+        ]);
         assert_eq!(queued(&a), vec![1]);
         assert_eq!(queued(&b), vec![2]);
         assert_eq!(f.head(), EventId(2));
@@ -256,10 +295,23 @@ mod tests {
         let b = conn(2, &[], None);
         f.register(a.clone());
         f.register(b.clone());
-        let to_b = Target { connections: vec!["c2".into()], ..Default::default() };
-        let to_alice = Target { users: vec!["alice".into()], ..Default::default() };
-        let all = Target { broadcast: true, ..Default::default() };
-        f.committed(&[event(1, &[], to_b), event(2, &[], to_alice), event(3, &[], all)]);
+        let to_b = Target {
+            connections: vec!["c2".into()],
+            ..Default::default()
+        };
+        let to_alice = Target {
+            users: vec!["alice".into()],
+            ..Default::default()
+        };
+        let all = Target {
+            broadcast: true,
+            ..Default::default()
+        };
+        f.committed(&[
+            event(1, &[], to_b),
+            event(2, &[], to_alice),
+            event(3, &[], all),
+        ]);
         assert_eq!(queued(&a), vec![2, 3]);
         assert_eq!(queued(&b), vec![1, 3]);
     }

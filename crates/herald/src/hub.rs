@@ -54,7 +54,10 @@ struct Shared {
 /// What `subscribe` gives back.
 pub enum Subscription {
     /// An open stream; its connection id is in `herald.connected`.
-    Stream { connection_id: Arc<str>, body: EventStream },
+    Stream {
+        connection_id: Arc<str>,
+        body: EventStream,
+    },
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),
 }
@@ -122,14 +125,20 @@ impl Hub {
 
     /// Publishes a batch, all or nothing; returns the ids in order. A
     /// repeated idempotency key returns the first publish's id.
-    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Result<Vec<EventId>, PublishError> {
+    pub async fn publish_batch(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<EventId>, PublishError> {
         let drafts = validate_batch(requests, &self.shared.config.limits)?;
         let appended = self.shared.log.append(drafts).await?;
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
 
     /// Opens a stream, or says why not (see SPEC §3).
-    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, SubscribeError> {
+    pub async fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Subscription, SubscribeError> {
         let config = &self.shared.config;
         let patterns = parse_patterns(&request.topics, config.limits.max_topics_per_connection)?;
         let event_types = parse_event_types(&request.event_types)?;
@@ -137,17 +146,25 @@ impl Hub {
             if n > config.stream.max_history {
                 return Err(SubscribeError::BadParameter(
                     "history",
-                    format!("asks for {n} events; the limit is {}", config.stream.max_history),
+                    format!(
+                        "asks for {n} events; the limit is {}",
+                        config.stream.max_history
+                    ),
                 ));
             }
         }
         if self.is_shutting_down() {
-            return Ok(Subscription::Refused(Refusal::shutting_down(self.jittered_retry_ms())));
+            return Ok(Subscription::Refused(Refusal::shutting_down(
+                self.jittered_retry_ms(),
+            )));
         }
         let permit = match self.shared.limiter.try_acquire(request.peer) {
             Ok(permit) => permit,
             Err(reason) => {
-                return Ok(Subscription::Refused(Refusal::limit(reason, self.jittered_retry_ms())))
+                return Ok(Subscription::Refused(Refusal::limit(
+                    reason,
+                    self.jittered_retry_ms(),
+                )))
             }
         };
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +183,7 @@ impl Hub {
             request.peer,
             config.stream.queue_capacity,
             config.stream.overflow,
+            request.transport.clone(),
         ));
         let head = self.shared.fanout.register(conn.clone());
         // From here on the writer owns the registration: dropping it (on any
@@ -184,7 +202,12 @@ impl Hub {
         })
     }
 
-    async fn start(&self, request: &SubscribeRequest, conn: &Connection, head: EventId) -> Result<Start, SubscribeError> {
+    async fn start(
+        &self,
+        request: &SubscribeRequest,
+        conn: &Connection,
+        head: EventId,
+    ) -> Result<Start, SubscribeError> {
         if let Some(raw) = &request.last_event_id {
             let Some(after) = parse_last_event_id(raw) else {
                 return Ok(Start::Reset(crate::log::Coverage::Unknown));

@@ -42,7 +42,10 @@ impl<V> Default for Node<V> {
 
 impl<V> Node<V> {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty() && self.one.is_none() && self.here.is_empty() && self.many.is_empty()
+        self.literal.is_empty()
+            && self.one.is_none()
+            && self.here.is_empty()
+            && self.many.is_empty()
     }
 }
 

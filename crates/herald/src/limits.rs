@@ -128,7 +128,10 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = l.try_acquire(Some(a)).unwrap();
         let _p2 = l.try_acquire(Some(a)).unwrap();
-        assert_eq!(l.try_acquire(Some(a)).err(), Some(LimitRefusal::TooManyFromAddress));
+        assert_eq!(
+            l.try_acquire(Some(a)).err(),
+            Some(LimitRefusal::TooManyFromAddress)
+        );
         let _p3 = l.try_acquire(Some(b)).unwrap();
         assert_eq!(l.try_acquire(Some(b)).err(), Some(LimitRefusal::HubFull));
         drop(p1);

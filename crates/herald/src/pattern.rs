@@ -142,10 +142,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_bad_patterns() {
-        assert_eq!(
-            Pattern::parse("a/**/b"),
-            Err(TopicError::DoubleStarNotLast)
-        );
+        assert_eq!(Pattern::parse("a/**/b"), Err(TopicError::DoubleStarNotLast));
         assert_eq!(Pattern::parse("a*"), Err(TopicError::PartialWildcard));
         assert_eq!(Pattern::parse("a/***"), Err(TopicError::PartialWildcard));
         assert_eq!(Pattern::parse("a//b"), Err(TopicError::EmptySegment));

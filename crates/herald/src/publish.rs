@@ -24,7 +24,11 @@ pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     /// A string is sent as is; any other JSON value as compact JSON.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub data: Option<Value>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain: bool,
@@ -137,7 +141,11 @@ fn check_event_name(name: &str) -> Result<(), PublishError> {
 /// Validates one request into a draft.
 pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft, PublishError> {
     if req.retain || req.key.is_some() {
-        return Err(PublishError::Unsupported(if req.retain { "retain" } else { "key" }));
+        return Err(PublishError::Unsupported(if req.retain {
+            "retain"
+        } else {
+            "key"
+        }));
     }
     if req.require_ack {
         return Err(PublishError::Unsupported("require_ack"));
@@ -152,7 +160,11 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
     if topics.len() > limits.max_topics_per_event {
         return Err(PublishError::BadField(
             "topics",
-            format!("names {} topics; the limit is {}", topics.len(), limits.max_topics_per_event),
+            format!(
+                "names {} topics; the limit is {}",
+                topics.len(),
+                limits.max_topics_per_event
+            ),
         ));
     }
     let to = req.to.unwrap_or_default();
@@ -178,7 +190,10 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
         }
         None => None,
     };
-    for (field, key) in [("coalesce_key", &req.coalesce_key), ("idempotency_key", &req.idempotency_key)] {
+    for (field, key) in [
+        ("coalesce_key", &req.coalesce_key),
+        ("idempotency_key", &req.idempotency_key),
+    ] {
         if let Some(key) = key {
             check_name(field, key)?;
         }
@@ -243,9 +258,20 @@ mod tests {
 
     #[test]
     fn data_strings_pass_and_values_become_compact_json() {
-        assert_eq!(parse(json!({"topic": "a", "data": "hi"})).unwrap().data, "hi");
-        assert_eq!(parse(json!({"topic": "a", "data": {"x": [1, 2]}})).unwrap().data, r#"{"x":[1,2]}"#);
-        assert_eq!(parse(json!({"topic": "a", "data": null})).unwrap().data, "null");
+        assert_eq!(
+            parse(json!({"topic": "a", "data": "hi"})).unwrap().data,
+            "hi"
+        );
+        assert_eq!(
+            parse(json!({"topic": "a", "data": {"x": [1, 2]}}))
+                .unwrap()
+                .data,
+            r#"{"x":[1,2]}"#
+        );
+        assert_eq!(
+            parse(json!({"topic": "a", "data": null})).unwrap().data,
+            "null"
+        );
         assert_eq!(parse(json!({"topic": "a"})).unwrap().data, "");
     }
 
@@ -258,32 +284,67 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert!(matches!(parse(json!({"data": "x"})), Err(PublishError::NoDestination)));
-        assert!(matches!(parse(json!({"topic": "a b"})), Err(PublishError::BadTopic(..))));
-        assert!(matches!(parse(json!({"topic": "a/*"})), Err(PublishError::BadTopic(..))));
+        assert!(matches!(
+            parse(json!({"data": "x"})),
+            Err(PublishError::NoDestination)
+        ));
+        assert!(matches!(
+            parse(json!({"topic": "a b"})),
+            Err(PublishError::BadTopic(..))
+        ));
+        assert!(matches!(
+            parse(json!({"topic": "a/*"})),
+            Err(PublishError::BadTopic(..))
+        ));
         for name in ["a\nb", "a\rb", "", "herald.connected"] {
             assert!(
-                matches!(parse(json!({"topic": "a", "event": name})), Err(PublishError::BadEventName(..))),
+                matches!(
+                    parse(json!({"topic": "a", "event": name})),
+                    Err(PublishError::BadEventName(..))
+                ),
                 "{name:?}"
             );
         }
         let big = "x".repeat(64 * 1024 + 1);
-        assert!(matches!(parse(json!({"topic": "a", "data": big})), Err(PublishError::TooLarge { .. })));
-        assert!(matches!(parse(json!({"topic": "a", "retain": true})), Err(PublishError::Unsupported(_))));
-        assert!(serde_json::from_value::<PublishRequest>(json!({"topic": "a", "topci": 1})).is_err());
+        assert!(matches!(
+            parse(json!({"topic": "a", "data": big})),
+            Err(PublishError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse(json!({"topic": "a", "retain": true})),
+            Err(PublishError::Unsupported(_))
+        ));
+        assert!(
+            serde_json::from_value::<PublishRequest>(json!({"topic": "a", "topci": 1})).is_err()
+        );
         assert!(serde_json::from_value::<PublishRequest>(json!({"topic": 5})).is_err());
     }
 
     #[test]
     fn message_is_the_default_type() {
-        assert_eq!(parse(json!({"topic": "a", "event": "message"})).unwrap().event_type, None);
+        assert_eq!(
+            parse(json!({"topic": "a", "event": "message"}))
+                .unwrap()
+                .event_type,
+            None
+        );
     }
 
     #[test]
     fn batches_name_the_bad_event() {
-        let reqs = vec![PublishRequest::topic("a", "x"), PublishRequest::topic("b c", "y")];
+        let reqs = vec![
+            PublishRequest::topic("a", "x"),
+            PublishRequest::topic("b c", "y"),
+        ];
         let err = validate_batch(reqs, &LimitsConfig::default()).unwrap_err();
-        assert!(err.to_string().starts_with("event 1 of the batch: topic \"b c\""), "{err}");
-        assert!(matches!(validate_batch(vec![], &LimitsConfig::default()), Err(PublishError::EmptyBatch)));
+        assert!(
+            err.to_string()
+                .starts_with("event 1 of the batch: topic \"b c\""),
+            "{err}"
+        );
+        assert!(matches!(
+            validate_batch(vec![], &LimitsConfig::default()),
+            Err(PublishError::EmptyBatch)
+        ));
     }
 }

@@ -73,7 +73,10 @@ mod tests {
     fn selector(patterns: &[&str], user: Option<&str>) -> Selector {
         Selector {
             connection_id: "c1".into(),
-            patterns: patterns.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).unwrap())
+                .collect(),
             event_types: None,
             user: user.map(Into::into),
             meta: json!({"tenant": "acme"}).as_object().unwrap().clone(),

@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::hub::Hub;
@@ -72,8 +73,13 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    // Lets the hub drop this socket when it closes a stream
+                    // whose writes are blocked (see `Connection`).
+                    let kill = CancellationToken::new();
+                    let handle = kill.clone();
                     let service = router.clone().map_request(move |mut req: Request<Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(addr));
+                        req.extensions_mut().insert(handle.clone());
                         req
                     });
                     let conn = builder
@@ -81,8 +87,13 @@ impl Server {
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            tracing::debug!(%addr, %err, "connection ended with an error");
+                        tokio::select! {
+                            result = conn => if let Err(err) = result {
+                                tracing::debug!(%addr, %err, "connection ended with an error");
+                            },
+                            () = kill.cancelled() => {
+                                tracing::debug!(%addr, "connection dropped by the hub");
+                            }
                         }
                     });
                 }
@@ -91,7 +102,10 @@ impl Server {
         }
         drop(listener);
         let open = hub.open_streams();
-        tracing::info!(open_streams = open, "shutting down: telling subscribers to reconnect");
+        tracing::info!(
+            open_streams = open,
+            "shutting down: telling subscribers to reconnect"
+        );
         hub.shutdown();
         let limit = hub.config().shutdown_timeout();
         match tokio::time::timeout(limit, graceful.shutdown()).await {

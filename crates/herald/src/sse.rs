@@ -28,7 +28,10 @@ pub fn write_event(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&
         buf.put_u8(b'\n');
     }
     if let Some(ty) = event_type {
-        debug_assert!(!ty.contains(['\r', '\n']), "event names are validated at the edge");
+        debug_assert!(
+            !ty.contains(['\r', '\n']),
+            "event names are validated at the edge"
+        );
         buf.put_slice(b"event: ");
         buf.put_slice(ty.as_bytes());
         buf.put_u8(b'\n');

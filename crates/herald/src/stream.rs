@@ -67,7 +67,12 @@ impl Writer {
             "topics": conn.selector.patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             "heartbeat_secs": config.stream.heartbeat_secs,
         });
-        sse::write_event(&mut preamble, None, Some("herald.connected"), &connected.to_string());
+        sse::write_event(
+            &mut preamble,
+            None,
+            Some("herald.connected"),
+            &connected.to_string(),
+        );
         let replay = match start {
             Start::Live => None,
             Start::Replay(from) => Some((from, head)),

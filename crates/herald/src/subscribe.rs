@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::event::EventId;
 use crate::limits::LimitRefusal;
 use crate::log::{Coverage, LogError, ReadFrom};
@@ -25,6 +27,9 @@ pub struct SubscribeRequest {
     pub event_types: Vec<String>,
     /// The client's address, for per-address limits.
     pub peer: Option<IpAddr>,
+    /// Cancelled by the hub when it closes the stream (overflow, kick), so
+    /// the transport can drop a socket whose writes are blocked.
+    pub transport: Option<CancellationToken>,
 }
 
 impl SubscribeRequest {
@@ -38,14 +43,17 @@ impl SubscribeRequest {
                 "event" => req.event_types.push(value.into_owned()),
                 "lastEventId" => req.last_event_id = Some(value.into_owned()),
                 "history" => {
-                    let n = value
-                        .parse()
-                        .map_err(|_| SubscribeError::BadParameter("history", "must be a whole number".into()))?;
+                    let n = value.parse().map_err(|_| {
+                        SubscribeError::BadParameter("history", "must be a whole number".into())
+                    })?;
                     req.history = Some(n);
                 }
                 "since" => {
                     let ms = value.parse().map_err(|_| {
-                        SubscribeError::BadParameter("since", "must be a Unix time in milliseconds".into())
+                        SubscribeError::BadParameter(
+                            "since",
+                            "must be a Unix time in milliseconds".into(),
+                        )
                     })?;
                     req.since = Some(ms);
                 }
@@ -98,7 +106,10 @@ impl Refusal {
 }
 
 /// Parses and checks the patterns.
-pub(crate) fn parse_patterns(topics: &[String], limit: usize) -> Result<Vec<Pattern>, SubscribeError> {
+pub(crate) fn parse_patterns(
+    topics: &[String],
+    limit: usize,
+) -> Result<Vec<Pattern>, SubscribeError> {
     if limit != 0 && topics.len() > limit {
         return Err(SubscribeError::TooManyTopics {
             count: topics.len(),
@@ -123,7 +134,10 @@ pub(crate) fn parse_event_types(types: &[String]) -> Result<Option<Vec<Box<str>>
     }
     for t in types {
         if t.is_empty() || t.len() > 256 || t.chars().any(char::is_control) {
-            return Err(SubscribeError::BadParameter("event", format!("{t:?} is not an event name")));
+            return Err(SubscribeError::BadParameter(
+                "event",
+                format!("{t:?} is not an event name"),
+            ));
         }
     }
     Ok(Some(types.iter().map(|t| t.as_str().into()).collect()))

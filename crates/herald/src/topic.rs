@@ -25,7 +25,9 @@ pub enum TopicError {
     TooLong(usize),
     #[error("has an empty segment (leading, trailing or doubled '/')")]
     EmptySegment,
-    #[error("has the character {0:?}, allowed are A-Z a-z 0-9 . _ ~ : @ - and '/' between segments")]
+    #[error(
+        "has the character {0:?}, allowed are A-Z a-z 0-9 . _ ~ : @ - and '/' between segments"
+    )]
     BadChar(char),
     #[error("uses '**' before the last segment")]
     DoubleStarNotLast,
@@ -60,7 +62,9 @@ pub(crate) fn check_segment(seg: &str) -> Result<(), TopicError> {
         None => Ok(()),
         Some(b'*') => Err(TopicError::Wildcard),
         Some(_) => {
-            let ch = seg.chars().find(|c| !c.is_ascii() || !is_segment_byte(*c as u8));
+            let ch = seg
+                .chars()
+                .find(|c| !c.is_ascii() || !is_segment_byte(*c as u8));
             Err(TopicError::BadChar(ch.unwrap_or('?')))
         }
     }

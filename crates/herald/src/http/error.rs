@@ -33,8 +33,12 @@ impl ApiError {
         match self {
             ApiError::Publish(e) => publish_parts(e),
             ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
-            ApiError::Subscribe(S::TooManyTopics { .. }) => (StatusCode::BAD_REQUEST, "too_many_topics"),
-            ApiError::Subscribe(S::BadParameter(..)) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::Subscribe(S::TooManyTopics { .. }) => {
+                (StatusCode::BAD_REQUEST, "too_many_topics")
+            }
+            ApiError::Subscribe(S::BadParameter(..)) => {
+                (StatusCode::BAD_REQUEST, "invalid_parameter")
+            }
             ApiError::Subscribe(S::Log(e)) => log_parts(e),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -43,7 +47,6 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
-
 }
 
 fn publish_parts(e: &PublishError) -> (StatusCode, &'static str) {

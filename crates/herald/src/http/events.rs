@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 
-use super::{ApiError, PeerAddr};
+use super::{ApiError, PeerAddr, TransportHandle};
 use crate::hub::{Hub, Subscription};
 use crate::sse;
 use crate::subscribe::{Refusal, SubscribeRequest};
@@ -16,6 +16,7 @@ use crate::subscribe::{Refusal, SubscribeRequest};
 pub async fn events(
     State(hub): State<Hub>,
     peer: PeerAddr,
+    transport: TransportHandle,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -26,6 +27,7 @@ pub async fn events(
         request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
     }
     request.peer = peer.0;
+    request.transport = transport.0;
     Ok(match hub.subscribe(request).await? {
         Subscription::Stream { body, .. } => sse_response(Body::from_stream(
             futures_util::StreamExt::map(body, Ok::<_, std::convert::Infallible>),
@@ -59,8 +61,9 @@ fn refused(refusal: Refusal) -> Response {
     sse::write_event(&mut buf, None, Some("herald.refused"), &data.to_string());
     let mut response = sse_response(Body::from(buf.freeze()));
     let secs = refusal.retry_after_ms.div_ceil(1000).max(1);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    let h = response.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    // Close the connection too: a refused client holds nothing here.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }

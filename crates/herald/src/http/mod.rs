@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use events::events;
@@ -51,6 +52,22 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// A switch that drops the client's TCP connection, put in the request
+/// extensions by [`Server`](crate::Server). For HTTP/2 it drops the whole
+/// connection, every stream on it.
+#[derive(Debug, Clone)]
+pub struct TransportHandle(pub Option<CancellationToken>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TransportHandle {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(TransportHandle(
+            parts.extensions.get::<CancellationToken>().cloned(),
         ))
     }
 }

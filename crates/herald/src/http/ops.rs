@@ -15,9 +15,15 @@ pub async fn healthz() -> Json<Value> {
 /// Not ready while shutting down.
 pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     if hub.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
     } else {
-        (StatusCode::OK, Json(json!({ "status": "ready", "log": hub.log().kind() })))
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "log": hub.log().kind() })),
+        )
     }
 }
 

@@ -25,8 +25,9 @@ pub async fn publish(
     })?;
     let (requests, batch) = match shortcut(query.as_deref())? {
         Some(mut request) => {
-            let text = String::from_utf8(body.to_vec())
-                .map_err(|_| ApiError::BadBody("the body of a ?topic= publish must be UTF-8 text".into()))?;
+            let text = String::from_utf8(body.to_vec()).map_err(|_| {
+                ApiError::BadBody("the body of a ?topic= publish must be UTF-8 text".into())
+            })?;
             request.data = Some(Value::String(text));
             (vec![request], false)
         }

@@ -169,7 +169,11 @@ impl Inner {
             },
             None => &mut self.direct,
         };
-        while history.ids.front().is_some_and(|&f| f <= id || !self.events.contains_key(&f)) {
+        while history
+            .ids
+            .front()
+            .is_some_and(|&f| f <= id || !self.events.contains_key(&f))
+        {
             history.ids.pop_front();
         }
         if evicted {
@@ -202,7 +206,10 @@ impl Inner {
             let history = self.topics.entry(topic.clone()).or_default();
             history.ids.push_back(id);
             while history.ids.len() > max {
-                evict.push((Some(topic.clone()), history.ids.pop_front().expect("non-empty")));
+                evict.push((
+                    Some(topic.clone()),
+                    history.ids.pop_front().expect("non-empty"),
+                ));
             }
         }
         if let Some(at) = event.expires_at_ms {
@@ -338,7 +345,10 @@ impl EventLog for MemoryLog {
                 loop {
                     tick.tick().await;
                     let Some(inner) = weak.upgrade() else { break };
-                    inner.lock().unwrap_or_else(|e| e.into_inner()).sweep(now_ms());
+                    inner
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sweep(now_ms());
                 }
             });
         }
@@ -359,7 +369,10 @@ impl EventLog for MemoryLog {
             if let Some(key) = draft.idempotency_key.as_deref() {
                 if let Some(&(id, until)) = inner.idempotency.get(key) {
                     if until > now {
-                        out.push(Appended { id, duplicate: true });
+                        out.push(Appended {
+                            id,
+                            duplicate: true,
+                        });
                         continue;
                     }
                 }
@@ -369,7 +382,10 @@ impl EventLog for MemoryLog {
             let event = Arc::new(Event::commit(draft, id, now));
             inner.store(event.clone());
             committed.push(event);
-            out.push(Appended { id, duplicate: false });
+            out.push(Appended {
+                id,
+                duplicate: false,
+            });
         }
         if !committed.is_empty() {
             sink.committed(&committed);
@@ -430,7 +446,10 @@ mod tests {
     fn selector(patterns: &[&str]) -> Selector {
         Selector {
             connection_id: "c".into(),
-            patterns: patterns.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).unwrap())
+                .collect(),
             event_types: None,
             user: None,
             meta: Default::default(),
@@ -460,7 +479,12 @@ mod tests {
         }
         let sel = selector(&["a"]);
         let head = *got.last().unwrap();
-        let req = |from| ReadRequest { from, until: head, limit: 100, selector: &sel };
+        let req = |from| ReadRequest {
+            from,
+            until: head,
+            limit: 100,
+            selector: &sel,
+        };
         let after = log.read(req(ReadFrom::After(got[0]))).await.unwrap();
         assert_eq!(ids(&after), vec![got[2].0, got[4].0]);
         let last = log.read(req(ReadFrom::Last(2))).await.unwrap();
@@ -470,7 +494,10 @@ mod tests {
         let future = log.read(req(ReadFrom::Since(u64::MAX))).await.unwrap();
         assert!(future.is_empty());
         // `until` bounds the read.
-        let bounded = ReadRequest { until: got[2], ..req(ReadFrom::After(got[0])) };
+        let bounded = ReadRequest {
+            until: got[2],
+            ..req(ReadFrom::After(got[0]))
+        };
         assert_eq!(ids(&log.read(bounded).await.unwrap()), vec![got[2].0]);
     }
 
@@ -481,13 +508,33 @@ mod tests {
         let b = log.append(vec![draft("b")]).await.unwrap()[0].id;
         log.append(vec![draft("a"), draft("a")]).await.unwrap();
         // `first` was evicted from `a`; `b` kept all of its history.
-        assert_eq!(log.coverage(first, &selector(&["a"])).await.unwrap(), Coverage::Covered);
+        assert_eq!(
+            log.coverage(first, &selector(&["a"])).await.unwrap(),
+            Coverage::Covered
+        );
         let before_first = EventId(first.0 - 1);
-        assert_eq!(log.coverage(before_first, &selector(&["a"])).await.unwrap(), Coverage::Expired);
-        assert_eq!(log.coverage(before_first, &selector(&["b"])).await.unwrap(), Coverage::Covered);
-        assert_eq!(log.coverage(before_first, &selector(&["*"])).await.unwrap(), Coverage::Expired);
-        assert_eq!(log.coverage(EventId(b.0 + 100), &selector(&["a"])).await.unwrap(), Coverage::Unknown);
-        assert_eq!(log.coverage(EventId(5), &selector(&["a"])).await.unwrap(), Coverage::Unknown);
+        assert_eq!(
+            log.coverage(before_first, &selector(&["a"])).await.unwrap(),
+            Coverage::Expired
+        );
+        assert_eq!(
+            log.coverage(before_first, &selector(&["b"])).await.unwrap(),
+            Coverage::Covered
+        );
+        assert_eq!(
+            log.coverage(before_first, &selector(&["*"])).await.unwrap(),
+            Coverage::Expired
+        );
+        assert_eq!(
+            log.coverage(EventId(b.0 + 100), &selector(&["a"]))
+                .await
+                .unwrap(),
+            Coverage::Unknown
+        );
+        assert_eq!(
+            log.coverage(EventId(5), &selector(&["a"])).await.unwrap(),
+            Coverage::Unknown
+        );
     }
 
     #[tokio::test]
@@ -500,11 +547,19 @@ mod tests {
         log.sweep();
         let sel = selector(&["a"]);
         let read = log
-            .read(ReadRequest { from: ReadFrom::After(EventId(gone.0 - 1)), until: kept, limit: 10, selector: &sel })
+            .read(ReadRequest {
+                from: ReadFrom::After(EventId(gone.0 - 1)),
+                until: kept,
+                limit: 10,
+                selector: &sel,
+            })
             .await
             .unwrap();
         assert_eq!(ids(&read), vec![kept.0]);
-        assert_eq!(log.coverage(EventId(gone.0 - 1), &sel).await.unwrap(), Coverage::Covered);
+        assert_eq!(
+            log.coverage(EventId(gone.0 - 1), &sel).await.unwrap(),
+            Coverage::Covered
+        );
     }
 
     #[tokio::test]
@@ -530,7 +585,15 @@ mod tests {
         // Any later moment is past the zero-length age limit.
         log.lock().sweep(now_ms() + 5);
         assert!(log.is_empty());
-        assert_eq!(log.coverage(EventId(id.0 - 1), &selector(&["a"])).await.unwrap(), Coverage::Expired);
-        assert_eq!(log.coverage(id, &selector(&["a"])).await.unwrap(), Coverage::Covered);
+        assert_eq!(
+            log.coverage(EventId(id.0 - 1), &selector(&["a"]))
+                .await
+                .unwrap(),
+            Coverage::Expired
+        );
+        assert_eq!(
+            log.coverage(id, &selector(&["a"])).await.unwrap(),
+            Coverage::Covered
+        );
     }
 }

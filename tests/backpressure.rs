@@ -1,0 +1,157 @@
+//! Slow subscribers: each `stream.overflow` policy against a reader that
+//! stops reading (SPEC §3).
+
+mod common;
+
+use common::{HubProcess, SseClient, SseEvent};
+use serde_json::json;
+
+const FILLER_BYTES: usize = 60_000;
+
+/// Publishes numbered fillers on `t` until `stop` holds for the stats;
+/// returns how many were published.
+async fn publish_until(
+    hub: &HubProcess,
+    what: &str,
+    stop: impl Fn(&serde_json::Value) -> bool,
+) -> u64 {
+    let filler = "x".repeat(FILLER_BYTES);
+    for n in 0..5000u64 {
+        hub.publish_ok(json!({"topic": "t", "event": "fill", "data": format!("{n} {filler}")}))
+            .await;
+        if stop(&hub.stats().await) {
+            return n + 1;
+        }
+    }
+    panic!("{what} never happened");
+}
+
+fn filler_number(e: &SseEvent) -> u64 {
+    e.data.split(' ').next().unwrap().parse().unwrap()
+}
+
+async fn stalled_reader(hub: &HubProcess) -> SseClient {
+    let mut slow = SseClient::connect_with(hub.addr, "/v1/events?topic=t", &[], Some(4096)).await;
+    slow.expect_connected().await;
+    slow
+}
+
+#[tokio::test]
+async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
+    let hub = HubProcess::start(&["stream.queue_capacity=4"]);
+    let mut slow = stalled_reader(&hub).await;
+    let mut fast = SseClient::connect(hub.addr, "/v1/events?topic=t").await;
+    fast.expect_connected().await;
+    let published = publish_until(&hub, "an overflow disconnect", |s| {
+        s["overflow_disconnects"] == 1
+    })
+    .await;
+    // Gone from the books at once, although its socket is still stuck.
+    assert_eq!(hub.stats().await["connections"], 1);
+    let items = slow.read_to_end().await;
+    let got: Vec<SseEvent> = common::events(&items);
+    let numbers: Vec<u64> = got.iter().map(filler_number).collect();
+    assert!(numbers.len() < published as usize);
+    assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
+    // Resuming with the last id seen delivers exactly the rest.
+    let last = got
+        .last()
+        .expect("some events got through")
+        .id
+        .clone()
+        .unwrap();
+    let mut resumed = SseClient::connect_with(
+        hub.addr,
+        "/v1/events?topic=t",
+        &[("Last-Event-ID", &last)],
+        None,
+    )
+    .await;
+    resumed.expect_connected().await;
+    for n in numbers.len() as u64..published {
+        assert_eq!(filler_number(&resumed.next_event().await), n);
+    }
+    // The fast reader was not affected.
+    for n in 0..published {
+        assert_eq!(filler_number(&fast.next_event().await), n);
+    }
+}
+
+/// Reads in the background until the `end` event; publishes `end` once
+/// the hub's queues have drained so that it cannot itself be dropped.
+/// Gives the client back, still connected.
+async fn drain_until_end(hub: &HubProcess, mut slow: SseClient) -> (Vec<SseEvent>, SseClient) {
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let e = slow.next_event().await;
+            if e.event == "end" {
+                return (got, slow);
+            }
+            got.push(e);
+        }
+    });
+    hub.wait_for_stats("the queue to drain", |s| s["queued_now"] == 0)
+        .await;
+    hub.publish_ok(json!({"topic": "t", "event": "end"})).await;
+    reader.await.unwrap()
+}
+
+#[tokio::test]
+async fn drop_newest_keeps_the_stream_and_drops_new_events() {
+    let hub = HubProcess::start(&["stream.queue_capacity=4", "stream.overflow=\"drop_newest\""]);
+    let slow = stalled_reader(&hub).await;
+    let published = publish_until(&hub, "a drop", |s| {
+        s["deliveries_dropped"].as_u64() >= Some(1)
+    })
+    .await;
+    hub.publish_ok(json!({"topic": "t", "event": "marker"}))
+        .await;
+    let (got, _still_open) = drain_until_end(&hub, slow).await;
+    assert!(
+        got.iter().all(|e| e.event == "fill"),
+        "the newest (marker) must be dropped"
+    );
+    let numbers: Vec<u64> = got.iter().map(filler_number).collect();
+    assert!((numbers.len() as u64) < published);
+    assert_eq!(
+        numbers,
+        (0..numbers.len() as u64).collect::<Vec<_>>(),
+        "a prefix, in order"
+    );
+    let stats = hub.stats().await;
+    assert_eq!(stats["connections"], 1, "the stream stays open");
+    assert!(stats["deliveries_dropped"].as_u64().unwrap() >= published - numbers.len() as u64);
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_stream_and_the_newest_events() {
+    let hub = HubProcess::start(&["stream.queue_capacity=4", "stream.overflow=\"drop_oldest\""]);
+    let slow = stalled_reader(&hub).await;
+    let published = publish_until(&hub, "a drop", |s| {
+        s["deliveries_dropped"].as_u64() >= Some(1)
+    })
+    .await;
+    hub.publish_ok(json!({"topic": "t", "event": "marker"}))
+        .await;
+    let (got, _still_open) = drain_until_end(&hub, slow).await;
+    assert_eq!(
+        got.last().unwrap().event,
+        "marker",
+        "the newest must be kept"
+    );
+    let numbers: Vec<u64> = got[..got.len() - 1].iter().map(filler_number).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "order kept");
+    assert!((numbers.len() as u64) < published);
+    let gap = numbers.windows(2).any(|w| w[1] != w[0] + 1);
+    assert!(
+        gap,
+        "older events were dropped from the middle: {numbers:?}"
+    );
+    assert_eq!(
+        *numbers.last().unwrap(),
+        published - 1,
+        "the last filler was newest in the queue"
+    );
+    assert_eq!(hub.stats().await["connections"], 1);
+}

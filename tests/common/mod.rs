@@ -1,0 +1,467 @@
+//! The end-to-end harness: a real `herald` process on a free port, a raw
+//! SSE client over TCP, and a publisher over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// How long any single expected thing may take before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A running `herald serve`.
+pub struct HubProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl HubProcess {
+    /// Starts `herald serve --memory` on a free loopback port, with extra
+    /// `--set NAME=VALUE` settings.
+    pub fn start(settings: &[&str]) -> HubProcess {
+        Self::start_with(settings, &[], &[])
+    }
+
+    /// Same, with extra arguments and environment variables.
+    pub fn start_with(settings: &[&str], args: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["serve", "--memory", "--listen", "127.0.0.1:0"]);
+        for s in settings {
+            cmd.args(["--set", s]);
+        }
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("HERALD_LOG").env_remove("HERALD_LOG_FORMAT");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start herald");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[herald] {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split(|c: char| c.is_whitespace() || c == '"')
+                        .next()
+                        .unwrap_or("");
+                    let _ = tx.send(addr.to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(PATIENCE)
+            .expect("herald did not say where it listens")
+            .parse()
+            .expect("listen address");
+        HubProcess {
+            child,
+            addr,
+            logs,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Publishes a JSON body; returns status and JSON answer.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/v1/publish"))
+            .json(&body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes and expects success; returns the id.
+    pub async fn publish_ok(&self, body: Value) -> String {
+        let (status, answer) = self.publish(body).await;
+        assert_eq!(status, 200, "publish failed: {answer}");
+        answer["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Sends raw bytes to an endpoint; returns status and JSON answer.
+    pub async fn post_raw(
+        &self,
+        path_and_query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path_and_query))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (status, stats) = self.get_json("/v1/stats").await;
+        assert_eq!(status, 200);
+        stats
+    }
+
+    /// Polls `/v1/stats` until `cond` holds (an awaited condition, not a
+    /// sleep): fails the test after [`PATIENCE`].
+    pub async fn wait_for_stats(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stats = self.stats().await;
+            if cond(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stats: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One thing read from an SSE stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Event(SseEvent),
+    Comment(String),
+    Retry(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {:?}", self.data))
+    }
+}
+
+/// A subscriber on a raw socket: tests control exactly when it reads.
+pub struct SseClient {
+    stream: TcpStream,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    chunked: bool,
+    /// Body bytes still expected when the response has a Content-Length.
+    remaining: Option<usize>,
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet parsed into lines.
+    body: Vec<u8>,
+    eof: bool,
+    block: SseEvent,
+    block_has_data: bool,
+    items: std::collections::VecDeque<Item>,
+}
+
+impl SseClient {
+    pub async fn connect(addr: SocketAddr, path_and_query: &str) -> SseClient {
+        Self::connect_with(addr, path_and_query, &[], None).await
+    }
+
+    /// Connects with extra headers and, optionally, a small receive buffer
+    /// (so that a client which stops reading backs the hub up quickly).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<u32>,
+    ) -> SseClient {
+        Self::connect_from(addr, path_and_query, headers, recv_buffer, None).await
+    }
+
+    /// Same, from a chosen loopback source address (127.0.0.2, …).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<u32>,
+        source: Option<std::net::IpAddr>,
+    ) -> SseClient {
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(ip) = source {
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        }
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let mut req = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut client = SseClient {
+            stream,
+            status: 0,
+            headers: Vec::new(),
+            chunked: false,
+            remaining: None,
+            raw: Vec::new(),
+            body: Vec::new(),
+            eof: false,
+            block: SseEvent::default(),
+            block_has_data: false,
+            items: Default::default(),
+        };
+        client.read_head().await;
+        client
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    async fn fill(&mut self) -> bool {
+        self.raw.reserve(64 * 1024);
+        let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.raw))
+            .await
+            .expect("timed out reading the stream")
+            .unwrap_or(0);
+        n > 0
+    }
+
+    async fn read_head(&mut self) {
+        loop {
+            if let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.raw[..end].to_vec()).unwrap();
+                self.raw.drain(..end + 4);
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next().unwrap();
+                self.status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+                for line in lines {
+                    let (k, v) = line.split_once(':').unwrap();
+                    self.headers
+                        .push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+                self.chunked = self
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.contains("chunked"));
+                self.remaining = self.header("content-length").map(|v| v.parse().unwrap());
+                return;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before the response head"
+            );
+        }
+    }
+
+    /// Moves whole chunks from `raw` to `body`; true at the last chunk.
+    fn dechunk(&mut self) -> bool {
+        if let Some(remaining) = self.remaining.as_mut() {
+            let n = self.raw.len().min(*remaining);
+            self.body.extend(self.raw.drain(..n));
+            *remaining -= n;
+            return *remaining == 0;
+        }
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return false;
+        }
+        loop {
+            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return false;
+            };
+            let size_text = std::str::from_utf8(&self.raw[..eol]).unwrap();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                return true;
+            }
+            if self.raw.len() < eol + 2 + size + 2 {
+                return false;
+            }
+            self.body
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 2 + size + 2);
+        }
+    }
+
+    fn parse_lines(&mut self) {
+        while let Some(nl) = self.body.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.body.drain(..=nl).collect();
+            let line = String::from_utf8(line[..line.len() - 1].to_vec()).expect("utf-8 stream");
+            if line.is_empty() {
+                if self.block_has_data {
+                    let mut event = std::mem::take(&mut self.block);
+                    if event.event.is_empty() {
+                        event.event = "message".into();
+                    }
+                    event.data.pop(); // the trailing LF of the data buffer
+                    self.items.push_back(Item::Event(event));
+                }
+                self.block = SseEvent::default();
+                self.block_has_data = false;
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                self.items
+                    .push_back(Item::Comment(comment.trim_start().to_owned()));
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "data" => {
+                    self.block.data.push_str(value);
+                    self.block.data.push('\n');
+                    self.block_has_data = true;
+                }
+                "event" => self.block.event = value.to_owned(),
+                "id" => self.block.id = Some(value.to_owned()),
+                "retry" => self
+                    .items
+                    .push_back(Item::Retry(value.parse().expect("retry"))),
+                other => panic!("unexpected field {other:?}"),
+            }
+        }
+    }
+
+    /// The next item, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(item);
+            }
+            if self.eof {
+                return None;
+            }
+            let last_chunk = self.dechunk();
+            self.parse_lines();
+            if !self.items.is_empty() {
+                continue;
+            }
+            if last_chunk || !self.fill().await {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// The next event, skipping comments and `retry:` fields.
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            match self.next().await {
+                Some(Item::Event(e)) => return e,
+                Some(_) => continue,
+                None => panic!("stream ended while an event was expected"),
+            }
+        }
+    }
+
+    /// Reads events until one of type `event`.
+    pub async fn expect_event(&mut self, event: &str) -> SseEvent {
+        let e = self.next_event().await;
+        assert_eq!(e.event, event, "unexpected event {e:?}");
+        e
+    }
+
+    /// Reads the stream's opening: `retry:` then `herald.connected`.
+    pub async fn expect_connected(&mut self) -> Value {
+        assert_eq!(self.status, 200);
+        assert!(
+            matches!(self.next().await, Some(Item::Retry(_))),
+            "stream must begin with retry:"
+        );
+        self.expect_event("herald.connected").await.json()
+    }
+
+    /// Reads everything up to the end of the stream.
+    pub async fn read_to_end(&mut self) -> Vec<Item> {
+        let mut out = Vec::new();
+        while let Some(item) = self.next().await {
+            out.push(item);
+        }
+        out
+    }
+}
+
+/// Events only, from a list of items.
+pub fn events(items: &[Item]) -> Vec<SseEvent> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
