@@ -53,14 +53,17 @@ impl HubProcess {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[herald] {line}");
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split(|c: char| c.is_whitespace() || c == '"')
-                        .next()
-                        .unwrap_or("");
-                    let _ = tx.send(addr.to_owned());
-                }
+                let addr = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+                    .map(str::to_owned);
+                // Stored before the address is announced, so that a test
+                // reading the logs after start sees every line up to it.
                 sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
+                }
             }
         });
         let addr = rx
