@@ -120,61 +120,118 @@ async fn overlapping_patterns_deliver_once_and_event_filter_applies() {
     assert_eq!(only.next_event().await.event, "end");
 }
 
-#[tokio::test]
+/// Many subscribers join while four publishers send batches: each crosses
+/// from backlog to live at a different moment, resuming from an id just
+/// acknowledged (or from the start), and must receive exactly the log's
+/// sequence after that point: no gap, no duplicate, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_is_exactly_once_while_publishing_concurrently() {
-    let hub = HubProcess::start(&["history.max_events_per_topic=10000"]);
-    let total = 600;
-    // A publisher runs the whole time, over two topics.
-    let publisher = {
+    const PUBLISHERS: usize = 4;
+    const BATCHES: usize = 60;
+    const BATCH: usize = 10;
+    const JOINERS: usize = 30;
+    let total = PUBLISHERS * BATCHES * BATCH;
+    let hub = HubProcess::start(&[
+        "history.max_events_per_topic=100000",
+        "stream.replay_batch=50",
+    ]);
+    // (events acknowledged so far, the id of one of them)
+    let (progress_tx, progress) = tokio::sync::watch::channel((0usize, None::<String>));
+    let progress_tx = std::sync::Arc::new(progress_tx);
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
         let url = hub.url("/v1/publish");
-        tokio::spawn(async move {
+        let progress_tx = progress_tx.clone();
+        publishers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
-            for i in 0..total {
-                let topic = if i % 2 == 0 { "feed/even" } else { "feed/odd" };
-                let resp = http
-                    .post(&url)
-                    .json(&json!({"topic": topic, "data": i.to_string()}))
-                    .send()
-                    .await
-                    .unwrap();
+            for b in 0..BATCHES {
+                let batch: Vec<_> = (0..BATCH)
+                    .map(|i| {
+                        let n = (p * BATCHES + b) * BATCH + i;
+                        let topic = if n % 2 == 0 { "feed/even" } else { "feed/odd" };
+                        json!({"topic": topic, "data": n.to_string()})
+                    })
+                    .collect();
+                let resp = http.post(&url).json(&batch).send().await.unwrap();
                 assert_eq!(resp.status(), 200);
+                let ids: serde_json::Value = resp.json().await.unwrap();
+                let last = ids[BATCH - 1]["id"].as_str().unwrap().to_owned();
+                progress_tx.send_modify(|(count, id)| {
+                    *count += BATCH;
+                    *id = Some(last);
+                });
             }
-        })
-    };
-    let mut seen: Vec<u64> = Vec::new();
-    let mut last_id: Option<String> = None;
-    // Reconnect again and again, each time after a few events, resuming
-    // with the last id seen, while publishes keep coming.
-    while seen.len() < total {
-        let path = "/v1/events?topic=feed/*";
-        let mut sub = match &last_id {
-            None => SseClient::connect(hub.addr, path).await,
+        }));
+    }
+    let mut joiners = Vec::new();
+    for j in 0..JOINERS {
+        let mut progress = progress.clone();
+        let addr = hub.addr;
+        joiners.push(tokio::spawn(async move {
+            let threshold = j * total / JOINERS;
+            let (_, resume) = progress
+                .wait_for(|(count, _)| *count >= threshold)
+                .await
+                .unwrap()
+                .clone();
+            let resume = if j % 3 == 0 { None } else { resume };
+            let mut sub = match &resume {
+                None => SseClient::connect(addr, "/v1/events?topic=feed/**&since=0").await,
+                Some(id) => {
+                    SseClient::connect_with(
+                        addr,
+                        "/v1/events?topic=feed/**",
+                        &[("Last-Event-ID", id)],
+                        None,
+                    )
+                    .await
+                }
+            };
+            sub.expect_connected().await;
+            let mut got = Vec::new();
+            loop {
+                let e = sub.next_event().await;
+                assert_ne!(e.event, "herald.reset", "history covers everything here");
+                if e.event == "end" {
+                    return (resume, got);
+                }
+                got.push((e.id.unwrap(), e.data));
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    hub.publish_ok(json!({"topic": "feed/end", "event": "end"}))
+        .await;
+    // The log's own order, read back once everything is in.
+    let mut reference = SseClient::connect(hub.addr, "/v1/events?topic=feed/**&since=0").await;
+    reference.expect_connected().await;
+    let mut log = Vec::new();
+    while log.len() < total {
+        let e = reference.next_event().await;
+        log.push((e.id.unwrap(), e.data));
+    }
+    let numbers: BTreeSet<u64> = log.iter().map(|(_, d)| d.parse().unwrap()).collect();
+    assert_eq!(
+        numbers,
+        (0..total as u64).collect(),
+        "the log holds every event once"
+    );
+    for joiner in joiners {
+        let (resume, got) = joiner.await.unwrap();
+        let start = match &resume {
+            None => 0,
             Some(id) => {
-                SseClient::connect_with(hub.addr, path, &[("Last-Event-ID", id)], None).await
+                log.iter()
+                    .position(|(i, _)| i == id)
+                    .expect("resume id in the log")
+                    + 1
             }
         };
-        sub.expect_connected().await;
-        for _ in 0..(7 + seen.len() % 13) {
-            if seen.len() == total {
-                break;
-            }
-            let e = sub.next_event().await;
-            assert_ne!(e.event, "herald.reset", "history covers everything here");
-            seen.push(e.data.parse().unwrap());
-            last_id = e.id;
-        }
-    }
-    publisher.await.unwrap();
-    // Each event once (no duplicate), none missing (no gap), per-topic order.
-    let distinct: BTreeSet<u64> = seen.iter().copied().collect();
-    assert_eq!(distinct.len(), total, "duplicates in {seen:?}");
-    assert_eq!(distinct, (0..total as u64).collect());
-    for parity in [0, 1] {
-        let one: Vec<u64> = seen.iter().copied().filter(|v| v % 2 == parity).collect();
-        assert!(
-            one.windows(2).all(|w| w[0] < w[1]),
-            "per-topic order broken: {one:?}"
-        );
+        let want = &log[start..];
+        assert_eq!(got.len(), want.len(), "joiner from {resume:?}: wrong count");
+        assert!(got == want, "joiner from {resume:?}: wrong sequence");
     }
 }
 
