@@ -148,7 +148,11 @@ async fn resume_is_exactly_once_while_publishing_concurrently() {
                 let batch: Vec<_> = (0..BATCH)
                     .map(|i| {
                         let n = (p * BATCHES + b) * BATCH + i;
-                        let topic = if n % 2 == 0 { "feed/even" } else { "feed/odd" };
+                        let topic = if n.is_multiple_of(2) {
+                            "feed/even"
+                        } else {
+                            "feed/odd"
+                        };
                         json!({"topic": topic, "data": n.to_string()})
                     })
                     .collect();

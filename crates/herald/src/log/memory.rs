@@ -113,9 +113,40 @@ impl MemoryLog {
     }
 }
 
+/// Broadcasts and topic-less events live in the topic-less history: every
+/// connection may receive them, whatever it subscribed to.
+fn in_direct_history(event: &Event) -> bool {
+    event.target.broadcast || event.topics.is_empty()
+}
+
 impl Inner {
     fn head(&self) -> u64 {
         self.next_id - 1
+    }
+
+    /// Whether a history that `selector` reads still holds `event`. An event
+    /// on several topics may have been evicted from one of them and not yet
+    /// from another; to a reader of the first it is gone.
+    fn holds(&self, event: &Event, selector: &Selector) -> bool {
+        in_direct_history(event)
+            || event.topics.iter().any(|t| {
+                selector.patterns.iter().any(|p| p.matches(t))
+                    && self
+                        .topics
+                        .get(t)
+                        .is_some_and(|h| h.ids.binary_search(&event.id.0).is_ok())
+            })
+    }
+
+    /// Drops `id` (leaving `event`) from the front of every history holding it.
+    fn trim_all(&mut self, event: &Event, evicted: bool) {
+        if in_direct_history(event) {
+            self.trim_front(None, event.id.0, evicted);
+        } else {
+            for topic in event.topics.iter() {
+                self.trim_front(Some(topic), event.id.0, evicted);
+            }
+        }
     }
 
     fn sweep(&mut self, now: u64) {
@@ -126,12 +157,7 @@ impl Inner {
             self.expiring.pop();
             if let Some(stored) = self.events.remove(&id) {
                 // Expiry is not eviction: no watermark moves.
-                for topic in stored.event.topics.iter() {
-                    self.trim_front(Some(topic), id, false);
-                }
-                if stored.event.topics.is_empty() {
-                    self.trim_front(None, id, false);
-                }
+                self.trim_all(&stored.event, false);
             }
         }
         if let Some(max_age) = self.settings.max_age {
@@ -141,12 +167,7 @@ impl Inner {
                     break;
                 }
                 let event = self.events.remove(&id).expect("present").event;
-                for topic in event.topics.iter() {
-                    self.trim_front(Some(topic), id, true);
-                }
-                if event.topics.is_empty() {
-                    self.trim_front(None, id, true);
-                }
+                self.trim_all(&event, true);
             }
         }
         while let Some((_, at)) = self.idempotency_order.front() {
@@ -194,14 +215,17 @@ impl Inner {
         let max = self.settings.max_events_per_topic.max(1);
         let mut refs = 0;
         let mut evict = Vec::new();
-        if event.topics.is_empty() {
+        let topics: &[Topic] = if in_direct_history(&event) {
             refs = 1;
             self.direct.ids.push_back(id);
             while self.direct.ids.len() > max {
                 evict.push((None, self.direct.ids.pop_front().expect("non-empty")));
             }
-        }
-        for topic in event.topics.iter() {
+            &[]
+        } else {
+            &event.topics
+        };
+        for topic in topics {
             refs += 1;
             let history = self.topics.entry(topic.clone()).or_default();
             history.ids.push_back(id);
@@ -262,9 +286,18 @@ impl Inner {
         if after < self.pruned_floor || after < self.direct.evicted_through {
             return Coverage::Expired;
         }
-        let lost = self.topics.iter().any(|(topic, h)| {
-            h.evicted_through > after && selector.patterns.iter().any(|p| p.matches(topic))
-        });
+        let lost = if selector.patterns.iter().all(|p| p.is_exact()) {
+            selector
+                .patterns
+                .iter()
+                .filter_map(|p| Topic::new(p.as_str()).ok())
+                .filter_map(|t| self.topics.get(&t))
+                .any(|h| h.evicted_through > after)
+        } else {
+            self.topics.iter().any(|(topic, h)| {
+                h.evicted_through > after && selector.patterns.iter().any(|p| p.matches(topic))
+            })
+        };
         if lost {
             Coverage::Expired
         } else {
@@ -289,9 +322,67 @@ impl Inner {
         self.events.range(lo..=until).next().map(|(&id, _)| id)
     }
 
+    /// The ids a selector of exact topics only can receive, ascending:
+    /// its topics' histories and the topic-less one, merged. `None` when a
+    /// pattern has a wildcard (the whole log must be scanned then). This
+    /// keeps `history=N` on one quiet topic from scanning every topic's
+    /// events while publishes wait for the lock.
+    fn candidate_ids(&self, selector: &Selector, after: u64, until: u64) -> Option<Vec<u64>> {
+        if !selector.patterns.iter().all(|p| p.is_exact()) {
+            return None;
+        }
+        let mut ids = Vec::new();
+        let histories = selector
+            .patterns
+            .iter()
+            .filter_map(|p| Topic::new(p.as_str()).ok())
+            .filter_map(|t| self.topics.get(&t))
+            .chain(std::iter::once(&self.direct));
+        for history in histories {
+            let start = history.ids.partition_point(|&id| id <= after);
+            ids.extend(history.ids.range(start..).take_while(|&&id| id <= until));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
+    }
+
     fn read(&self, req: &ReadRequest<'_>, now: u64) -> Vec<SharedEvent> {
         let until = req.until.0;
-        let visible = |s: &&Stored| !s.event.is_expired(now) && req.selector.wants(&s.event);
+        let visible = |s: &&Stored| {
+            !s.event.is_expired(now)
+                && req.selector.wants(&s.event)
+                && self.holds(&s.event, req.selector)
+        };
+        let after = match req.from {
+            ReadFrom::After(id) => id.0,
+            ReadFrom::Since(ms) => match self.first_id_since(ms, until) {
+                Some(first) => first - 1,
+                None => return Vec::new(),
+            },
+            ReadFrom::Last(_) => 0,
+        };
+        if let Some(ids) = self.candidate_ids(req.selector, after, until) {
+            let found = ids
+                .iter()
+                .filter_map(|id| self.events.get(id))
+                .filter(visible);
+            return match req.from {
+                ReadFrom::Last(n) => {
+                    let mut last: Vec<SharedEvent> = ids
+                        .iter()
+                        .rev()
+                        .filter_map(|id| self.events.get(id))
+                        .filter(visible)
+                        .take(n.min(req.limit))
+                        .map(|s| s.event.clone())
+                        .collect();
+                    last.reverse();
+                    last
+                }
+                _ => found.take(req.limit).map(|s| s.event.clone()).collect(),
+            };
+        }
         match req.from {
             ReadFrom::After(id) if id.0 >= until => Vec::new(),
             ReadFrom::After(id) => self
@@ -499,6 +590,63 @@ mod tests {
             ..req(ReadFrom::After(got[0]))
         };
         assert_eq!(ids(&log.read(bounded).await.unwrap()), vec![got[2].0]);
+    }
+
+    /// Reads through the per-topic histories (exact topics) give what a
+    /// scan of the whole log gives (the same selector plus a wildcard that
+    /// matches nothing else).
+    #[tokio::test]
+    async fn exact_topic_reads_agree_with_full_scans() {
+        let (log, _) = log(4);
+        let mut heads = Vec::new();
+        for i in 0..40 {
+            let mut d = draft(["a", "b", "c/d", "e"][i % 4]);
+            if i % 5 == 0 {
+                d.topics.push(Topic::new("b").unwrap());
+            }
+            if i % 7 == 0 {
+                // Broadcasts, some naming a topic no selector reads.
+                d.topics = if i % 14 == 0 {
+                    vec![]
+                } else {
+                    vec![Topic::new("zz").unwrap()]
+                };
+                d.target.broadcast = true;
+            }
+            if i % 9 == 0 {
+                d.ttl_secs = Some(0);
+            }
+            heads.push(log.append(vec![d]).await.unwrap()[0].id);
+        }
+        log.sweep();
+        let head = *heads.last().unwrap();
+        let exact = selector(&["b", "c/d"]);
+        let scan = selector(&["b", "c/d", "zz/*"]);
+        for from in [
+            ReadFrom::Last(3),
+            ReadFrom::Last(100),
+            ReadFrom::After(heads[20]),
+            ReadFrom::After(EventId(0)),
+            ReadFrom::Since(0),
+        ] {
+            for until in [head, heads[30]] {
+                let req = |s| ReadRequest {
+                    from,
+                    until,
+                    limit: 100,
+                    selector: s,
+                };
+                let a = ids(&log.read(req(&exact)).await.unwrap());
+                let b = ids(&log.read(req(&scan)).await.unwrap());
+                assert_eq!(a, b, "{from:?} until {until:?}");
+            }
+        }
+        for after in [heads[0], heads[25], heads[38]] {
+            assert_eq!(
+                log.coverage(after, &exact).await.unwrap(),
+                log.coverage(after, &scan).await.unwrap()
+            );
+        }
     }
 
     #[tokio::test]
