@@ -277,3 +277,50 @@ impl Hub {
 fn new_connection_id(key: u64) -> String {
     format!("c{key:x}-{:016x}", fastrand::u64(..))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_mode_trusts_loopback_only() {
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(
+                Hub::is_trusted_in_dev_mode(Some(ip.parse().unwrap())),
+                "{ip}"
+            );
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.5",
+            "8.8.8.8",
+            "::ffff:10.0.0.1",
+            "fe80::1",
+        ] {
+            assert!(
+                !Hub::is_trusted_in_dev_mode(Some(ip.parse().unwrap())),
+                "{ip}"
+            );
+        }
+        assert!(
+            !Hub::is_trusted_in_dev_mode(None),
+            "unknown peers are not trusted"
+        );
+    }
+
+    #[tokio::test]
+    async fn publish_from_rust_reaches_the_log() {
+        let hub = Hub::new(Config::default()).unwrap();
+        let a = hub.publish(PublishRequest::topic("a", "x")).await.unwrap();
+        let b = hub
+            .publish(PublishRequest::topic("a", "y").event("e"))
+            .await
+            .unwrap();
+        assert!(b > a);
+        assert_eq!(hub.stats().head, b.to_string());
+        assert!(matches!(
+            hub.publish(PublishRequest::topic("bad topic", "x")).await,
+            Err(PublishError::BadTopic(..))
+        ));
+    }
+}
