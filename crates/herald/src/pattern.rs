@@ -63,6 +63,27 @@ impl Pattern {
             .all(|s| matches!(s, Segment::Literal(_)))
     }
 
+    /// True when every topic `other` matches is also matched by `self`:
+    /// a right to read (or write) `self` includes a request for `other`.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let (mine, theirs) = (&self.segments, &other.segments);
+        for (i, seg) in mine.iter().enumerate() {
+            let Some(req) = theirs.get(i) else {
+                return false; // `self` needs more segments than `other` guarantees
+            };
+            match (seg, req) {
+                // `**` takes one or more segments: anything left in `other`
+                // (which has at least this one) fits.
+                (Segment::Many, _) => return true,
+                (Segment::One, Segment::Many) => return false,
+                (Segment::One, _) => {}
+                (Segment::Literal(a), Segment::Literal(b)) if a == b => {}
+                (Segment::Literal(_), _) => return false,
+            }
+        }
+        mine.len() == theirs.len()
+    }
+
     pub fn matches(&self, topic: &Topic) -> bool {
         let mut parts = topic.as_str().split('/');
         for seg in self.segments.iter() {
@@ -150,6 +171,22 @@ pub(crate) mod tests {
         assert!(Pattern::parse("a/b c").is_err());
     }
 
+    /// Every topic of up to 5 segments (one more than the longest pattern) over the strategy's alphabet plus
+    /// one segment no pattern names.
+    fn all_topics() -> Vec<String> {
+        let alphabet = ["a", "b", "c", "ab", "z"];
+        let mut out: Vec<String> = Vec::new();
+        let mut level: Vec<String> = alphabet.iter().map(|s| s.to_string()).collect();
+        for _ in 0..5 {
+            out.extend(level.iter().cloned());
+            level = level
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |s| format!("{t}/{s}")))
+                .collect();
+        }
+        out
+    }
+
     pub(crate) fn seg() -> impl Strategy<Value = String> {
         prop_oneof!["a", "b", "c", "ab"].prop_map(String::from)
     }
@@ -171,7 +208,33 @@ pub(crate) mod tests {
             })
     }
 
+    #[test]
+    fn coverage_of_patterns() {
+        let covers = |a: &str, b: &str| Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap());
+        assert!(covers("chat/**", "chat/rooms/*"));
+        assert!(covers("chat/**", "chat/**"));
+        assert!(covers("chat/*", "chat/lobby"));
+        assert!(covers("**", "a/b/c"));
+        assert!(covers("users/alice/**", "users/alice/inbox"));
+        assert!(!covers("chat/*", "chat/**"));
+        assert!(!covers("chat/*", "chat/a/b"));
+        assert!(!covers("chat/lobby", "chat/*"));
+        assert!(!covers("users/alice/**", "users/*/inbox"));
+        assert!(!covers("a/b", "a"));
+        assert!(!covers("a/**", "a"));
+    }
+
     proptest! {
+        /// Soundness: when `g` covers `p`, every topic `p` matches, `g`
+        /// matches. Completeness: when it does not, some topic shows it
+        /// (searched among short topics over the same alphabet).
+        #[test]
+        fn coverage_agrees_with_matching(g in pattern_strategy(), p in pattern_strategy()) {
+            let (gp, pp) = (Pattern::parse(&g).unwrap(), Pattern::parse(&p).unwrap());
+            let witness = all_topics().into_iter().find(|t| naive_matches(&p, t) && !naive_matches(&g, t));
+            prop_assert_eq!(gp.covers(&pp), witness.is_none(), "g={} p={} witness={:?}", g, p, witness);
+        }
+
         #[test]
         fn agrees_with_naive_matcher(p in pattern_strategy(), topic in topic_strategy()) {
             let pattern = Pattern::parse(&p).unwrap();
