@@ -40,7 +40,7 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     /// PEM file with the public key for RS*/ES*/EdDSA tokens. Default: none.
     pub jwt_public_key_file: Option<PathBuf>,
-    /// JWKS file path or URL. Default: none.
+    /// JWKS file path (keys matched by `kid`). Default: none.
     pub jwks: Option<String>,
     /// Required `iss`. Default: not checked.
     pub issuer: Option<String>,
@@ -50,6 +50,11 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     /// Cookie that may carry the token. Default `herald_token`.
     pub cookie_name: String,
+    /// Patterns anyone may read without a token once auth is on (public,
+    /// read-only topics). Default: none.
+    pub anonymous_subscribe: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default `30`.
+    pub leeway_secs: u64,
 }
 
 /// `[limits]`: 0 means unlimited wherever a count is a limit.
@@ -60,7 +65,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Open streams from one client address. Default `1000`.
     pub max_connections_per_ip: usize,
-    /// Open streams of one user. Default `0` (unlimited).
+    /// Open streams of one user (token `sub`); over it a temporary
+    /// refusal. Default `0` (unlimited).
     pub max_connections_per_user: usize,
     /// `topic=` patterns on one stream. Default `64`.
     pub max_topics_per_connection: usize,
@@ -73,9 +79,11 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Events in one publish batch. Default `1000`.
     pub max_batch: usize,
-    /// Publishes per second per publisher. Default `0` (off).
+    /// Publish requests per second per publisher (API key, user, or
+    /// address when anonymous); over it `429`. Default `0` (off).
     pub publish_rate_per_sec: u32,
-    /// New streams per second per client address. Default `0` (off).
+    /// New streams per second per client address; over it a temporary
+    /// refusal. Default `0` (off).
     pub connect_rate_per_ip: u32,
 }
 
@@ -184,6 +192,8 @@ impl Default for AuthConfig {
             audience: None,
             api_keys: Vec::new(),
             cookie_name: "herald_token".into(),
+            anonymous_subscribe: Vec::new(),
+            leeway_secs: 30,
         }
     }
 }
@@ -234,13 +244,13 @@ impl Default for HistoryConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]
 pub struct ConfigError {
-    pub setting: &'static str,
+    pub setting: String,
     pub reason: String,
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
-        setting,
+        setting: setting.into(),
         reason: reason.into(),
     }
 }
@@ -272,40 +282,31 @@ impl Config {
         if self.stream.retry_ms == 0 {
             return Err(invalid("stream.retry_ms", "must be at least 1"));
         }
-        // Settings of parts that are not built yet are refused rather than
-        // silently ignored: an operator who sets them expects them to work.
-        let not_yet: [(&'static str, bool); 10] = [
-            ("auth.jwt_secret", self.auth.jwt_secret.is_some()),
-            (
-                "auth.jwt_public_key_file",
-                self.auth.jwt_public_key_file.is_some(),
-            ),
-            ("auth.jwks", self.auth.jwks.is_some()),
-            ("auth.api_keys", !self.auth.api_keys.is_empty()),
-            ("auth.issuer", self.auth.issuer.is_some()),
-            ("auth.audience", self.auth.audience.is_some()),
-            (
-                "limits.max_connections_per_user",
-                self.limits.max_connections_per_user != 0,
-            ),
-            (
-                "limits.publish_rate_per_sec",
-                self.limits.publish_rate_per_sec != 0,
-            ),
-            (
-                "limits.connect_rate_per_ip",
-                self.limits.connect_rate_per_ip != 0,
-            ),
-            (
-                "cors.allowed_origins",
-                !self.cors.allowed_origins.is_empty(),
-            ),
-        ];
-        if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
+        if let Some(jwks) = &self.auth.jwks {
+            if jwks.starts_with("http://") || jwks.starts_with("https://") {
+                return Err(invalid(
+                    "auth.jwks",
+                    "JWKS URLs are not supported yet; give a file path",
+                ));
+            }
+        }
+        let origins = &self.cors.allowed_origins;
+        if origins.iter().any(|o| o == "*") && origins.len() > 1 {
             return Err(invalid(
-                name,
-                "is not supported by this version of Herald yet",
+                "cors.allowed_origins",
+                "\"*\" allows every origin and must stand alone",
             ));
+        }
+        for origin in origins.iter().filter(|o| *o != "*") {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && axum::http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(invalid(
+                    "cors.allowed_origins",
+                    format!("{origin:?} is not an origin like \"https://app.example.com\""),
+                ));
+            }
         }
         if self.cluster.url.is_some() {
             return Err(invalid(

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::auth::{now_secs, AuthError, Authenticator, Identity, Proof};
 use crate::config::{Config, ConfigError};
 use crate::connection::Connection;
 use crate::event::EventId;
 use crate::fanout::{Fanout, FanoutStats};
-use crate::limits::ConnectionLimiter;
+use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{EventLog, MemoryLog, ReadFrom};
-use crate::publish::{validate_batch, PublishError, PublishRequest};
+use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
+use crate::rate::RateLimits;
 use crate::selector::Selector;
 use crate::stream::{EventStream, Writer};
 use crate::subscribe::{
@@ -45,6 +47,9 @@ struct Shared {
     log: Arc<dyn EventLog>,
     fanout: Arc<Fanout>,
     limiter: ConnectionLimiter,
+    /// `None`: no auth key configured, dev mode.
+    auth: Option<Authenticator>,
+    rates: RateLimits,
     /// Cancelled when the hub starts shutting down: streams flush, send a
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
@@ -88,22 +93,45 @@ impl Hub {
     /// A hub on any implementation of the log seam.
     pub fn with_log(config: Config, log: Arc<dyn EventLog>) -> Result<Hub, ConfigError> {
         config.validate()?;
+        let auth = Authenticator::from_config(&config.auth).map_err(|e| ConfigError {
+            setting: e.source_name,
+            reason: e.reason,
+        })?;
         let fanout = Arc::new(Fanout::new());
         log.attach(fanout.clone());
+        let limits = &config.limits;
         let limiter = ConnectionLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_connections_per_user,
         );
-        Ok(Hub {
+        let rates = RateLimits::new(limits.publish_rate_per_sec, limits.connect_rate_per_ip);
+        let hub = Hub {
             shared: Arc::new(Shared {
                 config,
                 log,
                 fanout,
                 limiter,
+                auth,
+                rates,
                 shutdown: CancellationToken::new(),
                 next_key: AtomicU64::new(1),
             }),
-        })
+        };
+        if hub.shared.rates.is_active() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let weak = Arc::downgrade(&hub.shared);
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        let Some(shared) = weak.upgrade() else { break };
+                        shared.rates.forget_idle();
+                    }
+                });
+            }
+        }
+        Ok(hub)
     }
 
     pub fn config(&self) -> &Config {
@@ -118,18 +146,58 @@ impl Hub {
         &self.shared.fanout
     }
 
-    /// Publishes one event; returns its id once it is in the log.
+    /// True when no auth key is configured (SPEC §1 dev mode).
+    pub fn dev_mode(&self) -> bool {
+        self.shared.auth.is_none()
+    }
+
+    /// Resolves credentials (a bearer token, cookie or `access_token`
+    /// value; `None` when none were sent) into an identity.
+    pub fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
+        match &self.shared.auth {
+            None => Ok(Identity::unrestricted(Proof::DevMode)),
+            Some(auth) => auth.authenticate(credentials),
+        }
+    }
+
+    pub fn rates(&self) -> &RateLimits {
+        &self.shared.rates
+    }
+
+    /// Publishes one event with full rights (code in this process); returns
+    /// its id once it is in the log.
     pub async fn publish(&self, request: PublishRequest) -> Result<EventId, PublishError> {
         Ok(self.publish_batch(vec![request]).await?[0])
     }
 
-    /// Publishes a batch, all or nothing; returns the ids in order. A
-    /// repeated idempotency key returns the first publish's id.
+    /// Publishes a batch with full rights, all or nothing; returns the ids
+    /// in order. A repeated idempotency key returns the first publish's id.
     pub async fn publish_batch(
         &self,
         requests: Vec<PublishRequest>,
     ) -> Result<Vec<EventId>, PublishError> {
+        self.publish_as(&Identity::unrestricted(Proof::Embedded), requests)
+            .await
+    }
+
+    /// Publishes a batch on behalf of `identity`, checking its rights on
+    /// every event first.
+    pub async fn publish_as(
+        &self,
+        identity: &Identity,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<EventId>, PublishError> {
         let drafts = validate_batch(requests, &self.shared.config.limits)?;
+        let single = drafts.len() == 1;
+        for (index, draft) in drafts.iter().enumerate() {
+            check_rights(identity, draft).map_err(|e| match single {
+                true => PublishError::Auth(e),
+                false => PublishError::InBatch {
+                    index,
+                    source: Box::new(PublishError::Auth(e)),
+                },
+            })?;
+        }
         let appended = self.shared.log.append(drafts).await?;
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
@@ -153,12 +221,33 @@ impl Hub {
                 ));
             }
         }
+        let identity = match request.identity.clone() {
+            Some(identity) => identity,
+            None => self.authenticate(None)?,
+        };
+        if let Some(denied) = patterns.iter().find(|p| !identity.subscribe.allows(p)) {
+            return Err(SubscribeError::Auth(match identity.proof {
+                Proof::Anonymous => AuthError::Missing(format!("reading {denied} needs a token")),
+                _ => AuthError::Forbidden(format!("the token may not read {denied}")),
+            }));
+        }
+        if identity.valid_until.is_some_and(|t| t <= now_secs()) {
+            return Err(SubscribeError::Auth(AuthError::Expired));
+        }
         if self.is_shutting_down() {
             return Ok(Subscription::Refused(Refusal::shutting_down(
                 self.jittered_retry_ms(),
             )));
         }
-        let permit = match self.shared.limiter.try_acquire(request.peer) {
+        if let Some(ip) = request.peer {
+            if let Err(wait) = self.shared.rates.check_connect(ip) {
+                let retry = (wait.as_millis() as u64).max(self.jittered_retry_ms());
+                let refusal = Refusal::limit(LimitRefusal::ConnectRate, retry);
+                return Ok(Subscription::Refused(refusal));
+            }
+        }
+        let user = identity.user.as_deref();
+        let permit = match self.shared.limiter.try_acquire(request.peer, user) {
             Ok(permit) => permit,
             Err(reason) => {
                 return Ok(Subscription::Refused(Refusal::limit(
@@ -173,8 +262,8 @@ impl Hub {
             connection_id: connection_id.clone(),
             patterns,
             event_types,
-            user: None,
-            meta: Default::default(),
+            user: identity.user.clone(),
+            meta: identity.meta.clone(),
         };
         let conn = Arc::new(Connection::new(
             key,
@@ -195,7 +284,14 @@ impl Hub {
                 return Err(err);
             }
         };
-        let writer = Writer::new(self.clone(), conn, permit, head, start);
+        let writer = Writer::new(
+            self.clone(),
+            conn,
+            permit,
+            head,
+            start,
+            identity.valid_until,
+        );
         Ok(Subscription::Stream {
             connection_id,
             body: writer.into_stream(),

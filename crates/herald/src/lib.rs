@@ -24,6 +24,7 @@
 //! registers the connection with fan-out before reading any backlog: see
 //! `stream.rs` for why that makes resume exactly once.
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod event;
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod log;
 pub mod pattern;
 pub mod publish;
+pub mod rate;
 pub mod selector;
 pub mod server;
 pub mod sse;
@@ -42,6 +44,7 @@ pub mod stream;
 pub mod subscribe;
 pub mod topic;
 
+pub use auth::{AuthError, Identity};
 pub use config::{Config, Overflow};
 pub use event::{Event, EventDraft, EventId};
 pub use hub::{Hub, Subscription};

@@ -210,7 +210,11 @@ pub(crate) mod tests {
 
     #[test]
     fn coverage_of_patterns() {
-        let covers = |a: &str, b: &str| Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap());
+        let covers = |a: &str, b: &str| {
+            Pattern::parse(a)
+                .unwrap()
+                .covers(&Pattern::parse(b).unwrap())
+        };
         assert!(covers("chat/**", "chat/rooms/*"));
         assert!(covers("chat/**", "chat/**"));
         assert!(covers("chat/*", "chat/lobby"));

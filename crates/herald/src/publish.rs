@@ -4,6 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use crate::auth::{AuthError, Identity, Proof, Rights};
 use crate::config::LimitsConfig;
 use crate::event::{EventDraft, Target};
 use crate::log::LogError;
@@ -108,7 +109,39 @@ pub enum PublishError {
         source: Box<PublishError>,
     },
     #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
     Log(#[from] LogError),
+}
+
+/// Whether `identity` may publish `draft`. Broadcasts and events without
+/// topics reach connections whatever they subscribed to, so they need
+/// admin rights (an API key or `herald.admin`).
+pub fn check_rights(identity: &Identity, draft: &EventDraft) -> Result<(), AuthError> {
+    if identity.publish == Rights::All {
+        return Ok(());
+    }
+    let needs_token = || AuthError::Missing("publishing needs a token or an API key".into());
+    if draft.target.broadcast || draft.topics.is_empty() {
+        return match (identity.admin, identity.proof) {
+            (true, _) => Ok(()),
+            (false, Proof::Anonymous) => Err(needs_token()),
+            (false, _) => Err(AuthError::Forbidden(
+                "broadcasts and events without topics need herald.admin or an API key".into(),
+            )),
+        };
+    }
+    match draft
+        .topics
+        .iter()
+        .find(|t| !identity.publish.allows_topic(t))
+    {
+        None => Ok(()),
+        Some(_) if identity.proof == Proof::Anonymous => Err(needs_token()),
+        Some(topic) => Err(AuthError::Forbidden(format!(
+            "the token may not publish to {topic}"
+        ))),
+    }
 }
 
 fn check_name(field: &'static str, value: &str) -> Result<(), PublishError> {

@@ -46,6 +46,9 @@ pub(crate) struct Writer {
     last_written: u64,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
+    /// When the connection's token stops being valid: the stream then
+    /// sends `herald.token_expired` and ends.
+    token_expiry: Option<Pin<Box<Sleep>>>,
     scratch: Vec<SharedEvent>,
     finished: bool,
 }
@@ -57,6 +60,7 @@ impl Writer {
         permit: ConnectionPermit,
         head: EventId,
         start: Start,
+        valid_until: Option<u64>,
     ) -> Writer {
         let config = hub.config();
         let heartbeat_every = config.heartbeat();
@@ -94,6 +98,10 @@ impl Writer {
             last_written: 0,
             heartbeat_every,
             heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            token_expiry: valid_until.map(|until| {
+                let left = until.saturating_sub(crate::auth::now_secs());
+                Box::pin(tokio::time::sleep(Duration::from_secs(left)))
+            }),
             scratch: Vec::new(),
             finished: false,
         }
@@ -193,12 +201,25 @@ impl Writer {
                 return Some(buf.freeze());
             }
             let shutdown = self.hub.shutdown_token();
+            let expiry = async {
+                match self.token_expiry.as_mut() {
+                    Some(at) => at.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.conn.ready() => {}
                 _ = shutdown.cancelled() => {}
                 _ = self.heartbeat.as_mut() => {
                     self.wrote();
                     return Some(Bytes::from_static(sse::HEARTBEAT));
+                }
+                () = expiry => {
+                    self.finished = true;
+                    let mut buf = BytesMut::new();
+                    let data = serde_json::json!({ "reason": "token_expired" });
+                    sse::write_event(&mut buf, None, Some("herald.token_expired"), &data.to_string());
+                    return Some(buf.freeze());
                 }
             }
         }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthError, Identity};
 use crate::event::EventId;
 use crate::limits::LimitRefusal;
 use crate::log::{Coverage, LogError, ReadFrom};
@@ -27,6 +28,8 @@ pub struct SubscribeRequest {
     pub event_types: Vec<String>,
     /// The client's address, for per-address limits.
     pub peer: Option<IpAddr>,
+    /// Who is asking; `None` is an anonymous caller (in dev mode, anyone).
+    pub identity: Option<Identity>,
     /// Cancelled by the hub when it closes the stream (overflow, kick), so
     /// the transport can drop a socket whose writes are blocked.
     pub transport: Option<CancellationToken>,
@@ -73,6 +76,8 @@ pub enum SubscribeError {
     TooManyTopics { count: usize, limit: usize },
     #[error("`{0}` {1}")]
     BadParameter(&'static str, String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Log(#[from] LogError),
 }

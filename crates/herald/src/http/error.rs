@@ -4,6 +4,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use std::time::Duration;
+
+use crate::auth::AuthError;
 use crate::log::LogError;
 use crate::publish::PublishError;
 use crate::subscribe::SubscribeError;
@@ -21,6 +24,10 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("too many publishes; try again in {} ms", .0.as_millis())]
+    RateLimited(Duration),
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed on this endpoint")]
@@ -40,6 +47,8 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_parameter")
             }
             ApiError::Subscribe(S::Log(e)) => log_parts(e),
+            ApiError::Subscribe(S::Auth(e)) | ApiError::Auth(e) => auth_parts(e),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -60,7 +69,17 @@ fn publish_parts(e: &PublishError) -> (StatusCode, &'static str) {
         P::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
         P::EmptyBatch | P::BatchTooLarge(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
         P::InBatch { source, .. } => publish_parts(source),
+        P::Auth(e) => auth_parts(e),
         P::Log(e) => log_parts(e),
+    }
+}
+
+fn auth_parts(e: &AuthError) -> (StatusCode, &'static str) {
+    match e {
+        AuthError::Missing(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        AuthError::Expired => (StatusCode::UNAUTHORIZED, "token_expired"),
+        AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
     }
 }
 
@@ -79,10 +98,19 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match (status, &self) {
+            (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            (StatusCode::UNAUTHORIZED, _) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            (_, ApiError::RateLimited(wait)) => {
+                let secs = (wait.as_millis() as u64).div_ceil(1000).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 
-use super::{ApiError, PeerAddr, TransportHandle};
+use super::{ApiError, Caller, TransportHandle};
 use crate::hub::{Hub, Subscription};
 use crate::sse;
 use crate::subscribe::{Refusal, SubscribeRequest};
@@ -15,7 +15,7 @@ use crate::subscribe::{Refusal, SubscribeRequest};
 /// state is a [`Hub`].
 pub async fn events(
     State(hub): State<Hub>,
-    peer: PeerAddr,
+    caller: Caller,
     transport: TransportHandle,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -26,7 +26,8 @@ pub async fn events(
         // text cannot be an id this hub issued: treat it as unknown.
         request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
     }
-    request.peer = peer.0;
+    request.peer = caller.peer;
+    request.identity = Some(caller.identity);
     request.transport = transport.0;
     Ok(match hub.subscribe(request).await? {
         Subscription::Stream { body, .. } => sse_response(Body::from_stream(

@@ -10,10 +10,14 @@ mod publish;
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Identity;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -25,7 +29,8 @@ use crate::hub::Hub;
 /// Every endpoint of the hub, ready to serve or to nest in an application.
 pub fn router(hub: Hub) -> Router {
     let body_limit = hub.config().limits.max_body_bytes;
-    Router::new()
+    let cors = cors_layer(&hub.config().cors.allowed_origins);
+    let router = Router::new()
         .route("/v1/events", get(events))
         .route("/v1/publish", post(publish))
         .route("/v1/stats", get(ops::stats))
@@ -34,7 +39,107 @@ pub fn router(hub: Hub) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(hub)
+        .with_state(hub);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS from `cors.allowed_origins`: a list of origins gets credentials
+/// (cookies, Authorization); `"*"` alone allows any origin, never with
+/// credentials.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let base = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::CACHE_CONTROL,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::ETAG])
+        .max_age(std::time::Duration::from_secs(600));
+    Some(if origins.iter().any(|o| o == "*") {
+        base.allow_origin(AllowOrigin::any())
+    } else {
+        let list = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect::<Vec<_>>();
+        base.allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+    })
+}
+
+/// The caller of a request: its verified identity and address.
+///
+/// Credentials are read from, in order: `Authorization: Bearer`, the cookie
+/// `auth.cookie_name`, the `access_token` query parameter (for browsers'
+/// EventSource, which cannot set headers). The token's value is never
+/// logged.
+pub struct Caller {
+    pub identity: Identity,
+    pub peer: Option<IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller
+where
+    Hub: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let hub = Hub::from_ref(state);
+        let PeerAddr(peer) = PeerAddr::from_request_parts(parts, state)
+            .await
+            .unwrap_or(PeerAddr(None));
+        let token = credentials(parts, &hub.config().auth.cookie_name);
+        let identity = hub.authenticate(token.as_deref())?;
+        Ok(Caller { identity, peer })
+    }
+}
+
+fn credentials(parts: &Parts, cookie_name: &str) -> Option<String> {
+    let headers = &parts.headers;
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some((scheme, token)) = value.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                return Some(token.trim().to_owned());
+            }
+        }
+    }
+    for cookies in headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for pair in cookies.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                if name == cookie_name && !value.is_empty() {
+                    return Some(value.to_owned());
+                }
+            }
+        }
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// The client's address, when the server recorded it (`ConnectInfo`).
@@ -73,11 +178,25 @@ impl<S: Send + Sync> FromRequestParts<S> for TransportHandle {
 }
 
 /// Dev mode (no auth key): publish and admin calls from loopback only.
-pub(crate) fn require_trusted(hub: &Hub, peer: PeerAddr) -> Result<(), ApiError> {
-    if hub.config().dev_mode() && !Hub::is_trusted_in_dev_mode(peer.0) {
+pub(crate) fn require_loopback_in_dev_mode(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
+    if hub.dev_mode() && !Hub::is_trusted_in_dev_mode(caller.peer) {
         return Err(ApiError::Forbidden(
             "no auth key is configured (dev mode): this call is accepted from loopback only",
         ));
     }
     Ok(())
+}
+
+/// Admin calls: `herald.admin` or an API key (loopback in dev mode).
+pub(crate) fn require_admin(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
+    require_loopback_in_dev_mode(hub, caller)?;
+    match (caller.identity.admin, caller.identity.proof) {
+        (true, _) => Ok(()),
+        (false, crate::auth::Proof::Anonymous) => Err(ApiError::Auth(
+            crate::auth::AuthError::Missing("admin calls need an admin token or an API key".into()),
+        )),
+        (false, _) => Err(ApiError::Auth(crate::auth::AuthError::Forbidden(
+            "the token is not an admin token (herald.admin)".into(),
+        ))),
+    }
 }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{require_trusted, ApiError, PeerAddr};
+use super::{require_admin, ApiError, Caller};
 use crate::hub::{Hub, HubStats};
 
 pub async fn healthz() -> Json<Value> {
@@ -28,8 +28,8 @@ pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
 }
 
 /// Totals (admin).
-pub async fn stats(State(hub): State<Hub>, peer: PeerAddr) -> Result<Json<HubStats>, ApiError> {
-    require_trusted(&hub, peer)?;
+pub async fn stats(State(hub): State<Hub>, caller: Caller) -> Result<Json<HubStats>, ApiError> {
+    require_admin(&hub, &caller)?;
     Ok(Json(hub.stats()))
 }
 

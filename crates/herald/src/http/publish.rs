@@ -7,18 +7,21 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{require_trusted, ApiError, PeerAddr};
+use super::{require_loopback_in_dev_mode, ApiError, Caller};
 use crate::hub::Hub;
 use crate::publish::PublishRequest;
 
 /// Publishes and answers once the events are in the log (SPEC §4).
 pub async fn publish(
     State(hub): State<Hub>,
-    peer: PeerAddr,
+    caller: Caller,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_trusted(&hub, peer)?;
+    require_loopback_in_dev_mode(&hub, &caller)?;
+    hub.rates()
+        .check_publish(&caller.identity.rate_key(caller.peer))
+        .map_err(ApiError::RateLimited)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(hub.config().limits.max_body_bytes),
         _ => ApiError::BadBody(rejection.body_text()),
@@ -33,7 +36,7 @@ pub async fn publish(
         }
         None => parse_json(&body)?,
     };
-    let ids = hub.publish_batch(requests).await?;
+    let ids = hub.publish_as(&caller.identity, requests).await?;
     let mut answers = ids.iter().map(|id| json!({ "id": id.to_string() }));
     Ok(Json(match batch {
         true => Value::Array(answers.collect()),
@@ -47,6 +50,7 @@ fn shortcut(query: Option<&str>) -> Result<Option<PublishRequest>, ApiError> {
     let mut request = PublishRequest::default();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
+            "access_token" => {}
             "topic" if request.topic.is_none() => request.topic = Some(value.into_owned()),
             "topic" => request.topics.push(value.into_owned()),
             "event" => request.event = Some(value.into_owned()),
