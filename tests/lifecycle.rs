@@ -39,10 +39,7 @@ async fn sigterm_flushes_tells_subscribers_to_reconnect_and_exits() {
     }
     let status = hub.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    assert!(hub
-        .logs()
-        .iter()
-        .any(|l| l.contains("all connections closed")));
+    hub.wait_for_log(&["all connections closed"]).await;
 }
 
 #[tokio::test]
@@ -55,13 +52,7 @@ async fn shutdown_is_bounded_even_with_a_stuck_client() {
     let mut stuck = SseClient::connect_with(hub.addr, "/v1/events?topic=s", &[], Some(4096)).await;
     stuck.expect_connected().await;
     // Back the client up until events wait in its queue: it cannot be flushed.
-    let filler = "x".repeat(60_000);
-    loop {
-        hub.publish_ok(json!({"topic": "s", "data": filler})).await;
-        if hub.stats().await["queued_now"].as_u64().unwrap() >= 2 {
-            break;
-        }
-    }
+    common::stall_reader(&hub, "s").await;
     let started = Instant::now();
     hub.terminate();
     let status = hub.wait_exit(Duration::from_secs(8));
@@ -71,10 +62,7 @@ async fn shutdown_is_bounded_even_with_a_stuck_client() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(hub
-        .logs()
-        .iter()
-        .any(|l| l.contains("shutdown timeout reached")));
+    hub.wait_for_log(&["shutdown timeout reached"]).await;
 }
 
 #[tokio::test]
@@ -97,17 +85,12 @@ async fn closed_sockets_leave_no_trace_in_the_books() {
     );
     assert_eq!(stats["addresses"], 1);
     drop(clients);
-    let stats = hub
-        .wait_for_stats("closed streams to be released", |s| s["connections"] == 0)
-        .await;
-    assert_eq!(
-        stats["subscriptions"], 0,
-        "the pattern index must forget them"
-    );
-    assert_eq!(
-        stats["addresses"], 0,
-        "the per-address counts must forget them"
-    );
+    // The registry, the pattern index and the per-address counts all
+    // forget them (they are separate books, so wait for all three).
+    hub.wait_for_stats("closed streams to be released everywhere", |s| {
+        s["connections"] == 0 && s["subscriptions"] == 0 && s["addresses"] == 0
+    })
+    .await;
     // Publishing to their topics reaches nobody and harms nothing.
     hub.publish_ok(json!({"topic": "all/x", "data": "nobody"}))
         .await;

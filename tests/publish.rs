@@ -153,19 +153,7 @@ async fn coalesce_key_sends_only_the_newest_waiting_event() {
     let hub = HubProcess::start(&["stream.queue_capacity=100000"]);
     let mut slow = SseClient::connect_with(hub.addr, "/v1/events?topic=job", &[], Some(4096)).await;
     slow.expect_connected().await;
-    let filler = "x".repeat(60_000);
-    let mut fillers = 0;
-    // Fill the socket until events stay queued in the hub.
-    loop {
-        hub.publish_ok(json!({"topic": "job", "event": "fill", "data": filler}))
-            .await;
-        fillers += 1;
-        let stats = hub.stats().await;
-        if stats["queued_now"].as_u64().unwrap() >= 2 {
-            break;
-        }
-        assert!(fillers < 2000, "the reader never backed up");
-    }
+    let fillers = common::stall_reader(&hub, "job").await;
     for pct in [10, 50, 90] {
         hub.publish_ok(json!({"topic": "job", "event": "progress", "data": pct.to_string(), "coalesce_key": "job-progress"}))
             .await;

@@ -91,6 +91,19 @@ impl HubProcess {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits until a log line contains every one of `needles`.
+    pub async fn wait_for_log(&self, needles: &[&str]) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self
+            .logs()
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            assert!(Instant::now() < deadline, "no log line with {needles:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Publishes a JSON body; returns status and JSON answer.
     pub async fn publish(&self, body: Value) -> (u16, Value) {
         let resp = self
@@ -467,4 +480,29 @@ pub fn events(items: &[Item]) -> Vec<SseEvent> {
             _ => None,
         })
         .collect()
+}
+
+/// Leaves a subscriber on `topic` that stopped reading (with a small
+/// receive buffer) certainly stalled: publishes more than the kernel can
+/// buffer (the send buffer grows to at most `tcp_wmem`'s maximum, 4 MiB
+/// here, and the receive buffer was fixed small), so events must be waiting
+/// in the hub's queue. Returns how many fillers (`event: fill`) it published.
+pub async fn stall_reader(hub: &HubProcess, topic: &str) -> usize {
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    let filler = "x".repeat(60_000);
+    let count = (wmem_max * 2 + (1 << 20)) / filler.len() + 1;
+    for n in 0..count {
+        hub.publish_ok(
+            serde_json::json!({"topic": topic, "event": "fill", "data": format!("{n} {filler}")}),
+        )
+        .await;
+    }
+    hub.wait_for_stats("events waiting in the stalled queue", |s| {
+        s["queued_now"].as_u64() >= Some(2)
+    })
+    .await;
+    count
 }

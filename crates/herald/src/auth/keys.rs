@@ -44,13 +44,12 @@ pub(crate) fn from_secret(secret: &str) -> Result<VerifyKey, KeyError> {
     })
 }
 
+type PemLoader = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 pub(crate) fn from_pem_file(path: &Path) -> Result<VerifyKey, KeyError> {
     let name = format!("auth.jwt_public_key_file {}", path.display());
     let pem = std::fs::read(path).map_err(|e| key_error(&name, e))?;
-    let attempts: [(
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-        AlgorithmFamily,
-    ); 3] = [
+    let attempts: [(PemLoader, AlgorithmFamily); 3] = [
         (DecodingKey::from_rsa_pem, AlgorithmFamily::Rsa),
         (DecodingKey::from_ec_pem, AlgorithmFamily::Ec),
         (DecodingKey::from_ed_pem, AlgorithmFamily::Ed),
