@@ -939,3 +939,113 @@ async fn randomized_isolation() {
         }
     }
 }
+
+/// A JWKS endpoint on loopback whose key set the test can change; counts
+/// fetches.
+struct JwksServer {
+    url: String,
+    set: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(initial: &[(Algorithm, &str)]) -> JwksServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        let set = std::sync::Arc::new(std::sync::Mutex::new(Self::render(initial)));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, f) = (set.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    break;
+                };
+                let (s, f) = (s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = s.lock().unwrap().clone();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        JwksServer { url, set, fetches }
+    }
+
+    fn render(keys: &[(Algorithm, &str)]) -> String {
+        let keys = keys
+            .iter()
+            .map(|(alg, kid)| {
+                let mut jwk = Jwk::from_encoding_key(&signing_key(*alg).0, *alg).unwrap();
+                jwk.common.key_id = Some(kid.to_string());
+                jwk
+            })
+            .collect();
+        serde_json::to_string(&JwkSet { keys }).unwrap()
+    }
+
+    fn rotate(&self, keys: &[(Algorithm, &str)]) {
+        *self.set.lock().unwrap() = Self::render(keys);
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn jwks_url_is_fetched_and_refetched_for_an_unknown_kid() {
+    let jwks = JwksServer::start(&[(Algorithm::RS256, "rsa")]).await;
+    let hub = HubProcess::start(&[&format!("auth.jwks=\"{}\"", jwks.url), "auth.leeway_secs=0"]);
+    let claims = json!({"sub": "u", "exp": now() + 60, "herald.subscribe": ["t"]});
+    assert_eq!(jwks.fetches(), 0, "fetched on first use, not before");
+    let rsa = mint_with(Algorithm::RS256, claims.clone());
+    subscribe(&hub, "/v1/events?topic=t", Some(&rsa))
+        .await
+        .expect_connected()
+        .await;
+    subscribe(&hub, "/v1/events?topic=t", Some(&rsa))
+        .await
+        .expect_connected()
+        .await;
+    assert_eq!(jwks.fetches(), 1, "known keys are not fetched again");
+    // The provider rotates to an EC key: the unknown kid triggers a fetch.
+    jwks.rotate(&[(Algorithm::RS256, "rsa"), (Algorithm::ES256, "ec256")]);
+    let ec = mint_with(Algorithm::ES256, claims.clone());
+    subscribe(&hub, "/v1/events?topic=t", Some(&ec))
+        .await
+        .expect_connected()
+        .await;
+    assert_eq!(jwks.fetches(), 2);
+    // Unknown kids right after do not hammer the provider.
+    for _ in 0..5 {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("never-heard-of".into());
+        let bogus = encode(&header, &claims, &signing_key(Algorithm::ES256).0).unwrap();
+        assert_eq!(
+            refused(&hub, "/v1/events?topic=t", Some(&bogus)).await.0,
+            401
+        );
+    }
+    assert!(
+        jwks.fetches() <= 3,
+        "at most one more fetch, got {}",
+        jwks.fetches()
+    );
+}

@@ -40,7 +40,8 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     /// PEM file with the public key for RS*/ES*/EdDSA tokens. Default: none.
     pub jwt_public_key_file: Option<PathBuf>,
-    /// JWKS file path (keys matched by `kid`). Default: none.
+    /// JWKS file path or `http(s)://` URL (keys matched by `kid`; a URL is
+    /// fetched again when a token names an unknown `kid`). Default: none.
     pub jwks: Option<String>,
     /// Required `iss`. Default: not checked.
     pub issuer: Option<String>,
@@ -281,14 +282,6 @@ impl Config {
         }
         if self.stream.retry_ms == 0 {
             return Err(invalid("stream.retry_ms", "must be at least 1"));
-        }
-        if let Some(jwks) = &self.auth.jwks {
-            if jwks.starts_with("http://") || jwks.starts_with("https://") {
-                return Err(invalid(
-                    "auth.jwks",
-                    "JWKS URLs are not supported yet; give a file path",
-                ));
-            }
         }
         let origins = &self.cors.allowed_origins;
         if origins.iter().any(|o| o == "*") && origins.len() > 1 {

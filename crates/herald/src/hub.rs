@@ -153,10 +153,10 @@ impl Hub {
 
     /// Resolves credentials (a bearer token, cookie or `access_token`
     /// value; `None` when none were sent) into an identity.
-    pub fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
         match &self.shared.auth {
             None => Ok(Identity::unrestricted(Proof::DevMode)),
-            Some(auth) => auth.authenticate(credentials),
+            Some(auth) => auth.authenticate(credentials).await,
         }
     }
 
@@ -223,7 +223,7 @@ impl Hub {
         }
         let identity = match request.identity.clone() {
             Some(identity) => identity,
-            None => self.authenticate(None)?,
+            None => self.authenticate(None).await?,
         };
         if let Some(denied) = patterns.iter().find(|p| !identity.subscribe.allows(p)) {
             return Err(SubscribeError::Auth(match identity.proof {

@@ -61,3 +61,9 @@ impl Hub {
         http::router(self.clone())
     }
 }
+
+/// Compiles the Rust code blocks of `docs/AUTH.md` (the token-minting
+/// snippet) as doctests, so the documentation cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/AUTH.md")]
+pub struct AuthDocSnippets;

@@ -6,8 +6,10 @@
 //! [covers](crate::pattern::Pattern::covers) it, so a grant of `chat/**`
 //! allows `chat/rooms/*` but a grant of `chat/*` does not allow `chat/**`.
 
+mod jwks;
 pub mod keys;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -118,6 +120,7 @@ pub enum AuthError {
 /// Checks credentials against the configured keys.
 pub struct Authenticator {
     keys: Vec<VerifyKey>,
+    remote: Option<jwks::RemoteJwks>,
     api_keys: Vec<String>,
     anonymous_subscribe: Vec<Pattern>,
     leeway_secs: u64,
@@ -198,10 +201,15 @@ impl Authenticator {
         if let Some(path) = &config.jwt_public_key_file {
             keys.push(keys::from_pem_file(path)?);
         }
+        let mut remote = None;
         if let Some(jwks) = &config.jwks {
-            keys.extend(keys::from_jwks_file(std::path::Path::new(jwks))?);
+            if jwks.starts_with("http://") || jwks.starts_with("https://") {
+                remote = Some(jwks::RemoteJwks::new(jwks));
+            } else {
+                keys.extend(keys::from_jwks_file(std::path::Path::new(jwks))?);
+            }
         }
-        if keys.is_empty() && config.api_keys.is_empty() {
+        if keys.is_empty() && config.api_keys.is_empty() && remote.is_none() {
             return Ok(None);
         }
         let anonymous_subscribe = config
@@ -216,6 +224,7 @@ impl Authenticator {
             .collect::<Result<_, _>>()?;
         Ok(Some(Authenticator {
             keys,
+            remote,
             api_keys: config.api_keys.clone(),
             anonymous_subscribe,
             leeway_secs: config.leeway_secs,
@@ -225,7 +234,7 @@ impl Authenticator {
     }
 
     /// Resolves credentials (`None`: none were sent) into an identity.
-    pub fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
         let Some(token) = credentials else {
             return Ok(Identity {
                 proof: Proof::Anonymous,
@@ -244,15 +253,40 @@ impl Authenticator {
         {
             return Ok(Identity::unrestricted(Proof::ApiKey(i)));
         }
-        self.verify_jwt(token)
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let mut remote_keys = Arc::new(Vec::new());
+        if let Some(remote) = &self.remote {
+            // Fetch on first use, when old, and when the token names a key
+            // no one knows yet (rotation).
+            let known = |keys: &[VerifyKey]| {
+                header.kid.as_ref().is_none_or(|kid| {
+                    keys.iter()
+                        .chain(&self.keys)
+                        .any(|k| k.kid.as_ref() == Some(kid))
+                })
+            };
+            if remote.is_stale().await {
+                remote.refresh(jwks::Reason::Stale).await;
+            }
+            if !known(&remote.keys()) {
+                remote.refresh(jwks::Reason::UnknownKid).await;
+            }
+            remote_keys = remote.keys();
+        }
+        self.verify_jwt(token, &header, &remote_keys)
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
-        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    fn verify_jwt(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        remote_keys: &[VerifyKey],
+    ) -> Result<Identity, AuthError> {
         let family = header.alg.family();
         let candidates: Vec<&VerifyKey> = self
             .keys
             .iter()
+            .chain(remote_keys)
             .filter(|k| k.family == family)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
@@ -375,12 +409,13 @@ mod tests {
         Pattern::parse(s).unwrap()
     }
 
-    #[test]
-    fn sub_template_and_both_claim_forms() {
+    #[tokio::test]
+    async fn sub_template_and_both_claim_forms() {
         let a = auth();
         let flat = a
             .authenticate(Some(&token(json!({"sub": "alice", "exp": exp(),
                 "herald.subscribe": ["users/{sub}/**"], "herald.publish": ["chat/*"]}))))
+            .await
             .unwrap();
         assert!(flat.subscribe.allows(&p("users/alice/inbox")));
         assert!(!flat.subscribe.allows(&p("users/bob/inbox")));
@@ -394,48 +429,51 @@ mod tests {
         assert!(!flat.admin);
         let nested = a
             .authenticate(Some(&token(json!({"sub": "bob", "exp": exp(),
-                "herald": {"subscribe": ["users/{sub}/**"], "admin": true, "meta": {"tenant": "acme"}}}))))
+                "herald": {"subscribe": ["users/{sub}/**"], "admin": true, "meta": {"tenant": "acme"}}})))).await
             .unwrap();
         assert!(nested.subscribe.allows(&p("users/bob/x")));
         assert!(nested.admin);
         assert_eq!(nested.meta["tenant"], "acme");
         let both = token(json!({"exp": exp(), "herald.admin": true, "herald": {"admin": true}}));
         assert!(matches!(
-            a.authenticate(Some(&both)),
+            a.authenticate(Some(&both)).await,
             Err(AuthError::Invalid(_))
         ));
         let no_sub = token(json!({"exp": exp(), "herald.subscribe": ["u/{sub}"]}));
         assert!(matches!(
-            a.authenticate(Some(&no_sub)),
+            a.authenticate(Some(&no_sub)).await,
             Err(AuthError::Invalid(_))
         ));
     }
 
-    #[test]
-    fn anonymous_and_api_keys() {
+    #[tokio::test]
+    async fn anonymous_and_api_keys() {
         let a = auth();
-        let anon = a.authenticate(None).unwrap();
+        let anon = a.authenticate(None).await.unwrap();
         assert_eq!(anon.proof, Proof::Anonymous);
         assert!(anon.subscribe.allows(&p("public/x")));
         assert!(!anon.subscribe.allows(&p("private")));
         assert!(!anon.publish.allows(&p("public/x")));
-        let key = a.authenticate(Some("server-key-1")).unwrap();
+        let key = a.authenticate(Some("server-key-1")).await.unwrap();
         assert_eq!(key.proof, Proof::ApiKey(0));
         assert!(key.admin && key.publish == Rights::All);
         assert!(matches!(
-            a.authenticate(Some("server-key-2")),
+            a.authenticate(Some("server-key-2")).await,
             Err(AuthError::Invalid(_))
         ));
     }
 
-    #[test]
-    fn expiry_is_reported_as_such() {
+    #[tokio::test]
+    async fn expiry_is_reported_as_such() {
         let a = auth();
         let old = token(json!({"sub": "a", "exp": now_secs() - 10}));
-        assert_eq!(a.authenticate(Some(&old)).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            a.authenticate(Some(&old)).await.unwrap_err(),
+            AuthError::Expired
+        );
         let no_exp = token(json!({"sub": "a"}));
         assert!(matches!(
-            a.authenticate(Some(&no_exp)),
+            a.authenticate(Some(&no_exp)).await,
             Err(AuthError::Invalid(_))
         ));
     }

@@ -122,7 +122,7 @@ where
             .await
             .unwrap_or(PeerAddr(None));
         let token = credentials(parts, &hub.config().auth.cookie_name);
-        let identity = hub.authenticate(token.as_deref())?;
+        let identity = hub.authenticate(token.as_deref()).await?;
         Ok(Caller { identity, peer })
     }
 }
