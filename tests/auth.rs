@@ -641,31 +641,34 @@ async fn publish_and_connect_rate_limits() {
         "limits.publish_rate_per_sec=2",
         "limits.connect_rate_per_ip=2",
     ]);
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        statuses.push(publish(&hub, Some(API_KEY), json!({"topic": "t"})).await);
+    // Sent together, so that the outcome does not depend on how fast the
+    // machine is: a burst of 2 passes, the rest wait.
+    let http = reqwest::Client::new();
+    let answers = futures_util::future::join_all((0..8).map(|_| {
+        http.post(hub.url("/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"topic": "t"}))
+            .send()
+    }))
+    .await;
+    let mut limited = 0;
+    for resp in answers {
+        let resp = resp.unwrap();
+        if resp.status() == 429 {
+            limited += 1;
+            let secs: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=4).contains(&secs), "Retry-After {secs}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited");
+        } else {
+            assert_eq!(resp.status(), 200);
+        }
     }
-    assert_eq!(statuses[0].0, 200);
-    let limited = statuses
-        .iter()
-        .find(|(s, _)| *s == 429)
-        .expect("a 429 within 4 rapid publishes");
-    assert_eq!(limited.1["error"], "rate_limited");
-    let resp = reqwest::Client::new()
-        .post(hub.url("/v1/publish"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"topic": "t"}))
-        .send()
-        .await
-        .unwrap();
-    if resp.status() == 429 {
-        let secs: u64 = resp.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=2).contains(&secs));
-    }
+    assert!((1..=6).contains(&limited), "{limited} of 8 limited");
     // Another publisher has its own allowance.
     let other = mint(json!({"sub": "p2", "herald.publish": ["t"]}));
     assert_eq!(
@@ -674,7 +677,7 @@ async fn publish_and_connect_rate_limits() {
     );
     // Streams: the third rapid connect from one address is refused for now.
     let mut outcomes = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let mut c = subscribe(&hub, "/v1/events?topic=public/x", None).await;
         let _ = c.next().await; // retry:
         outcomes.push(c.next_event().await.event);
