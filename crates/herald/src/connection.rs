@@ -165,14 +165,15 @@ impl Connection {
         self.wake.notified().await
     }
 
-    /// Closes the stream from the hub's side (its writer ends it).
+    /// Closes the stream from the hub's side: its writer flushes what is
+    /// queued, sends `retry:` and ends it, so the client comes back.
     pub fn close(&self, reason: CloseReason) {
         let mut q = self.queue.lock();
         if q.closed.is_none() {
             q.closed = Some(reason);
         }
         drop(q);
-        self.end_transport();
+        self.wake.notify_one();
     }
 
     fn end_transport(&self) {

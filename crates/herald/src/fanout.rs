@@ -16,7 +16,7 @@
 //! log), every later one reaches its queue. That is the whole of the
 //! no-gap, no-duplicate join between replay and live.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ use crate::connection::{Connection, Offered};
 use crate::event::{EventId, SharedEvent};
 use crate::index::SubscriptionIndex;
 use crate::log::CommitSink;
+use crate::pattern::Pattern;
+use crate::topic::Topic;
 
 #[derive(Default)]
 pub struct Fanout {
@@ -50,6 +52,16 @@ struct Counters {
     queued: AtomicU64,
     dropped: AtomicU64,
     overflow_disconnects: AtomicU64,
+}
+
+/// Who is on a topic or pattern.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Presence {
+    pub connections: usize,
+    /// Connections per user.
+    pub users: BTreeMap<String, usize>,
+    /// Connections without a user (anonymous, dev mode, API keys).
+    pub anonymous: usize,
 }
 
 /// A snapshot of fan-out's numbers.
@@ -120,6 +132,50 @@ impl Fanout {
             .get(id)
             .and_then(|k| reg.connections.get(k))
             .cloned()
+    }
+
+    /// Every open connection of a user.
+    pub fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
+        let reg = self.registry.read();
+        reg.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| reg.connections.get(k).cloned())
+            .collect()
+    }
+
+    /// Who is on a topic or pattern: connections with a subscription that
+    /// shares at least one topic with it. An exact topic is looked up in the
+    /// index; a pattern is compared with every connection's patterns.
+    pub fn presence(&self, pattern: &Pattern) -> Presence {
+        let reg = self.registry.read();
+        let mut present: HashSet<u64> = HashSet::new();
+        match Topic::new(pattern.as_str()) {
+            Ok(topic) => reg.index.for_each_match(&topic, |k, _| {
+                present.insert(k);
+            }),
+            Err(_) => {
+                for (k, c) in &reg.connections {
+                    if c.selector.patterns.iter().any(|p| p.intersects(pattern)) {
+                        present.insert(*k);
+                    }
+                }
+            }
+        }
+        let mut users: BTreeMap<String, usize> = BTreeMap::new();
+        let mut anonymous = 0;
+        for conn in present.iter().filter_map(|k| reg.connections.get(k)) {
+            match &conn.selector.user {
+                Some(u) => *users.entry(u.to_string()).or_default() += 1,
+                None => anonymous += 1,
+            }
+        }
+        Presence {
+            connections: present.len(),
+            users,
+            anonymous,
+        }
     }
 
     /// Every connection (for shutdown and admin listings).

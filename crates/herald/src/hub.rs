@@ -10,12 +10,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::{now_secs, AuthError, Authenticator, Identity, Proof};
 use crate::config::{Config, ConfigError};
-use crate::connection::Connection;
+use crate::connection::{CloseReason, Connection};
 use crate::event::EventId;
-use crate::fanout::{Fanout, FanoutStats};
+use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{EventLog, MemoryLog, ReadFrom};
+use crate::pattern::Pattern;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
 use crate::rate::RateLimits;
 use crate::selector::Selector;
@@ -24,6 +25,7 @@ use crate::subscribe::{
     parse_event_types, parse_last_event_id, parse_patterns, Refusal, Start, SubscribeError,
     SubscribeRequest,
 };
+use crate::topic::TopicError;
 
 /// A handle to a running hub. Clone it freely: clones share one hub.
 ///
@@ -65,6 +67,19 @@ pub enum Subscription {
     },
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),
+}
+
+/// One user's streams (admin).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UserInfo {
+    pub user: String,
+    pub online: bool,
+    pub connections: usize,
+    pub connection_ids: Vec<String>,
+    /// Events waiting in this user's queues now.
+    pub queued: usize,
+    /// Events dropped from this user's queues by `drop_oldest`/`drop_newest`.
+    pub dropped: u64,
 }
 
 /// A snapshot of the hub's numbers.
@@ -320,6 +335,48 @@ impl Hub {
             (_, Some(ms)) => Start::Replay(ReadFrom::Since(ms)),
             (Some(n), None) => Start::Replay(ReadFrom::Last(n)),
         })
+    }
+
+    /// Closes one stream (it gets `retry:` and ends, so its client
+    /// reconnects). False when no stream has this id.
+    pub fn close_connection(&self, id: &str) -> bool {
+        match self.shared.fanout.connection(id) {
+            Some(conn) => {
+                conn.close(CloseReason::Closed);
+                // Out of the books now, even if its socket is slow to drain.
+                self.shared.fanout.unregister(conn.key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every stream of a user; returns how many.
+    pub fn close_user(&self, user: &str) -> usize {
+        let conns = self.shared.fanout.connections_of(user);
+        for conn in &conns {
+            conn.close(CloseReason::Closed);
+            self.shared.fanout.unregister(conn.key);
+        }
+        conns.len()
+    }
+
+    /// A user's open streams.
+    pub fn user(&self, user: &str) -> UserInfo {
+        let conns = self.shared.fanout.connections_of(user);
+        UserInfo {
+            user: user.to_owned(),
+            online: !conns.is_empty(),
+            connections: conns.len(),
+            connection_ids: conns.iter().map(|c| c.id.to_string()).collect(),
+            queued: conns.iter().map(|c| c.queued()).sum(),
+            dropped: conns.iter().map(|c| c.dropped()).sum(),
+        }
+    }
+
+    /// Who is on a topic or pattern (see [`Fanout::presence`]).
+    pub fn presence(&self, pattern: &str) -> Result<Presence, TopicError> {
+        Ok(self.shared.fanout.presence(&Pattern::parse(pattern)?))
     }
 
     /// Begins a graceful shutdown: new streams are refused, open ones flush,

@@ -84,6 +84,22 @@ impl Pattern {
         mine.len() == theirs.len()
     }
 
+    /// True when some topic is matched by both patterns.
+    pub fn intersects(&self, other: &Pattern) -> bool {
+        let (a, b) = (&self.segments, &other.segments);
+        for k in 0.. {
+            match (a.get(k), b.get(k)) {
+                (None, None) => return true,
+                // `**` takes the rest, which the other has at least one of.
+                (Some(Segment::Many), Some(_)) | (Some(_), Some(Segment::Many)) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x != y => return false,
+                _ => {}
+            }
+        }
+        unreachable!("the loop returns once both patterns end")
+    }
+
     pub fn matches(&self, topic: &Topic) -> bool {
         let mut parts = topic.as_str().split('/');
         for seg in self.segments.iter() {
@@ -237,6 +253,14 @@ pub(crate) mod tests {
             let (gp, pp) = (Pattern::parse(&g).unwrap(), Pattern::parse(&p).unwrap());
             let witness = all_topics().into_iter().find(|t| naive_matches(&p, t) && !naive_matches(&g, t));
             prop_assert_eq!(gp.covers(&pp), witness.is_none(), "g={} p={} witness={:?}", g, p, witness);
+        }
+
+        /// Intersection: true exactly when some topic matches both.
+        #[test]
+        fn intersection_agrees_with_matching(g in pattern_strategy(), p in pattern_strategy()) {
+            let (gp, pp) = (Pattern::parse(&g).unwrap(), Pattern::parse(&p).unwrap());
+            let both = all_topics().into_iter().any(|t| naive_matches(&p, &t) && naive_matches(&g, &t));
+            prop_assert_eq!(gp.intersects(&pp), both, "g={} p={}", g, p);
         }
 
         #[test]

@@ -30,6 +30,10 @@ pub enum ApiError {
     RateLimited(Duration),
     #[error("no such endpoint")]
     NotFound,
+    #[error("no open connection has the id {0:?}")]
+    UnknownConnection(String),
+    #[error("pattern {0:?} {1}")]
+    BadPattern(String, crate::topic::TopicError),
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
 }
@@ -52,7 +56,10 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound | ApiError::UnknownConnection(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::BadPattern(..) => (StatusCode::BAD_REQUEST, "invalid_topic"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -34,6 +34,10 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/publish", post(publish))
         .route("/v1/stats", get(ops::stats))
+        .route("/v1/presence/{*pattern}", get(ops::presence))
+        .route("/v1/users/{user}", get(ops::user))
+        .route("/v1/users/{user}/connections", delete(ops::close_user))
+        .route("/v1/connections/{id}", delete(ops::close_connection))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::not_found)

@@ -1,12 +1,13 @@
 //! Health, readiness and stats.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::{require_admin, ApiError, Caller};
-use crate::hub::{Hub, HubStats};
+use crate::fanout::Presence;
+use crate::hub::{Hub, UserInfo};
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -27,10 +28,68 @@ pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     }
 }
 
-/// Totals (admin).
-pub async fn stats(State(hub): State<Hub>, caller: Caller) -> Result<Json<HubStats>, ApiError> {
+#[derive(serde::Deserialize)]
+pub struct StatsQuery {
+    user: Option<String>,
+}
+
+/// Totals, or one user's numbers with `?user=` (admin).
+pub async fn stats(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
     require_admin(&hub, &caller)?;
-    Ok(Json(hub.stats()))
+    let value = match query.user {
+        Some(user) => serde_json::to_value(hub.user(&user)),
+        None => serde_json::to_value(hub.stats()),
+    };
+    Ok(Json(value.expect("stats serialize")))
+}
+
+/// Who is on a topic or pattern (admin).
+pub async fn presence(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(pattern): Path<String>,
+) -> Result<Json<Presence>, ApiError> {
+    require_admin(&hub, &caller)?;
+    hub.presence(&pattern)
+        .map(Json)
+        .map_err(|e| ApiError::BadPattern(pattern, e))
+}
+
+/// One user: online, and with how many streams (admin).
+pub async fn user(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Result<Json<UserInfo>, ApiError> {
+    require_admin(&hub, &caller)?;
+    Ok(Json(hub.user(&user)))
+}
+
+/// Closes one stream; its client reconnects (admin).
+pub async fn close_connection(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&hub, &caller)?;
+    if !hub.close_connection(&id) {
+        return Err(ApiError::UnknownConnection(id));
+    }
+    Ok(Json(json!({ "closed": 1 })))
+}
+
+/// Closes every stream of a user (admin).
+pub async fn close_user(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&hub, &caller)?;
+    Ok(Json(json!({ "closed": hub.close_user(&user) })))
 }
 
 pub async fn not_found() -> ApiError {
