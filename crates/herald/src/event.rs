@@ -110,6 +110,8 @@ pub struct Event {
     pub idempotency_key: Option<Box<str>>,
     /// The event as SSE bytes, encoded once and written to every subscriber.
     pub frame: Bytes,
+    /// When this process committed (or loaded) it: for latency metrics.
+    pub committed_at: std::time::Instant,
 }
 
 impl Event {
@@ -130,6 +132,7 @@ impl Event {
             coalesce_key: draft.coalesce_key.map(Into::into),
             idempotency_key: draft.idempotency_key.map(Into::into),
             frame,
+            committed_at: std::time::Instant::now(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{EventLog, MemoryLog, ReadFrom};
+use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
 use crate::rate::RateLimits;
@@ -52,6 +53,8 @@ struct Shared {
     /// `None`: no auth key configured, dev mode.
     auth: Option<Authenticator>,
     rates: RateLimits,
+    metrics: Arc<Metrics>,
+    registry: prometheus_client::registry::Registry,
     /// Cancelled when the hub starts shutting down: streams flush, send a
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
@@ -121,6 +124,8 @@ impl Hub {
             limits.max_connections_per_user,
         );
         let rates = RateLimits::new(limits.publish_rate_per_sec, limits.connect_rate_per_ip);
+        let metrics = Arc::new(Metrics::new());
+        let registry = crate::metrics::registry(fanout.clone(), limiter.clone(), metrics.clone());
         let hub = Hub {
             shared: Arc::new(Shared {
                 config,
@@ -129,6 +134,8 @@ impl Hub {
                 limiter,
                 auth,
                 rates,
+                metrics,
+                registry,
                 shutdown: CancellationToken::new(),
                 next_key: AtomicU64::new(1),
             }),
@@ -213,7 +220,19 @@ impl Hub {
                 },
             })?;
         }
-        let appended = self.shared.log.append(drafts).await?;
+        let appended = match self.shared.log.append(drafts).await {
+            Ok(appended) => appended,
+            Err(err) => {
+                Metrics::add(&self.shared.metrics.log_errors, 1);
+                return Err(err.into());
+            }
+        };
+        let duplicates = appended.iter().filter(|a| a.duplicate).count() as u64;
+        Metrics::add(
+            &self.shared.metrics.published,
+            appended.len() as u64 - duplicates,
+        );
+        Metrics::add(&self.shared.metrics.publish_duplicates, duplicates);
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
 
@@ -250,6 +269,7 @@ impl Hub {
             return Err(SubscribeError::Auth(AuthError::Expired));
         }
         if self.is_shutting_down() {
+            self.shared.metrics.stream_refused("shutting_down");
             return Ok(Subscription::Refused(Refusal::shutting_down(
                 self.jittered_retry_ms(),
             )));
@@ -258,6 +278,7 @@ impl Hub {
             if let Err(wait) = self.shared.rates.check_connect(ip) {
                 let retry = (wait.as_millis() as u64).max(self.jittered_retry_ms());
                 let refusal = Refusal::limit(LimitRefusal::ConnectRate, retry);
+                self.shared.metrics.stream_refused(refusal.error);
                 return Ok(Subscription::Refused(refusal));
             }
         }
@@ -265,10 +286,11 @@ impl Hub {
         let permit = match self.shared.limiter.try_acquire(request.peer, user) {
             Ok(permit) => permit,
             Err(reason) => {
+                self.shared.metrics.stream_refused(reason.code());
                 return Ok(Subscription::Refused(Refusal::limit(
                     reason,
                     self.jittered_retry_ms(),
-                )))
+                )));
             }
         };
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
@@ -293,8 +315,22 @@ impl Hub {
         // From here on the writer owns the registration: dropping it (on any
         // error below too) unregisters the connection.
         let start = match self.start(&request, &conn, head).await {
-            Ok(start) => start,
+            Ok(start) => {
+                let m = &self.shared.metrics;
+                match start {
+                    Start::Replay(_) => Metrics::add(&m.replays, 1),
+                    Start::Reset(crate::log::Coverage::Expired) => {
+                        Metrics::add(&m.resets_expired, 1)
+                    }
+                    Start::Reset(_) => Metrics::add(&m.resets_unknown, 1),
+                    Start::Live => {}
+                }
+                start
+            }
             Err(err) => {
+                if matches!(err, SubscribeError::Log(_)) {
+                    Metrics::add(&self.shared.metrics.log_errors, 1);
+                }
                 self.shared.fanout.unregister(key);
                 return Err(err);
             }
@@ -335,6 +371,18 @@ impl Hub {
             (_, Some(ms)) => Start::Replay(ReadFrom::Since(ms)),
             (Some(n), None) => Start::Replay(ReadFrom::Last(n)),
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The Prometheus exposition of this hub's metrics (OpenMetrics text).
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.shared.registry)
+            .expect("writing to a String cannot fail");
+        out
     }
 
     /// Closes one stream (it gets `retry:` and ends, so its client

@@ -34,6 +34,7 @@ pub mod hub;
 pub mod index;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod pattern;
 pub mod publish;
 pub mod rate;

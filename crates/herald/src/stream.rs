@@ -162,6 +162,7 @@ impl Writer {
             let page = match hub.log().read(request).await {
                 Ok(page) => page,
                 Err(err) => {
+                    crate::metrics::Metrics::add(&hub.metrics().log_errors, 1);
                     // Going on would leave a gap; end the stream and let the
                     // client resume with its Last-Event-ID.
                     tracing::warn!(connection = %self.conn.id, %err, "replay failed; closing stream");
@@ -189,6 +190,13 @@ impl Writer {
             if closed == Some(CloseReason::Overflow) {
                 // The client resumes from history; what is queued is stale.
                 return None;
+            }
+            if let Some(oldest) = self.scratch.first() {
+                let metrics = self.hub.metrics();
+                metrics.queue_depth.observe(self.scratch.len() as f64);
+                metrics
+                    .write_latency
+                    .observe(oldest.committed_at.elapsed().as_secs_f64());
             }
             if let Some(chunk) = self.take_scratch() {
                 self.wrote();

@@ -40,9 +40,14 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/connections/{id}", delete(ops::close_connection))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            ops::count_refusals,
+        ))
         .layer(access_log())
         .with_state(hub);
     match cors {

@@ -92,6 +92,31 @@ pub async fn close_user(
     Ok(Json(json!({ "closed": hub.close_user(&user) })))
 }
 
+/// Prometheus metrics (OpenMetrics text). Like `/healthz`, open to anyone
+/// who can reach the hub: aggregate numbers only.
+pub async fn metrics(State(hub): State<Hub>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hub.render_metrics(),
+    )
+}
+
+/// Counts every answer of 400 and above by status.
+pub async fn count_refusals(
+    State(hub): State<Hub>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status().as_u16() >= 400 {
+        hub.metrics().http_refused(response.status().as_u16());
+    }
+    response
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }

@@ -1,0 +1,329 @@
+//! Prometheus metrics (`GET /metrics`), through `prometheus-client`.
+//!
+//! What the hub already counts for itself (fan-out totals, open streams,
+//! queue depth) is read at scrape time; what only metrics need is a relaxed
+//! atomic add where it happens. Histograms are fixed buckets of atomics, so
+//! recording a write's latency takes no lock on the hot path. A registry
+//! per hub, no global recorder: an application that embeds Herald keeps its
+//! own metrics setup.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::fanout::Fanout;
+use crate::limits::ConnectionLimiter;
+
+/// Counters only metrics need, updated where things happen.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub published: AtomicU64,
+    pub publish_duplicates: AtomicU64,
+    pub replays: AtomicU64,
+    pub resets_unknown: AtomicU64,
+    pub resets_expired: AtomicU64,
+    pub log_errors: AtomicU64,
+    /// Temporary refusals of streams, by reason.
+    pub stream_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refused HTTP requests, by status.
+    pub http_refusals: Mutex<BTreeMap<u16, u64>>,
+    /// Seconds from commit to the write that carries an event.
+    pub write_latency: AtomicHistogram,
+    /// Events taken from a queue in one wake-up of its writer.
+    pub queue_depth: AtomicHistogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            write_latency: AtomicHistogram::new(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            queue_depth: AtomicHistogram::new(&[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+            ..Default::default()
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn stream_refused(&self, reason: &'static str) {
+        *self.stream_refusals.lock().entry(reason).or_default() += 1;
+    }
+
+    pub fn http_refused(&self, status: u16) {
+        *self.http_refusals.lock().entry(status).or_default() += 1;
+    }
+}
+
+/// A histogram with fixed upper bounds; every observation is three relaxed
+/// atomic adds.
+#[derive(Debug, Default)]
+pub struct AtomicHistogram {
+    bounds: Vec<f64>,
+    /// One per bound, plus the `+Inf` bucket.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations in millionths.
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: &[f64]) -> AtomicHistogram {
+        AtomicHistogram {
+            bounds: bounds.to_vec(),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn encode(
+        &self,
+        name: &str,
+        help: &str,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::MAX]) // the encoder writes f64::MAX as `+Inf`
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = self.count.load(Ordering::Relaxed);
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// Reads the hub's state at scrape time.
+struct HubCollector {
+    fanout: Arc<Fanout>,
+    limiter: ConnectionLimiter,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for HubCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubCollector")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let f = self.fanout.stats();
+        let m = &self.metrics;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        {
+            let mut family = encoder.encode_descriptor(
+                "herald_connections",
+                "Open event streams, by transport",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(f.connections as i64)
+                .encode(family.encode_family(&[("transport", "sse")])?)?;
+        }
+        gauge(
+            &mut encoder,
+            "herald_subscriptions",
+            "Subscription patterns of open streams",
+            f.subscriptions as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_client_addresses",
+            "Client addresses with an open stream",
+            self.limiter.addresses() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_queued_events",
+            "Events waiting in connection queues",
+            f.queued_now as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "herald_events_published",
+            "Events committed to the log by publishers",
+            load(&m.published),
+        )?;
+        counter(
+            &mut encoder,
+            "herald_publish_duplicates",
+            "Publishes answered from an idempotency key",
+            load(&m.publish_duplicates),
+        )?;
+        counter(
+            &mut encoder,
+            "herald_events_dispatched",
+            "Committed events handed to fan-out",
+            f.events_dispatched,
+        )?;
+        counter(
+            &mut encoder,
+            "herald_deliveries",
+            "Events queued for a connection",
+            f.deliveries_queued,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "herald_deliveries_dropped",
+                "Events a connection did not get, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(f.deliveries_dropped)
+                .encode(family.encode_family(&[("reason", "queue_full")])?)?;
+        }
+        counter(
+            &mut encoder,
+            "herald_overflow_disconnects",
+            "Streams closed because their queue overflowed",
+            f.overflow_disconnects,
+        )?;
+        counter(
+            &mut encoder,
+            "herald_replays",
+            "Streams that started with a backlog from history",
+            load(&m.replays),
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "herald_resets",
+                "herald.reset events sent, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(load(&m.resets_unknown))
+                .encode(family.encode_family(&[("reason", "unknown_id")])?)?;
+            ConstCounter::new(load(&m.resets_expired))
+                .encode(family.encode_family(&[("reason", "history_expired")])?)?;
+        }
+        {
+            let refusals = m.stream_refusals.lock().clone();
+            let mut family = encoder.encode_descriptor(
+                "herald_stream_refusals",
+                "Streams refused for now (herald.refused), by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in refusals {
+                ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let refusals = m.http_refusals.lock().clone();
+            let mut family = encoder.encode_descriptor(
+                "herald_http_refusals",
+                "Requests answered with an error, by status",
+                None,
+                MetricType::Counter,
+            )?;
+            for (status, n) in refusals {
+                let status = status.to_string();
+                ConstCounter::new(n)
+                    .encode(family.encode_family(&[("status", status.as_str())])?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "herald_log_errors",
+            "Failed reads or writes of the event log",
+            load(&m.log_errors),
+        )?;
+        m.write_latency.encode(
+            "herald_publish_to_write_seconds",
+            "Time from commit to the write carrying the event (oldest event of each write)",
+            &mut encoder,
+        )?;
+        m.queue_depth.encode(
+            "herald_queue_drain_events",
+            "Events a writer took from its queue per wake-up",
+            &mut encoder,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry `GET /metrics` encodes.
+pub fn registry(
+    fanout: Arc<Fanout>,
+    limiter: ConnectionLimiter,
+    metrics: Arc<Metrics>,
+) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(HubCollector {
+        fanout,
+        limiter,
+        metrics,
+    }));
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_sum() {
+        let h = AtomicHistogram::new(&[1.0, 10.0]);
+        for v in [0.5, 1.0, 5.0, 50.0] {
+            h.observe(v);
+        }
+        let counts: Vec<u64> = h.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts, [2, 1, 1]);
+        assert_eq!(h.count.load(Ordering::Relaxed), 4);
+        assert_eq!(h.sum_micros.load(Ordering::Relaxed), 56_500_000);
+    }
+}
