@@ -87,11 +87,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config.listen
             );
         }
-        if !config.memory {
-            tracing::warn!(
-                data_dir = %config.data_dir.display(),
-                "the durable store is not built yet: history is kept in memory and lost on restart"
-            );
+        if config.memory {
+            tracing::warn!("--memory: history is kept in memory only and lost on restart");
         }
         let hub = herald::Hub::new(config)?;
         let server = herald::Server::bind(hub.clone()).await?;

@@ -33,8 +33,28 @@ impl HubProcess {
 
     /// Same, with extra arguments and environment variables.
     pub fn start_with(settings: &[&str], args: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        Self::spawn(None, settings, args, env).expect("herald did not say where it listens")
+    }
+
+    /// `herald serve` keeping history in the journal under `data_dir`.
+    pub fn start_durable(data_dir: &std::path::Path, settings: &[&str]) -> HubProcess {
+        Self::spawn(Some(data_dir), settings, &[], &[])
+            .expect("herald did not say where it listens")
+    }
+
+    /// Starts the hub; `Err` with its output when it exits instead.
+    pub fn spawn(
+        data_dir: Option<&std::path::Path>,
+        settings: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<HubProcess, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(["serve", "--memory", "--listen", "127.0.0.1:0"]);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        match data_dir {
+            Some(dir) => cmd.arg("--data-dir").arg(dir),
+            None => cmd.arg("--memory"),
+        };
         for s in settings {
             cmd.args(["--set", s]);
         }
@@ -66,17 +86,23 @@ impl HubProcess {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(PATIENCE)
-            .expect("herald did not say where it listens")
-            .parse()
-            .expect("listen address");
-        HubProcess {
+        let Ok(addr) = rx.recv_timeout(PATIENCE) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(logs.lock().unwrap().join("\n"));
+        };
+        Ok(HubProcess {
             child,
-            addr,
+            addr: addr.parse().expect("listen address"),
             logs,
             http: reqwest::Client::new(),
-        }
+        })
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -17,7 +17,12 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let hub = Hub::new(Config::default())?;
+    // History in memory for the example; drop `memory` to keep it in
+    // ./herald-data across restarts.
+    let hub = Hub::new(Config {
+        memory: true,
+        ..Config::default()
+    })?;
     let app = Router::new()
         .route("/orders/{id}/ship", post(ship))
         .with_state(hub.clone())

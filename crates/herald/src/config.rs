@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// Directory of the embedded durable store. Default `./herald-data`.
+    /// Directory of the durable journal (`DATA_DIR/journal`). Default
+    /// `./herald-data`.
     pub data_dir: PathBuf,
     /// Keep history in memory only, ignoring `data_dir`. Default `false`.
     pub memory: bool,

@@ -120,6 +120,12 @@ impl Fanout {
         reg.by_id.remove(&conn.id);
     }
 
+    /// Starts the dispatched head where the log stands when fan-out joins
+    /// it (events up to it are read from the log, not dispatched).
+    pub fn start_at(&self, head: EventId) {
+        self.head.store(head.0, Ordering::Release);
+    }
+
     /// Id of the last event dispatched.
     pub fn head(&self) -> EventId {
         EventId(self.head.load(Ordering::Acquire))

@@ -15,7 +15,7 @@ use crate::event::EventId;
 use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
-use crate::log::{EventLog, MemoryLog, ReadFrom};
+use crate::log::{DurableLog, EventLog, MemoryLog, ReadFrom};
 use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
@@ -33,7 +33,7 @@ use crate::topic::TopicError;
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use herald::{Config, Hub, PublishRequest};
-/// let hub = Hub::new(Config::default())?;
+/// let hub = Hub::new(Config { memory: true, ..Config::default() })?;
 /// // Mount the HTTP API (SSE endpoint included) in an axum application:
 /// let app = axum::Router::new().nest("/herald", hub.router());
 /// // Publish from Rust:
@@ -59,6 +59,15 @@ struct Shared {
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
     next_key: AtomicU64,
+}
+
+/// Why a hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::log::durable::OpenError),
 }
 
 /// What `subscribe` gives back.
@@ -96,16 +105,38 @@ pub struct HubStats {
 }
 
 impl Hub {
-    /// A hub keeping history in memory (see `MemoryLog`).
-    pub fn new(config: Config) -> Result<Hub, ConfigError> {
+    /// A hub with the log its configuration asks for: the durable journal
+    /// in `data_dir`, or memory only with `memory = true`.
+    pub fn new(config: Config) -> Result<Hub, StartError> {
+        config.validate()?;
         let h = &config.history;
-        let log = MemoryLog::new(MemoryLogSettings {
+        let settings = MemoryLogSettings {
             max_events_per_topic: h.max_events_per_topic,
             max_age: (h.max_age_secs != 0).then(|| Duration::from_secs(h.max_age_secs)),
             idempotency_window: Duration::from_secs(h.idempotency_window_secs),
             max_idempotency_keys: h.max_idempotency_keys,
-        });
-        Hub::with_log(config, Arc::new(log))
+        };
+        let log: Arc<dyn EventLog> = if config.memory {
+            Arc::new(MemoryLog::new(settings))
+        } else {
+            let dir = config.data_dir.join("journal");
+            let (log, report) = DurableLog::open(&dir, settings, h.fsync)?;
+            if report.cut_bytes > 0 {
+                tracing::warn!(
+                    cut_bytes = report.cut_bytes,
+                    "the journal ended in a write a crash interrupted; cut back to the last whole record"
+                );
+            }
+            tracing::info!(
+                dir = %dir.display(),
+                events_read = report.events_read,
+                retained = report.retained,
+                next_id = report.next_id,
+                "journal opened"
+            );
+            Arc::new(log)
+        };
+        Ok(Hub::with_log(config, log)?)
     }
 
     /// A hub on any implementation of the log seam.
@@ -116,7 +147,7 @@ impl Hub {
             reason: e.reason,
         })?;
         let fanout = Arc::new(Fanout::new());
-        log.attach(fanout.clone());
+        fanout.start_at(log.attach(fanout.clone()));
         let limits = &config.limits;
         let limiter = ConnectionLimiter::new(
             limits.max_connections,
@@ -511,7 +542,11 @@ mod tests {
 
     #[tokio::test]
     async fn publish_from_rust_reaches_the_log() {
-        let hub = Hub::new(Config::default()).unwrap();
+        let config = Config {
+            memory: true,
+            ..Config::default()
+        };
+        let hub = Hub::new(config).unwrap();
         let a = hub.publish(PublishRequest::topic("a", "x")).await.unwrap();
         let b = hub
             .publish(PublishRequest::topic("a", "y").event("e"))

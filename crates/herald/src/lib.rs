@@ -48,7 +48,7 @@ pub mod topic;
 pub use auth::{AuthError, Identity};
 pub use config::{Config, Overflow};
 pub use event::{Event, EventDraft, EventId};
-pub use hub::{Hub, Subscription};
+pub use hub::{Hub, StartError, Subscription};
 pub use log::{EventLog, MemoryLog};
 pub use pattern::Pattern;
 pub use publish::{PublishError, PublishRequest};

@@ -51,7 +51,7 @@ struct History {
     evicted_through: u64,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     settings: MemoryLogSettings,
     first_id: u64,
     next_id: u64,
@@ -73,20 +73,7 @@ impl MemoryLog {
     pub fn new(settings: MemoryLogSettings) -> MemoryLog {
         let first_id = now_ms().saturating_mul(1000).max(1);
         MemoryLog {
-            inner: Arc::new(Mutex::new(Inner {
-                settings,
-                first_id,
-                next_id: first_id,
-                last_ms: 0,
-                events: BTreeMap::new(),
-                topics: HashMap::new(),
-                direct: History::default(),
-                max_evicted: 0,
-                pruned_floor: 0,
-                expiring: BinaryHeap::new(),
-                idempotency: HashMap::new(),
-                idempotency_order: VecDeque::new(),
-            })),
+            inner: Arc::new(Mutex::new(Inner::new(settings, first_id))),
             sink: OnceLock::new(),
         }
     }
@@ -120,8 +107,129 @@ fn in_direct_history(event: &Event) -> bool {
 }
 
 impl Inner {
-    fn head(&self) -> u64 {
+    pub(crate) fn new(settings: MemoryLogSettings, first_id: u64) -> Inner {
+        Inner {
+            settings,
+            first_id,
+            next_id: first_id,
+            last_ms: 0,
+            events: BTreeMap::new(),
+            topics: HashMap::new(),
+            direct: History::default(),
+            max_evicted: 0,
+            pruned_floor: 0,
+            expiring: BinaryHeap::new(),
+            idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn head(&self) -> u64 {
         self.next_id - 1
+    }
+
+    /// Gives drafts their ids and times, answering repeated idempotency keys
+    /// from memory. The new events are not readable until [`Inner::apply`]:
+    /// a durable log writes them to disk in between.
+    pub(crate) fn prepare(&mut self, drafts: Vec<EventDraft>) -> (Vec<Appended>, Vec<SharedEvent>) {
+        let now = now_ms().max(self.last_ms);
+        self.last_ms = now;
+        self.sweep(now);
+        let mut out = Vec::with_capacity(drafts.len());
+        let mut events = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            if let Some(key) = draft.idempotency_key.as_deref() {
+                if let Some(&(id, until)) = self.idempotency.get(key) {
+                    if until > now {
+                        out.push(Appended {
+                            id,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let id = EventId(self.next_id);
+            self.next_id += 1;
+            let event = Arc::new(Event::commit(draft, id, now));
+            self.remember_key(&event);
+            events.push(event);
+            out.push(Appended {
+                id,
+                duplicate: false,
+            });
+        }
+        (out, events)
+    }
+
+    /// Makes prepared (or recovered) events readable, applying retention.
+    pub(crate) fn apply(&mut self, events: &[SharedEvent]) {
+        for event in events {
+            self.store(event.clone());
+        }
+    }
+
+    /// Undoes [`Inner::prepare`]'s idempotency keys for events that were
+    /// never stored (their write failed); their ids stay unused.
+    pub(crate) fn forget(&mut self, events: &[SharedEvent]) {
+        for event in events {
+            if let Some(key) = &event.idempotency_key {
+                if self
+                    .idempotency
+                    .get(key)
+                    .is_some_and(|(id, _)| *id == event.id)
+                {
+                    self.idempotency.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Loads an event read back from disk at start, in id order.
+    pub(crate) fn restore(&mut self, event: SharedEvent) {
+        self.next_id = self.next_id.max(event.id.0 + 1);
+        self.last_ms = self.last_ms.max(event.published_at_ms);
+        self.remember_key(&event);
+        self.store(event);
+    }
+
+    /// Everything at or below `floor` left history before this run (its
+    /// files are gone): a Last-Event-ID below it cannot be covered.
+    pub(crate) fn set_floor(&mut self, floor: u64) {
+        self.pruned_floor = self.pruned_floor.max(floor);
+        self.next_id = self.next_id.max(floor + 1);
+    }
+
+    /// The oldest event still held, if any.
+    pub(crate) fn oldest_id(&self) -> Option<u64> {
+        self.events.first_key_value().map(|(id, _)| *id)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn remember_key(&mut self, event: &Event) {
+        let Some(key) = &event.idempotency_key else {
+            return;
+        };
+        let until = event.published_at_ms + self.settings.idempotency_window.as_millis() as u64;
+        self.idempotency.insert(key.clone(), (event.id, until));
+        self.idempotency_order.push_back((key.clone(), until));
+        while self.idempotency_order.len() > self.settings.max_idempotency_keys {
+            let (old, _) = self.idempotency_order.pop_front().expect("non-empty");
+            if self
+                .idempotency
+                .get(&old)
+                .is_some_and(|(i, _)| i.0 <= event.id.0)
+            {
+                self.idempotency.remove(&old);
+            }
+        }
     }
 
     /// Whether a history that `selector` reads still holds `event`. An event
@@ -149,7 +257,7 @@ impl Inner {
         }
     }
 
-    fn sweep(&mut self, now: u64) {
+    pub(crate) fn sweep(&mut self, now: u64) {
         while let Some(Reverse((at, id))) = self.expiring.peek().copied() {
             if at > now {
                 break;
@@ -239,17 +347,6 @@ impl Inner {
         if let Some(at) = event.expires_at_ms {
             self.expiring.push(Reverse((at, id)));
         }
-        if let Some(key) = &event.idempotency_key {
-            let until = event.published_at_ms + self.settings.idempotency_window.as_millis() as u64;
-            self.idempotency.insert(key.clone(), (event.id, until));
-            self.idempotency_order.push_back((key.clone(), until));
-            while self.idempotency_order.len() > self.settings.max_idempotency_keys {
-                let (old, _) = self.idempotency_order.pop_front().expect("non-empty");
-                if self.idempotency.get(&old).is_some_and(|(i, _)| i.0 <= id) {
-                    self.idempotency.remove(&old);
-                }
-            }
-        }
         self.events.insert(id, Stored { event, refs });
         for (topic, old) in evict {
             self.release(topic.as_ref(), old);
@@ -273,7 +370,7 @@ impl Inner {
         self.max_evicted = self.max_evicted.max(id);
     }
 
-    fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
+    pub(crate) fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
         let after = after.0;
         // An id below this log's first one was issued by another log (an
         // earlier run); one above the head was never issued.
@@ -347,7 +444,7 @@ impl Inner {
         Some(ids)
     }
 
-    fn read(&self, req: &ReadRequest<'_>, now: u64) -> Vec<SharedEvent> {
+    pub(crate) fn read(&self, req: &ReadRequest<'_>, now: u64) -> Vec<SharedEvent> {
         let until = req.until.0;
         let visible = |s: &&Stored| {
             !s.event.is_expired(now)
@@ -423,7 +520,7 @@ impl Inner {
 
 #[async_trait]
 impl EventLog for MemoryLog {
-    fn attach(&self, sink: Arc<dyn CommitSink>) {
+    fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
         if self.sink.set(sink).is_err() {
             panic!("MemoryLog::attach called twice");
         }
@@ -443,6 +540,7 @@ impl EventLog for MemoryLog {
                 }
             });
         }
+        EventId(self.lock().head())
     }
 
     async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
@@ -451,33 +549,8 @@ impl EventLog for MemoryLog {
             .get()
             .ok_or_else(|| LogError::Failed("log not attached to a hub".into()))?;
         let mut inner = self.lock();
-        let now = now_ms().max(inner.last_ms);
-        inner.last_ms = now;
-        inner.sweep(now);
-        let mut out = Vec::with_capacity(drafts.len());
-        let mut committed = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            if let Some(key) = draft.idempotency_key.as_deref() {
-                if let Some(&(id, until)) = inner.idempotency.get(key) {
-                    if until > now {
-                        out.push(Appended {
-                            id,
-                            duplicate: true,
-                        });
-                        continue;
-                    }
-                }
-            }
-            let id = EventId(inner.next_id);
-            inner.next_id += 1;
-            let event = Arc::new(Event::commit(draft, id, now));
-            inner.store(event.clone());
-            committed.push(event);
-            out.push(Appended {
-                id,
-                duplicate: false,
-            });
-        }
+        let (out, committed) = inner.prepare(drafts);
+        inner.apply(&committed);
         if !committed.is_empty() {
             sink.committed(&committed);
         }

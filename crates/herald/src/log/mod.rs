@@ -14,7 +14,8 @@
 //!   to the [`CommitSink`] exactly once, in id order, by one caller at a time,
 //!   and only after [`EventLog::read`] can return it. Fan-out relies on this
 //!   to join replay and live delivery without gap or duplicate (see
-//!   `stream.rs`).
+//!   `stream.rs`). [`EventLog::attach`] says where that sequence stands
+//!   when fan-out joins it (after a restart, not at zero).
 //! * **Retention is visible.** Events leave history by count or age
 //!   (eviction), or at the end of their `ttl` (expiry). [`EventLog::coverage`]
 //!   tells whether a Last-Event-ID can still be resumed without a gap: an
@@ -24,6 +25,8 @@
 //!   whose `idempotency_key` was committed within the window is not committed
 //!   again; its first id is returned with `duplicate: true`.
 
+pub mod durable;
+pub mod journal;
 pub mod memory;
 
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use async_trait::async_trait;
 use crate::event::{EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
 
+pub use durable::DurableLog;
 pub use memory::MemoryLog;
 
 /// Receives committed events, in id order. Implemented by fan-out; must not
@@ -107,7 +111,10 @@ pub enum LogError {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Connects the log to fan-out. Called once, before the first append.
-    fn attach(&self, sink: Arc<dyn CommitSink>);
+    /// Returns the id of the last event committed before now (recovered
+    /// from disk, or committed elsewhere in a cluster): every event up to it
+    /// is readable, every later one will reach the sink.
+    fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId;
 
     /// Stores a batch, all or nothing, and returns one [`Appended`] per draft
     /// in order.

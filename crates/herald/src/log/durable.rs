@@ -1,0 +1,253 @@
+//! The durable log: the in-memory index of `memory.rs` for every read, and
+//! the [`Journal`] on disk so that an acknowledged publish survives a crash.
+//!
+//! Appends go to one committer thread. It takes every append waiting
+//! (group commit), gives the events their ids, writes them as one batch and
+//! syncs once, and only then makes them readable, hands them to fan-out and
+//! answers the publishers. So no subscriber ever sees an event that a crash
+//! could take back, and ids are never reused: a failed write burns its ids.
+//!
+//! `history.fsync`: `batch` (default) syncs once per group, `always` once per
+//! append call (no grouping), `never` leaves syncing to the OS (a crash of
+//! the machine, not of the hub, may lose the last writes).
+//!
+//! At start the journal is read back in id order through the same retention
+//! as live appends, which rebuilds history, per-topic eviction marks and
+//! idempotency keys exactly; ids continue after the highest found. Segments
+//! whose every event has left history are deleted as appends go on.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use super::journal::{Journal, JournalError};
+use super::memory::{Inner, MemoryLogSettings};
+use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadRequest};
+use crate::config::Fsync;
+use crate::event::{EventDraft, EventId, SharedEvent};
+use crate::selector::Selector;
+
+/// Most appends one group commit takes.
+const MAX_GROUP: usize = 512;
+
+/// Why the durable log could not open: the hub does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {0} is in use by another Herald process")]
+    Locked(PathBuf),
+    #[error("cannot open data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+struct Job {
+    drafts: Vec<EventDraft>,
+    reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+}
+
+pub struct DurableLog {
+    inner: Arc<Mutex<Inner>>,
+    sink: Arc<OnceLock<Arc<dyn CommitSink>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Held for the life of the log: one process per data directory.
+    _lock: std::fs::File,
+}
+
+/// What opening found, for the start-up log line.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenReport {
+    pub events_read: usize,
+    pub retained: usize,
+    pub cut_bytes: u64,
+    pub next_id: u64,
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DurableLog {
+    pub fn open(
+        dir: &Path,
+        settings: MemoryLogSettings,
+        fsync: Fsync,
+    ) -> Result<(DurableLog, OpenReport), OpenError> {
+        let dir_err = |source| OpenError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(dir_err)?;
+        if lock_file.try_lock().is_err() {
+            return Err(OpenError::Locked(dir.to_owned()));
+        }
+        let (journal, recovered) = Journal::open(&dir.join("log"))?;
+        // A new journal starts its ids at the start time in µs, as the
+        // in-memory log does: after a wiped data directory, ids clients
+        // still hold fall below the new ones and get `herald.reset`.
+        let fresh = recovered.events.is_empty() && recovered.floor == 0;
+        let first_id = if fresh {
+            now_ms().saturating_mul(1000).max(1)
+        } else {
+            1
+        };
+        let mut inner = Inner::new(settings, first_id);
+        inner.set_floor(recovered.floor);
+        let events_read = recovered.events.len();
+        for event in recovered.events {
+            inner.restore(Arc::new(event));
+        }
+        inner.sweep(now_ms());
+        let report = OpenReport {
+            events_read,
+            retained: inner.len(),
+            cut_bytes: recovered.cut_bytes,
+            next_id: inner.next_id(),
+        };
+        let inner = Arc::new(Mutex::new(inner));
+        let sink: Arc<OnceLock<Arc<dyn CommitSink>>> = Arc::new(OnceLock::new());
+        let (tx, rx) = mpsc::channel();
+        let (committer_inner, committer_sink) = (inner.clone(), sink.clone());
+        std::thread::Builder::new()
+            .name("herald-commit".into())
+            .spawn(move || commit_loop(rx, journal, committer_inner, committer_sink, fsync))
+            .map_err(dir_err)?;
+        Ok((
+            DurableLog {
+                inner,
+                sink,
+                jobs: Mutex::new(Some(tx)),
+                _lock: lock_file,
+            },
+            report,
+        ))
+    }
+}
+
+/// The committer: group, prepare, write, sync, apply, hand over, answer.
+fn commit_loop(
+    jobs: mpsc::Receiver<Job>,
+    mut journal: Journal,
+    inner: Arc<Mutex<Inner>>,
+    sink: Arc<OnceLock<Arc<dyn CommitSink>>>,
+    fsync: Fsync,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        if fsync != Fsync::Always {
+            while group.len() < MAX_GROUP {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut prepared = Vec::with_capacity(group.len());
+        {
+            let mut inner = lock(&inner);
+            for job in &mut group {
+                prepared.push(inner.prepare(std::mem::take(&mut job.drafts)));
+            }
+        }
+        let events: Vec<SharedEvent> = prepared
+            .iter()
+            .flat_map(|(_, e)| e.iter().cloned())
+            .collect();
+        let written = journal.append(&events, fsync != Fsync::Never);
+        let mut inner = lock(&inner);
+        match written {
+            Ok(()) => {
+                inner.apply(&events);
+                if !events.is_empty() {
+                    if let Some(sink) = sink.get() {
+                        sink.committed(&events);
+                    }
+                }
+                let oldest = inner.oldest_id().unwrap_or(inner.next_id());
+                drop(inner);
+                for (job, (appended, _)) in group.into_iter().zip(prepared) {
+                    let _ = job.reply.send(Ok(appended));
+                }
+                if let Err(err) = journal.retire_below(oldest) {
+                    tracing::warn!(%err, "could not delete old journal segments");
+                }
+            }
+            Err(err) => {
+                inner.forget(&events);
+                drop(inner);
+                tracing::error!(%err, "journal write failed; publishes refused");
+                for job in group {
+                    let _ = job.reply.send(Err(LogError::Unavailable(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for DurableLog {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer after its current group.
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[async_trait]
+impl EventLog for DurableLog {
+    fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
+        if self.sink.set(sink).is_err() {
+            panic!("DurableLog::attach called twice");
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&self.inner);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    lock(&inner).sweep(now_ms());
+                }
+            });
+        }
+        // Nothing is appended before attach, so this is the recovered head.
+        EventId(lock(&self.inner).next_id() - 1)
+    }
+
+    async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
+        let (reply, answer) = oneshot::channel();
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(jobs) => jobs.send(Job { drafts, reply }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(LogError::Unavailable("the journal is closed".into()));
+        }
+        answer
+            .await
+            .map_err(|_| LogError::Failed("the journal writer stopped".into()))?
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+        Ok(lock(&self.inner).read(&request, now_ms()))
+    }
+
+    async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
+        Ok(lock(&self.inner).coverage(after, selector))
+    }
+
+    fn kind(&self) -> &'static str {
+        "journal"
+    }
+}

@@ -1,0 +1,404 @@
+//! The on-disk journal of the durable log: append-only segment files.
+//!
+//! Each record is `[u32 length][u32 CRC-32 of the body][body]`, the body the
+//! JSON of one committed event. A batch of records is one `write` and, with
+//! `fsync = batch|always`, one `fdatasync`. Files are named after the first
+//! id they hold and roll over at [`SEGMENT_BYTES`]; a whole file is deleted
+//! once every event in it has left history, and the highest id ever deleted
+//! is kept in `floor` so that older Last-Event-IDs are still answered with
+//! `herald.reset`.
+//!
+//! Recovery reads every segment in order. A record cut short or failing its
+//! CRC at the end of the *last* segment is a write that a crash interrupted:
+//! the file is cut back to the last whole record, and the log says how many
+//! bytes went. The same anywhere else means the disk lost data the hub had
+//! acknowledged: the hub refuses to start rather than serve a history with a
+//! hole in it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventDraft, EventId};
+
+/// A segment is closed and a new one begun past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 8;
+/// A record larger than this is damage, not data (events are at most a few
+/// hundred KiB; see `limits.max_event_bytes`).
+const MAX_RECORD: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is damaged at byte {offset}, before its end: acknowledged events would be lost; restore the data directory from a backup or move the file away to start with what precedes it")]
+    Corrupt { path: PathBuf, offset: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    id: u64,
+    ts: u64,
+    #[serde(flatten)]
+    draft: EventDraft,
+}
+
+struct Segment {
+    path: PathBuf,
+    /// Highest id written to it (0 while empty).
+    last_id: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    /// Closed segments, oldest first.
+    closed: Vec<Segment>,
+    current: Segment,
+    file: File,
+    len: u64,
+    floor: u64,
+}
+
+/// What recovery found.
+pub struct Recovered {
+    pub events: Vec<Event>,
+    /// Highest id whose segment was deleted earlier (0: none).
+    pub floor: u64,
+    /// Bytes cut from a torn tail.
+    pub cut_bytes: u64,
+}
+
+fn segment_name(first_id: u64) -> String {
+    format!("{first_id:020}.log")
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir` and reads back every event.
+    pub fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let floor_path = dir.join("floor");
+        let floor = match fs::read_to_string(&floor_path) {
+            Ok(text) => text.trim().parse().map_err(|_| JournalError::Corrupt {
+                path: floor_path.clone(),
+                offset: 0,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err(&floor_path)(e)),
+        };
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        paths.sort();
+        let mut events = Vec::new();
+        let mut segments = Vec::new();
+        let mut cut_bytes = 0;
+        let count = paths.len();
+        for (i, path) in paths.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let (last_id, cut) = read_segment(&path, last, &mut events)?;
+            cut_bytes += cut;
+            segments.push(Segment { path, last_id });
+        }
+        let current = match segments.pop() {
+            Some(segment) => segment,
+            None => {
+                let first = events.last().map_or(floor + 1, |e: &Event| e.id.0 + 1);
+                Segment {
+                    path: dir.join(segment_name(first)),
+                    last_id: 0,
+                }
+            }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&current.path)
+            .map_err(io_err(&current.path))?;
+        let len = file.metadata().map_err(io_err(&current.path))?.len();
+        sync_dir(dir)?;
+        let journal = Journal {
+            dir: dir.to_owned(),
+            closed: segments,
+            current,
+            file,
+            len,
+            floor,
+        };
+        Ok((
+            journal,
+            Recovered {
+                events,
+                floor,
+                cut_bytes,
+            },
+        ))
+    }
+
+    /// Writes events (in id order) as one write; syncs when `sync`.
+    pub fn append(&mut self, events: &[impl AsRef<Event>], sync: bool) -> Result<(), JournalError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        if self.len >= SEGMENT_BYTES {
+            self.roll(first.as_ref().id)?;
+        }
+        let mut buf = Vec::new();
+        for event in events {
+            let event = event.as_ref();
+            let record = Record {
+                id: event.id.0,
+                ts: event.published_at_ms,
+                draft: event.to_draft(),
+            };
+            let body = serde_json::to_vec(&record).expect("events serialize");
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
+            self.current.last_id = event.id.0;
+        }
+        let path = self.current.path.clone();
+        self.file.write_all(&buf).map_err(io_err(&path))?;
+        if sync {
+            self.file.sync_data().map_err(io_err(&path))?;
+        }
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn roll(&mut self, next: EventId) -> Result<(), JournalError> {
+        self.file.sync_all().map_err(io_err(&self.current.path))?;
+        let path = self.dir.join(segment_name(next.0));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        let old = std::mem::replace(&mut self.current, Segment { path, last_id: 0 });
+        self.closed.push(old);
+        self.file = file;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Deletes closed segments whose every event is older than `oldest_kept`.
+    /// Returns the new floor when it moved.
+    pub fn retire_below(&mut self, oldest_kept: u64) -> Result<Option<u64>, JournalError> {
+        let retire = self
+            .closed
+            .iter()
+            .take_while(|s| s.last_id < oldest_kept)
+            .count();
+        if retire == 0 {
+            return Ok(None);
+        }
+        let floor = self.closed[retire - 1].last_id.max(self.floor);
+        // The floor is durable before any file goes: a crash in between
+        // leaves files below the floor, which recovery reads harmlessly.
+        let tmp = self.dir.join("floor.tmp");
+        fs::write(&tmp, floor.to_string()).map_err(io_err(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        fs::rename(&tmp, self.dir.join("floor")).map_err(io_err(&tmp))?;
+        sync_dir(&self.dir)?;
+        for segment in self.closed.drain(..retire) {
+            fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+        }
+        sync_dir(&self.dir)?;
+        self.floor = floor;
+        Ok(Some(floor))
+    }
+
+    pub fn segments(&self) -> usize {
+        self.closed.len() + 1
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Reads one segment into `events`; returns its last id and the bytes cut
+/// from a torn tail (only allowed on the last segment).
+fn read_segment(
+    path: &Path,
+    last: bool,
+    events: &mut Vec<Event>,
+) -> Result<(u64, u64), JournalError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    let mut at = 0usize;
+    let mut last_id = 0;
+    while at < bytes.len() {
+        let whole = parse_record(&bytes[at..]);
+        let Some((record, size)) = whole else {
+            if !last {
+                return Err(JournalError::Corrupt {
+                    path: path.to_owned(),
+                    offset: at as u64,
+                });
+            }
+            let cut = (bytes.len() - at) as u64;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            file.set_len(at as u64).map_err(io_err(path))?;
+            file.sync_all().map_err(io_err(path))?;
+            return Ok((last_id, cut));
+        };
+        last_id = record.id;
+        events.push(Event::commit(record.draft, EventId(record.id), record.ts));
+        at += size;
+    }
+    Ok((last_id, 0))
+}
+
+/// One whole record at the start of `bytes`, and its size.
+fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
+    if bytes.len() < HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    if len > MAX_RECORD || bytes.len() < HEADER + len {
+        return None;
+    }
+    let body = &bytes[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let record = serde_json::from_slice(body).ok()?;
+    Some((record, HEADER + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::Topic;
+    use std::sync::Arc;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("herald-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn event(id: u64, data: &str) -> Arc<Event> {
+        let draft = EventDraft {
+            topics: vec![Topic::new("t").unwrap()],
+            data: data.into(),
+            ..Default::default()
+        };
+        Arc::new(Event::commit(draft, EventId(id), 1000 + id))
+    }
+
+    #[test]
+    fn writes_and_reads_back() {
+        let dir = temp_dir("rw");
+        let (mut j, r) = Journal::open(&dir).unwrap();
+        assert!(r.events.is_empty());
+        j.append(&[event(1, "a"), event(2, "b\nc")], true).unwrap();
+        j.append(&[event(3, "d")], true).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(&dir).unwrap();
+        let got: Vec<(u64, &str, u64)> = r
+            .events
+            .iter()
+            .map(|e| (e.id.0, &*e.data, e.published_at_ms))
+            .collect();
+        assert_eq!(got, [(1, "a", 1001), (2, "b\nc", 1002), (3, "d", 1003)]);
+        assert_eq!(r.cut_bytes, 0);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_whole_record() {
+        let dir = temp_dir("torn");
+        let (mut j, _) = Journal::open(&dir).unwrap();
+        j.append(&[event(1, "a"), event(2, "b")], true).unwrap();
+        let path = j.current.path.clone();
+        drop(j);
+        let full = fs::metadata(&path).unwrap().len();
+        // Cut the second record in half, and add garbage after a whole one.
+        for cut in [full - 3, full - 20] {
+            let bytes = fs::read(&path).unwrap();
+            let mut f = File::create(&path).unwrap();
+            f.write_all(&bytes[..cut as usize]).unwrap();
+            drop(f);
+            let (_, r) = Journal::open(&dir).unwrap();
+            assert_eq!(r.events.len(), 1, "cut at {cut}");
+            assert!(r.cut_bytes > 0);
+            let (_, again) = Journal::open(&dir).unwrap();
+            assert_eq!(
+                (again.events.len(), again.cut_bytes),
+                (1, 0),
+                "the cut is made on disk"
+            );
+            // Restore the two-record file for the next round.
+            let (mut j, _) = Journal::open(&dir).unwrap();
+            j.append(&[event(2, "b")], true).unwrap();
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[7, 0, 0, 0, 1, 2, 3, 4, b'x']).unwrap();
+        drop(f);
+        let (_, r) = Journal::open(&dir).unwrap();
+        assert_eq!((r.events.len(), r.cut_bytes), (2, 9));
+    }
+
+    #[test]
+    fn damage_before_the_end_stops_the_start() {
+        let dir = temp_dir("damage");
+        let (mut j, _) = Journal::open(&dir).unwrap();
+        j.append(&[event(1, "a")], true).unwrap();
+        j.roll(EventId(2)).unwrap();
+        j.append(&[event(2, "b")], true).unwrap();
+        let first = j.closed[0].path.clone();
+        drop(j);
+        let mut bytes = fs::read(&first).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0xff;
+        fs::write(&first, bytes).unwrap();
+        assert!(matches!(
+            Journal::open(&dir),
+            Err(JournalError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn retiring_segments_keeps_a_floor() {
+        let dir = temp_dir("retire");
+        let (mut j, _) = Journal::open(&dir).unwrap();
+        j.append(&[event(1, "a"), event(2, "b")], true).unwrap();
+        j.roll(EventId(3)).unwrap();
+        j.append(&[event(3, "c")], true).unwrap();
+        assert_eq!(
+            j.retire_below(2).unwrap(),
+            None,
+            "segment 1-2 still holds 2"
+        );
+        assert_eq!(j.retire_below(3).unwrap(), Some(2));
+        assert_eq!(j.segments(), 1);
+        drop(j);
+        let (_, r) = Journal::open(&dir).unwrap();
+        assert_eq!(r.floor, 2);
+        assert_eq!(r.events.iter().map(|e| e.id.0).collect::<Vec<_>>(), [3]);
+    }
+}
