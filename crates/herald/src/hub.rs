@@ -70,6 +70,15 @@ pub enum StartError {
     Store(#[from] crate::log::durable::OpenError),
 }
 
+/// A registered connection and where its backlog starts.
+pub(crate) struct Opened {
+    pub conn: Arc<Connection>,
+    pub permit: crate::limits::ConnectionPermit,
+    pub head: EventId,
+    pub start: Start,
+    pub valid_until: Option<u64>,
+}
+
 /// What `subscribe` gives back.
 pub enum Subscription {
     /// An open stream; its connection id is in `herald.connected`.
@@ -272,6 +281,32 @@ impl Hub {
         &self,
         request: SubscribeRequest,
     ) -> Result<Subscription, SubscribeError> {
+        let opened = match self.open(request).await? {
+            Ok(opened) => opened,
+            Err(refusal) => return Ok(Subscription::Refused(refusal)),
+        };
+        let connection_id = opened.conn.id.clone();
+        let writer = Writer::new(
+            self.clone(),
+            opened.conn,
+            opened.permit,
+            opened.head,
+            opened.start,
+            opened.valid_until,
+        );
+        Ok(Subscription::Stream {
+            connection_id,
+            body: writer.into_stream(),
+        })
+    }
+
+    /// What SSE streams and long polls share: checks, limits, registration
+    /// with fan-out, and where the backlog starts. The connection is
+    /// registered; whoever holds the result must unregister it when done.
+    pub(crate) async fn open(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<Result<Opened, Refusal>, SubscribeError> {
         let config = &self.shared.config;
         let patterns = parse_patterns(&request.topics, config.limits.max_topics_per_connection)?;
         let event_types = parse_event_types(&request.event_types)?;
@@ -301,16 +336,14 @@ impl Hub {
         }
         if self.is_shutting_down() {
             self.shared.metrics.stream_refused("shutting_down");
-            return Ok(Subscription::Refused(Refusal::shutting_down(
-                self.jittered_retry_ms(),
-            )));
+            return Ok(Err(Refusal::shutting_down(self.jittered_retry_ms())));
         }
         if let Some(ip) = request.peer {
             if let Err(wait) = self.shared.rates.check_connect(ip) {
                 let retry = (wait.as_millis() as u64).max(self.jittered_retry_ms());
                 let refusal = Refusal::limit(LimitRefusal::ConnectRate, retry);
                 self.shared.metrics.stream_refused(refusal.error);
-                return Ok(Subscription::Refused(refusal));
+                return Ok(Err(refusal));
             }
         }
         let user = identity.user.as_deref();
@@ -318,10 +351,7 @@ impl Hub {
             Ok(permit) => permit,
             Err(reason) => {
                 self.shared.metrics.stream_refused(reason.code());
-                return Ok(Subscription::Refused(Refusal::limit(
-                    reason,
-                    self.jittered_retry_ms(),
-                )));
+                return Ok(Err(Refusal::limit(reason, self.jittered_retry_ms())));
             }
         };
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
@@ -366,18 +396,13 @@ impl Hub {
                 return Err(err);
             }
         };
-        let writer = Writer::new(
-            self.clone(),
+        Ok(Ok(Opened {
             conn,
             permit,
             head,
             start,
-            identity.valid_until,
-        );
-        Ok(Subscription::Stream {
-            connection_id,
-            body: writer.into_stream(),
-        })
+            valid_until: identity.valid_until,
+        }))
     }
 
     async fn start(

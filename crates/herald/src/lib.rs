@@ -36,6 +36,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod pattern;
+pub mod poll;
 pub mod publish;
 pub mod rate;
 pub mod selector;

@@ -6,6 +6,7 @@
 mod error;
 mod events;
 mod ops;
+mod poll;
 mod publish;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,7 @@ pub fn router(hub: Hub) -> Router {
     let router = Router::new()
         .route("/v1/events", get(events))
         .route("/v1/publish", post(publish))
+        .route("/v1/poll", get(poll::poll))
         .route("/v1/stats", get(ops::stats))
         .route("/v1/presence/{*pattern}", get(ops::presence))
         .route("/v1/users/{user}", get(ops::user))

@@ -1,0 +1,115 @@
+//! Long polling (`GET /v1/poll`, SPEC §8): the same subscription as SSE,
+//! answered as one JSON batch, for clients and proxies that cannot hold a
+//! stream open.
+//!
+//! Each poll opens a connection exactly as a stream does (rights, limits,
+//! registration with fan-out before the backlog is read) and ends it before
+//! answering. A backlog (`lastEventId`, `history`, `since`) is answered at
+//! once, at most `stream.replay_batch` events; otherwise the poll waits for
+//! live events until its timeout. The answer's `last_event_id` is where the
+//! next poll continues: the last event returned, or, when none was, the
+//! hub's head at the time (nothing matching was missed up to it). So a
+//! client that always sends back `last_event_id` receives every event
+//! exactly once, as a stream would.
+
+use std::time::Duration;
+
+use crate::event::{EventId, SharedEvent};
+use crate::hub::Hub;
+use crate::log::ReadRequest;
+use crate::subscribe::{Refusal, Start, SubscribeError, SubscribeRequest};
+
+/// Default wait, below the 30 s idle timeout of many proxies.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
+/// Longest wait a poll may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One poll's answer.
+#[derive(Debug)]
+pub struct PollAnswer {
+    pub events: Vec<SharedEvent>,
+    /// Where the next poll continues (its `lastEventId`).
+    pub last_event_id: EventId,
+    /// Set when the given id could not be resumed (`herald.reset` on SSE).
+    pub reset: Option<&'static str>,
+}
+
+/// Unregisters the poll's connection however the poll ends.
+struct Registered<'a>(&'a Hub, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.fanout().unregister(self.1);
+    }
+}
+
+impl Hub {
+    /// Answers one long poll (see the module documentation).
+    pub async fn poll(
+        &self,
+        request: SubscribeRequest,
+        timeout: Duration,
+    ) -> Result<Result<PollAnswer, Refusal>, SubscribeError> {
+        let opened = match self.open(request).await? {
+            Ok(opened) => opened,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let _registered = Registered(self, opened.conn.key);
+        let _permit = opened.permit;
+        let conn = opened.conn;
+        let limit = self.config().stream.replay_batch;
+        let answer = |events: Vec<SharedEvent>, last: EventId| {
+            Ok(Ok(PollAnswer {
+                last_event_id: events.last().map_or(last, |e| e.id),
+                events,
+                reset: None,
+            }))
+        };
+        match opened.start {
+            Start::Reset(coverage) => {
+                return Ok(Ok(PollAnswer {
+                    events: Vec::new(),
+                    last_event_id: opened.head,
+                    reset: coverage.reset_reason(),
+                }))
+            }
+            Start::Replay(from) => {
+                let request = ReadRequest {
+                    from,
+                    until: opened.head,
+                    limit,
+                    selector: &conn.selector,
+                };
+                let page = self.log().read(request).await?;
+                if !page.is_empty() {
+                    return answer(page, opened.head);
+                }
+            }
+            Start::Live => {}
+        }
+        // Nothing waiting up to the head: wait for live events, no longer
+        // than the timeout nor the token's life.
+        let mut wait = timeout.min(MAX_TIMEOUT);
+        if let Some(until) = opened.valid_until {
+            wait = wait.min(Duration::from_secs(
+                until.saturating_sub(crate::auth::now_secs()),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let shutdown = self.shutdown_started();
+        tokio::pin!(shutdown);
+        loop {
+            let mut events = Vec::new();
+            let closed = conn.drain(&mut events);
+            events.retain(|e| e.id > opened.head);
+            if !events.is_empty() || closed.is_some() || self.is_shutting_down() {
+                return answer(events, opened.head);
+            }
+            tokio::select! {
+                _ = conn.ready() => {}
+                _ = tokio::time::sleep_until(deadline) => return answer(Vec::new(), opened.head),
+                _ = &mut shutdown => {}
+            }
+        }
+    }
+}
