@@ -208,3 +208,101 @@ async fn admin_calls_need_admin_rights() {
         assert!(status == 200 || status == 404, "{path}: {status}");
     }
 }
+
+async fn resubscribe(
+    hub: &HubProcess,
+    id: &str,
+    change: Value,
+    bearer: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(hub.url(&format!("/v1/connections/{id}/subscriptions")))
+        .json(&change);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn subscriptions_of_an_open_stream_change_within_its_rights() {
+    let mut hub = HubProcess::start(&[
+        &format!("auth.jwt_secret=\"{SECRET}\""),
+        &format!("auth.api_keys=[\"{API_KEY}\"]"),
+        "limits.max_topics_per_connection=3",
+    ]);
+    hub.admin_key = Some(API_KEY.into());
+    let alice = token(json!({"sub": "alice", "herald.subscribe": ["chat/*"]}));
+    let (mut sub, id) = stream(&hub, "/v1/events?topic=chat/a", Some(&alice)).await;
+    let publish = |topic: &'static str, data: &'static str| {
+        let url = hub.url("/v1/publish");
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(API_KEY)
+                .json(&json!({"topic": topic, "data": data}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let (status, body) = resubscribe(
+        &hub,
+        &id,
+        json!({"add": ["chat/b"], "remove": ["chat/a"]}),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!((status, body["topics"].clone()), (200, json!(["chat/b"])));
+    publish("chat/a", "not any more").await;
+    publish("chat/b", "now this").await;
+    assert_eq!(sub.next_event().await.data, "now this");
+    assert_eq!(
+        get(&hub, "/v1/presence/chat/b").await["users"],
+        json!({"alice": 1})
+    );
+    assert_eq!(get(&hub, "/v1/presence/chat/a").await["connections"], 0);
+    // Beyond the stream's own token: refused, nothing changes.
+    let (status, body) = resubscribe(&hub, &id, json!({"add": ["secret/x"]}), Some(API_KEY)).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let (status, body) = resubscribe(&hub, &id, json!({"add": ["chat/**"]}), Some(API_KEY)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "chat/* does not cover chat/**"
+    );
+    let (status, body) = resubscribe(
+        &hub,
+        &id,
+        json!({"add": ["chat/c", "chat/d", "chat/e"]}),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_topic")),
+        "over the limit of 3: {body}"
+    );
+    let (status, _) = resubscribe(&hub, &id, json!({"add": ["bad topic"]}), Some(API_KEY)).await;
+    assert_eq!(status, 400);
+    let (status, _) = resubscribe(&hub, &id, json!({"ad": ["chat/c"]}), Some(API_KEY)).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, body) =
+        resubscribe(&hub, "c0-nope", json!({"add": ["chat/c"]}), Some(API_KEY)).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = resubscribe(&hub, &id, json!({"add": ["chat/c"]}), Some(&alice)).await;
+    assert_eq!(status, 403, "admin rights needed");
+    // Still exactly chat/b after the refusals.
+    publish("chat/c", "no").await;
+    publish("chat/b", "yes").await;
+    assert_eq!(sub.next_event().await.data, "yes");
+    // Closing it removes what was added from the index too.
+    drop(sub);
+    hub.wait_for_stats("the stream to be gone", |s| {
+        s["connections"] == 0 && s["subscriptions"] == 0
+    })
+    .await;
+}

@@ -22,6 +22,8 @@ pub struct HubProcess {
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    /// Sent as the bearer of `/v1/stats` calls when auth is on.
+    pub admin_key: Option<String>,
 }
 
 impl HubProcess {
@@ -96,6 +98,7 @@ impl HubProcess {
             addr: addr.parse().expect("listen address"),
             logs,
             http: reqwest::Client::new(),
+            admin_key: None,
         })
     }
 
@@ -175,9 +178,13 @@ impl HubProcess {
     }
 
     pub async fn stats(&self) -> Value {
-        let (status, stats) = self.get_json("/v1/stats").await;
-        assert_eq!(status, 200);
-        stats
+        let mut req = self.http.get(self.url("/v1/stats"));
+        if let Some(key) = &self.admin_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("stats");
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("stats JSON")
     }
 
     /// Polls `/v1/stats` until `cond` holds (an awaited condition, not a

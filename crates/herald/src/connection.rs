@@ -52,7 +52,15 @@ pub struct Connection {
     pub key: u64,
     /// Public id, sent in `herald.connected` and used by `to.connections`.
     pub id: Arc<str>,
+    /// Who the connection is and what it joined with (its replay used
+    /// these patterns).
     pub selector: Selector,
+    /// The patterns it receives now: the selector's, changed by
+    /// `POST /v1/connections/{id}/subscriptions`. Fan-out's index follows
+    /// this list; only fan-out writes it, under its registry lock.
+    pub(crate) patterns: Mutex<Vec<crate::pattern::Pattern>>,
+    /// What its token may read, for changes of its subscriptions.
+    pub rights: crate::auth::Rights,
     pub peer: Option<IpAddr>,
     capacity: usize,
     overflow: Overflow,
@@ -86,6 +94,8 @@ impl Connection {
         Connection {
             key,
             id,
+            patterns: Mutex::new(selector.patterns.clone()),
+            rights: crate::auth::Rights::All,
             selector,
             peer,
             capacity: capacity.max(1),
@@ -186,6 +196,11 @@ impl Connection {
     /// Events dropped by `drop_oldest`/`drop_newest` so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The patterns it receives now.
+    pub fn patterns(&self) -> Vec<crate::pattern::Pattern> {
+        self.patterns.lock().clone()
     }
 
     pub fn queued(&self) -> usize {

@@ -86,7 +86,7 @@ impl Fanout {
     /// before it joined; every later event is offered to it.
     pub fn register(&self, conn: Arc<Connection>) -> EventId {
         let mut reg = self.registry.write();
-        for pattern in &conn.selector.patterns {
+        for pattern in conn.patterns.lock().iter() {
             reg.index.insert(pattern, conn.key, conn.clone());
         }
         if let Some(user) = &conn.selector.user {
@@ -106,7 +106,7 @@ impl Fanout {
         let Some(conn) = reg.connections.remove(&key) else {
             return;
         };
-        for pattern in &conn.selector.patterns {
+        for pattern in conn.patterns.lock().iter() {
             reg.index.remove(pattern, key);
         }
         if let Some(user) = &conn.selector.user {
@@ -140,6 +140,32 @@ impl Fanout {
             .cloned()
     }
 
+    /// Changes what an open connection receives from now on; returns its
+    /// patterns after the change, or `None` when it is gone.
+    pub fn resubscribe(
+        &self,
+        key: u64,
+        add: &[Pattern],
+        remove: &[Pattern],
+    ) -> Option<Vec<Pattern>> {
+        let mut reg = self.registry.write();
+        let conn = reg.connections.get(&key)?.clone();
+        let mut patterns = conn.patterns.lock();
+        for p in remove {
+            if let Some(at) = patterns.iter().position(|x| x == p) {
+                patterns.remove(at);
+                reg.index.remove(p, key);
+            }
+        }
+        for p in add {
+            if !patterns.contains(p) {
+                patterns.push(p.clone());
+                reg.index.insert(p, key, conn.clone());
+            }
+        }
+        Some(patterns.clone())
+    }
+
     /// Every open connection of a user.
     pub fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
         let reg = self.registry.read();
@@ -163,7 +189,7 @@ impl Fanout {
             }),
             Err(_) => {
                 for (k, c) in &reg.connections {
-                    if c.selector.patterns.iter().any(|p| p.intersects(pattern)) {
+                    if c.patterns.lock().iter().any(|p| p.intersects(pattern)) {
                         present.insert(*k);
                     }
                 }

@@ -61,6 +61,17 @@ struct Shared {
     next_key: AtomicU64,
 }
 
+/// Why a change of an open stream's subscriptions was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ResubscribeError {
+    #[error("no open connection has the id {0:?}")]
+    UnknownConnection(String),
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -363,7 +374,7 @@ impl Hub {
             user: identity.user.clone(),
             meta: identity.meta.clone(),
         };
-        let conn = Arc::new(Connection::new(
+        let mut conn = Connection::new(
             key,
             connection_id.clone(),
             selector,
@@ -371,7 +382,9 @@ impl Hub {
             config.stream.queue_capacity,
             config.stream.overflow,
             request.transport.clone(),
-        ));
+        );
+        conn.rights = identity.subscribe.clone();
+        let conn = Arc::new(conn);
         let head = self.shared.fanout.register(conn.clone());
         // From here on the writer owns the registration: dropping it (on any
         // error below too) unregisters the connection.
@@ -476,6 +489,51 @@ impl Hub {
             queued: conns.iter().map(|c| c.queued()).sum(),
             dropped: conns.iter().map(|c| c.dropped()).sum(),
         }
+    }
+
+    /// Adds and removes patterns of an open stream, with the same checks
+    /// as subscribing: valid patterns, the connection's own token rights,
+    /// `limits.max_topics_per_connection`. Events of added patterns arrive
+    /// from now on (no backlog).
+    pub fn resubscribe(
+        &self,
+        id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<Pattern>, ResubscribeError> {
+        let conn = self
+            .shared
+            .fanout
+            .connection(id)
+            .ok_or_else(|| ResubscribeError::UnknownConnection(id.to_owned()))?;
+        let add = parse_patterns(add, 0)?;
+        let remove = parse_patterns(remove, 0)?;
+        if let Some(denied) = add.iter().find(|p| !conn.rights.allows(p)) {
+            return Err(ResubscribeError::Auth(AuthError::Forbidden(format!(
+                "the connection's token may not read {denied}"
+            ))));
+        }
+        let limit = self.shared.config.limits.max_topics_per_connection;
+        // The same order as `Fanout::resubscribe`: removals, then additions.
+        let mut result = conn.patterns();
+        result.retain(|p| !remove.contains(p));
+        for p in &add {
+            if !result.contains(p) {
+                result.push(p.clone());
+            }
+        }
+        let after = result.len();
+        if limit != 0 && after > limit {
+            return Err(SubscribeError::TooManyTopics {
+                count: after,
+                limit,
+            }
+            .into());
+        }
+        self.shared
+            .fanout
+            .resubscribe(conn.key, &add, &remove)
+            .ok_or_else(|| ResubscribeError::UnknownConnection(id.to_owned()))
     }
 
     /// Who is on a topic or pattern (see [`Fanout::presence`]).

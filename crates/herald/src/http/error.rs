@@ -17,6 +17,8 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
+    #[error(transparent)]
+    Resubscribe(#[from] crate::hub::ResubscribeError),
     /// The body is not the JSON (or text) the endpoint takes.
     #[error("{0}")]
     BadBody(String),
@@ -43,6 +45,15 @@ impl ApiError {
         use SubscribeError as S;
         match self {
             ApiError::Publish(e) => publish_parts(e),
+            ApiError::Resubscribe(e) => match e {
+                crate::hub::ResubscribeError::UnknownConnection(_) => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                crate::hub::ResubscribeError::Auth(a) => auth_parts(a),
+                crate::hub::ResubscribeError::Subscribe(_) => {
+                    (StatusCode::BAD_REQUEST, "invalid_topic")
+                }
+            },
             ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
             ApiError::Subscribe(S::TooManyTopics { .. }) => {
                 (StatusCode::BAD_REQUEST, "too_many_topics")

@@ -40,6 +40,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/users/{user}", get(ops::user))
         .route("/v1/users/{user}/connections", delete(ops::close_user))
         .route("/v1/connections/{id}", delete(ops::close_connection))
+        .route("/v1/connections/{id}/subscriptions", post(ops::resubscribe))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

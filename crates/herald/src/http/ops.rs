@@ -82,6 +82,30 @@ pub async fn close_connection(
     Ok(Json(json!({ "closed": 1 })))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resubscribe {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Adds and removes patterns of an open stream (admin), with the checks of
+/// a subscribe against the stream's own token.
+pub async fn resubscribe(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<Resubscribe>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&hub, &caller)?;
+    let Json(change) = body.map_err(|e| ApiError::BadBody(e.body_text()))?;
+    let topics = hub.resubscribe(&id, &change.add, &change.remove)?;
+    let topics: Vec<&str> = topics.iter().map(|p| p.as_str()).collect();
+    Ok(Json(json!({ "connection_id": id, "topics": topics })))
+}
+
 /// Closes every stream of a user (admin).
 pub async fn close_user(
     State(hub): State<Hub>,
