@@ -19,13 +19,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use super::journal::{Journal, JournalError};
-use super::memory::{Inner, MemoryLogSettings};
+use super::memory::{lock, Inner, MemoryLogSettings};
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadRequest};
 use crate::config::Fsync;
 use crate::event::{EventDraft, EventId, SharedEvent};
@@ -68,10 +67,6 @@ pub struct OpenReport {
     pub retained: usize,
     pub cut_bytes: u64,
     pub next_id: u64,
-}
-
-fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DurableLog {
@@ -210,17 +205,7 @@ impl EventLog for DurableLog {
         if self.sink.set(sink).is_err() {
             panic!("DurableLog::attach called twice");
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&self.inner);
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    lock(&inner).sweep(now_ms());
-                }
-            });
-        }
+        super::memory::spawn_sweeper(Arc::downgrade(&self.inner));
         // Nothing is appended before attach, so this is the recovered head.
         EventId(lock(&self.inner).next_id() - 1)
     }

@@ -79,9 +79,7 @@ impl MemoryLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent-enough data (every
-        // step is a whole insert or remove); keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// Number of events held (for tests and stats).
@@ -98,6 +96,29 @@ impl MemoryLog {
     pub fn sweep(&self) {
         self.lock().sweep(now_ms());
     }
+}
+
+/// Locks an index. A panic while it was held leaves consistent-enough data
+/// (every step is a whole insert or remove): keep serving.
+pub(crate) fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Quiet logs still age out: sweeps the index once a second while it lives
+/// (when there is a runtime to run on).
+pub(crate) fn spawn_sweeper(inner: Weak<Mutex<Inner>>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { break };
+            lock(&inner).sweep(now_ms());
+        }
+    });
 }
 
 /// Broadcasts and topic-less events live in the topic-less history: every
@@ -524,22 +545,7 @@ impl EventLog for MemoryLog {
         if self.sink.set(sink).is_err() {
             panic!("MemoryLog::attach called twice");
         }
-        // Quiet logs still age out: sweep once a second while the log lives.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak: Weak<Mutex<Inner>> = Arc::downgrade(&self.inner);
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    inner
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .sweep(now_ms());
-                }
-            });
-        }
+        spawn_sweeper(Arc::downgrade(&self.inner));
         EventId(self.lock().head())
     }
 
