@@ -141,16 +141,18 @@ async fn publish_refusals_are_json_and_lose_nothing() {
         (json!({"topic": "a", "unknown": true}), 400, "invalid_body"),
         (json!([]), 400, "invalid_batch"),
         (json!("just a string"), 400, "invalid_body"),
+        // Fields of features not built yet: refused, never silently ignored.
         (
             json!({"topic": "a", "retain": true, "key": "k"}),
-            501,
-            "not_implemented",
+            400,
+            "not_supported",
         ),
         (
             json!({"topic": "a", "require_ack": true}),
-            501,
-            "not_implemented",
+            400,
+            "not_supported",
         ),
+        (json!({"topic": "a", "ttl": 1.5}), 400, "invalid_body"),
     ];
     for (body, want_status, code) in json_cases {
         let (status, answer) = hub.publish(body.clone()).await;

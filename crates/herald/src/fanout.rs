@@ -55,7 +55,7 @@ struct Counters {
 }
 
 /// Who is on a topic or pattern.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Presence {
     pub connections: usize,
     /// Connections per user.
@@ -65,7 +65,7 @@ pub struct Presence {
 }
 
 /// A snapshot of fan-out's numbers.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct FanoutStats {
     pub connections: usize,
     pub subscriptions: usize,

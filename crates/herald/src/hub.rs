@@ -102,7 +102,7 @@ pub enum Subscription {
 }
 
 /// One user's streams (admin).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub user: String,
     pub online: bool,
@@ -115,7 +115,7 @@ pub struct UserInfo {
 }
 
 /// A snapshot of the hub's numbers.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct HubStats {
     pub log: &'static str,
     pub head: String,

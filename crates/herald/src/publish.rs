@@ -10,19 +10,23 @@ use crate::event::{EventDraft, Target};
 use crate::log::LogError;
 use crate::topic::{Topic, TopicError};
 
-/// Longest event name, idempotency or coalesce key, user or connection id.
-pub const MAX_NAME_BYTES: usize = 256;
+/// Longest event name, idempotency or coalesce key, user or connection id,
+/// in characters.
+pub const MAX_NAME_CHARS: usize = 256;
 
 /// One event to publish, as in the body of `POST /v1/publish`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::TopicName>)]
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::http::openapi::TopicName>)]
     pub topics: Vec<String>,
     /// SSE event type; absent or `message` is the default type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::EventName>)]
     pub event: Option<String>,
     /// A string is sent as is; any other JSON value as compact JSON.
     #[serde(
@@ -31,35 +35,67 @@ pub struct PublishRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub data: Option<Value>,
+    /// Not supported yet (retained state): refused when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(ignore)]
     pub retain: bool,
+    /// Not supported yet (retained state): refused when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub key: Option<String>,
     /// Seconds the event stays in history (0: delivered live, never replayed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<PublishTo>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broadcast: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
+    /// Not supported yet (acks): refused when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(ignore)]
     pub require_ack: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::ShortName>)]
     pub coalesce_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::ShortName>)]
     pub idempotency_key: Option<String>,
 }
 
 /// `to`: direct addressing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishTo {
     #[serde(default)]
+    #[schema(value_type = Vec<crate::http::openapi::ShortName>)]
     pub users: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::http::openapi::ShortName>)]
     pub connections: Vec<String>,
+}
+
+/// A whole number of seconds; `30.0` is as good as `30` (JSON has one
+/// number type), `30.5` is not.
+fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "`ttl` must be a whole number of seconds, got {n}"
+        ))),
+    }
 }
 
 /// Tells an explicit `"data": null` (sent as `null`) from no `data` (empty).
@@ -148,10 +184,11 @@ fn check_name(field: &'static str, value: &str) -> Result<(), PublishError> {
     if value.is_empty() {
         return Err(PublishError::BadField(field, "must not be empty".into()));
     }
-    if value.len() > MAX_NAME_BYTES {
+    let chars = value.chars().count();
+    if chars > MAX_NAME_CHARS {
         return Err(PublishError::BadField(
             field,
-            format!("is {} bytes; the limit is {MAX_NAME_BYTES}", value.len()),
+            format!("is {chars} characters; the limit is {MAX_NAME_CHARS}"),
         ));
     }
     Ok(())
@@ -159,8 +196,8 @@ fn check_name(field: &'static str, value: &str) -> Result<(), PublishError> {
 
 fn check_event_name(name: &str) -> Result<(), PublishError> {
     let bad = |why| Err(PublishError::BadEventName(name.into(), why));
-    if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return bad("must be 1 to 256 bytes");
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return bad("must be 1 to 256 characters");
     }
     if name.chars().any(char::is_control) {
         return bad("must not contain CR, LF or other control characters");

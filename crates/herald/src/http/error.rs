@@ -84,7 +84,7 @@ fn publish_parts(e: &PublishError) -> (StatusCode, &'static str) {
         P::BadEventName(..) => (StatusCode::BAD_REQUEST, "invalid_event"),
         P::BadField(..) => (StatusCode::BAD_REQUEST, "invalid_field"),
         P::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        P::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        P::Unsupported(_) => (StatusCode::BAD_REQUEST, "not_supported"),
         P::EmptyBatch | P::BatchTooLarge(_) => (StatusCode::BAD_REQUEST, "invalid_batch"),
         P::InBatch { source, .. } => publish_parts(source),
         P::Auth(e) => auth_parts(e),

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};
 use crate::hub::{Hub, Subscription};
 use crate::sse;
@@ -13,6 +14,17 @@ use crate::subscribe::{Refusal, SubscribeRequest};
 
 /// Opens an event stream (SPEC §3). Mount it with any axum router whose
 /// state is a [`Hub`].
+#[utoipa::path(get, path = "/v1/events", tag = "subscribe",
+    params(("topic" = Option<Vec<crate::http::openapi::PatternText>>, Query, description = "Topic or pattern (`*` one segment, `**` the rest); repeatable"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this id (the Last-Event-ID header wins)"),
+        ("history" = Option<u32>, Query, maximum = 1000, description = "On a fresh connect, the last N matching events first (at most `stream.max_history`, default 1000)"),
+        ("since" = Option<u64>, Query, description = "On a fresh connect, matching events published at or after this Unix time in ms"),
+        ("event" = Option<Vec<crate::http::openapi::EventName>>, Query, description = "Only these event types; repeatable"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses(
+        (status = 200, description = "The stream: `retry:`, `herald.connected`, then events. A temporary refusal (limits, shutdown) is also 200, with `Retry-After` and one `herald.refused` event", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad pattern or parameter", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
+    ))]
 pub async fn events(
     State(hub): State<Hub>,
     caller: Caller,

@@ -5,6 +5,7 @@
 
 mod error;
 mod events;
+pub mod openapi;
 mod ops;
 mod poll;
 mod publish;
@@ -44,6 +45,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -5,15 +5,18 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::ErrorBody;
 use super::{require_admin, ApiError, Caller};
 use crate::fanout::Presence;
 use crate::hub::{Hub, UserInfo};
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process serves", body = crate::http::openapi::Status)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Not ready while shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready", body = crate::http::openapi::Status), (status = 503, description = "Draining", body = crate::http::openapi::Status)))]
 pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     if hub.is_shutting_down() {
         (
@@ -34,6 +37,7 @@ pub struct StatsQuery {
 }
 
 /// Totals, or one user's numbers with `?user=` (admin).
+#[utoipa::path(get, path = "/v1/stats", tag = "admin", params(("user" = Option<String>, Query, description = "One user's numbers instead of totals")), responses((status = 200, description = "Numbers", body = crate::http::openapi::StatsBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn stats(
     State(hub): State<Hub>,
     caller: Caller,
@@ -48,6 +52,7 @@ pub async fn stats(
 }
 
 /// Who is on a topic or pattern (admin).
+#[utoipa::path(get, path = "/v1/presence/{pattern}", tag = "admin", params(("pattern" = crate::http::openapi::PatternText, Path, description = "A topic or pattern (may contain `/`)")), responses((status = 200, description = "Connections and users on it", body = crate::fanout::Presence), (status = 400, description = "Bad pattern", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn presence(
     State(hub): State<Hub>,
     caller: Caller,
@@ -60,6 +65,7 @@ pub async fn presence(
 }
 
 /// One user: online, and with how many streams (admin).
+#[utoipa::path(get, path = "/v1/users/{user}", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "Online, streams", body = crate::hub::UserInfo), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn user(
     State(hub): State<Hub>,
     caller: Caller,
@@ -70,6 +76,7 @@ pub async fn user(
 }
 
 /// Closes one stream; its client reconnects (admin).
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "admin", params(("id" = String, Path, description = "A `connection_id` from `herald.connected`")), responses((status = 200, description = "Closed; the client reconnects", body = crate::http::openapi::Closed), (status = 404, description = "No such open stream", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn close_connection(
     State(hub): State<Hub>,
     caller: Caller,
@@ -93,6 +100,7 @@ pub struct Resubscribe {
 
 /// Adds and removes patterns of an open stream (admin), with the checks of
 /// a subscribe against the stream's own token.
+#[utoipa::path(post, path = "/v1/connections/{id}/subscriptions", tag = "admin", params(("id" = String, Path, description = "A `connection_id`")), request_body = crate::http::openapi::SubscriptionChange, responses((status = 200, description = "Its patterns now", body = crate::http::openapi::Subscriptions), (status = 400, description = "Bad pattern or over the topic limit", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody), (status = 404, description = "No such open stream", body = ErrorBody)))]
 pub async fn resubscribe(
     State(hub): State<Hub>,
     caller: Caller,
@@ -107,6 +115,7 @@ pub async fn resubscribe(
 }
 
 /// Closes every stream of a user (admin).
+#[utoipa::path(delete, path = "/v1/users/{user}/connections", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "How many were closed", body = crate::http::openapi::Closed), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn close_user(
     State(hub): State<Hub>,
     caller: Caller,
@@ -118,6 +127,7 @@ pub async fn close_user(
 
 /// Prometheus metrics (OpenMetrics text). Like `/healthz`, open to anyone
 /// who can reach the hub: aggregate numbers only.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(hub): State<Hub>) -> impl axum::response::IntoResponse {
     (
         [(

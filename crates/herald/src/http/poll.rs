@@ -8,11 +8,26 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::ErrorBody;
 use super::{ApiError, Caller};
 use crate::hub::Hub;
 use crate::poll::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::subscribe::{SubscribeError, SubscribeRequest};
 
+#[utoipa::path(get, path = "/v1/poll", tag = "subscribe",
+    params(("topic" = Option<Vec<crate::http::openapi::PatternText>>, Query, description = "Topic or pattern (`*` one segment, `**` the rest); repeatable"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this id (the Last-Event-ID header wins)"),
+        ("history" = Option<u32>, Query, maximum = 1000, description = "On a fresh connect, the last N matching events first (at most `stream.max_history`, default 1000)"),
+        ("since" = Option<u64>, Query, description = "On a fresh connect, matching events published at or after this Unix time in ms"),
+        ("event" = Option<Vec<crate::http::openapi::EventName>>, Query, description = "Only these event types; repeatable"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"),
+        ("timeout" = Option<u32>, Query, description = "Seconds to wait for live events, 0 to 120 (default 25)")),
+    responses(
+        (status = 200, description = "Events (maybe none) and where to continue", body = crate::http::openapi::PollBody),
+        (status = 400, description = "Bad pattern or parameter", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 429, description = "Refused for now (limits); see Retry-After", body = ErrorBody),
+        (status = 503, description = "Hub full or shutting down; see Retry-After", body = ErrorBody),
+    ))]
 /// Query as for `/v1/events`, plus `timeout` (seconds, default 25, at most
 /// 120). Answers `{"events": [{"id", "event", "data"}], "last_event_id",
 /// "reset"}`; a refusal for now is `503` (hub full, shutting down) or `429`

@@ -7,11 +7,26 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::ErrorBody;
 use super::{require_loopback_in_dev_mode, ApiError, Caller};
 use crate::hub::Hub;
 use crate::publish::PublishRequest;
 
 /// Publishes and answers once the events are in the log (SPEC §4).
+#[utoipa::path(post, path = "/v1/publish", tag = "publish",
+    params(
+        ("topic" = Option<crate::http::openapi::TopicName>, Query, description = "Text shortcut: the body is the data, as text, on this topic"),
+        ("event" = Option<crate::http::openapi::EventName>, Query, description = "The event type: of the text shortcut's event, or of JSON events that name none"),
+    ),
+    request_body(content = crate::http::openapi::PublishBody, description = "One event or a batch (JSON); with `?topic=`, any text"),
+    responses(
+        (status = 200, description = "In the log with the configured durability", body = crate::http::openapi::PublishAnswer),
+        (status = 400, description = "Invalid (e.g. CR/LF in `event`, unknown field)", body = ErrorBody),
+        (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 413, description = "Over `limits.max_event_bytes` or `limits.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The log cannot be written now; see Retry-After", body = ErrorBody),
+    ))]
 pub async fn publish(
     State(hub): State<Hub>,
     caller: Caller,
@@ -26,7 +41,9 @@ pub async fn publish(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(hub.config().limits.max_body_bytes),
         _ => ApiError::BadBody(rejection.body_text()),
     })?;
-    let (requests, batch) = match shortcut(query.as_deref())? {
+    let query = shortcut(query.as_deref())?;
+    let default_event = query.as_ref().and_then(|q| q.event.clone());
+    let (requests, batch) = match query.filter(|q| q.topic.is_some()) {
         Some(mut request) => {
             let text = String::from_utf8(body.to_vec()).map_err(|_| {
                 ApiError::BadBody("the body of a ?topic= publish must be UTF-8 text".into())
@@ -34,7 +51,15 @@ pub async fn publish(
             request.data = Some(Value::String(text));
             (vec![request], false)
         }
-        None => parse_json(&body)?,
+        None => {
+            let (mut requests, batch) = parse_json(&body)?;
+            if let Some(event) = default_event {
+                for request in requests.iter_mut().filter(|r| r.event.is_none()) {
+                    request.event = Some(event.clone());
+                }
+            }
+            (requests, batch)
+        }
     };
     let ids = hub.publish_as(&caller.identity, requests).await?;
     let mut answers = ids.iter().map(|id| json!({ "id": id.to_string() }));
@@ -44,7 +69,8 @@ pub async fn publish(
     }))
 }
 
-/// `?topic=T&event=E`: the body is the data, as text.
+/// The query: `?topic=T&event=E` makes the body the data, as text; `?event=E`
+/// alone (with a JSON body) is the type of the events that name none.
 fn shortcut(query: Option<&str>) -> Result<Option<PublishRequest>, ApiError> {
     let Some(query) = query else { return Ok(None) };
     let mut request = PublishRequest::default();
@@ -61,7 +87,7 @@ fn shortcut(query: Option<&str>) -> Result<Option<PublishRequest>, ApiError> {
             }
         }
     }
-    Ok(request.topic.is_some().then_some(request))
+    Ok(Some(request))
 }
 
 /// One JSON object, or an array of them (a batch).

@@ -1,0 +1,295 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3 document, generated from the
+//! handlers' annotations and the request and answer types (utoipa).
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::fanout::{FanoutStats, Presence};
+use crate::hub::{HubStats, UserInfo};
+use crate::publish::{PublishRequest, PublishTo};
+
+/// A string with the constraints the hub enforces, for the types below.
+fn string_schema(
+    description: &str,
+    pattern: Option<&str>,
+    max_length: usize,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(pattern)
+        .min_length(Some(1))
+        .max_length(Some(max_length))
+        .into()
+}
+
+macro_rules! string_type {
+    ($name:ident, $description:expr, $pattern:expr, $max:expr) => {
+        #[doc = $description]
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($description, $pattern, $max)
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
+}
+
+string_type!(
+    TopicName,
+    "A topic (SPEC §2): segments of A-Z a-z 0-9 . _ ~ : @ - joined by /.",
+    Some(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)*$"),
+    256
+);
+string_type!(
+    PatternText,
+    "A topic or pattern: a segment may be *, the last may be **.",
+    Some(r"^(\*\*|([A-Za-z0-9._~:@-]+|\*)(/([A-Za-z0-9._~:@-]+|\*))*(/\*\*)?)$"),
+    256
+);
+string_type!(
+    EventName,
+    "An event type: no control characters; names starting with herald. are reserved.",
+    Some(r"^(?!herald\.)[^\x00-\x1f\x7f-\x9f]+$"),
+    256
+);
+string_type!(ShortName, "A user, connection id or key.", None, 256);
+
+/// Every refusal: `{"error": CODE, "message": TEXT}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code, e.g. `invalid_topic`, `unauthorized`, `rate_limited`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// A publish body: one event, or a batch (all or nothing).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PublishBody {
+    One(Box<PublishRequest>),
+    Batch(Vec<PublishRequest>),
+}
+
+/// The id of a published event (in the log).
+#[derive(Serialize, ToSchema)]
+pub struct Published {
+    pub id: String,
+}
+
+/// A publish answer: one id, or one per event of a batch, in order.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PublishAnswer {
+    One(Published),
+    Batch(Vec<Published>),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PolledEvent {
+    pub id: String,
+    /// SSE event type (`message` by default).
+    pub event: String,
+    pub data: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Reset {
+    /// `unknown_id` or `history_expired`.
+    pub reason: String,
+}
+
+/// A long poll's answer.
+#[derive(Serialize, ToSchema)]
+pub struct PollBody {
+    pub events: Vec<PolledEvent>,
+    /// Send it back as `lastEventId` to continue.
+    pub last_event_id: String,
+    /// Set when `lastEventId` could not be resumed.
+    pub reset: Option<Reset>,
+}
+
+/// `{"add": [...], "remove": [...]}`.
+#[derive(Serialize, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionChange {
+    #[schema(value_type = Vec<PatternText>)]
+    pub add: Vec<String>,
+    #[schema(value_type = Vec<PatternText>)]
+    pub remove: Vec<String>,
+}
+
+/// An open stream's patterns after a change.
+#[derive(Serialize, ToSchema)]
+pub struct Subscriptions {
+    pub connection_id: String,
+    pub topics: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Closed {
+    pub closed: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    pub status: String,
+}
+
+/// Totals, or one user's numbers with `?user=`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum StatsBody {
+    Totals(HubStats),
+    User(UserInfo),
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or API key")
+                    .description(Some(
+                        "A JWT (SPEC §5) or one of auth.api_keys. Also accepted from the cookie \
+                         `herald_token` and the `access_token` query parameter. Not needed in dev mode.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "A real-time push hub on Server-Sent Events. Errors are JSON {\"error\", \"message\"}.",
+    ),
+    paths(
+        super::events::events,
+        super::poll::poll,
+        super::publish::publish,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+        super::ops::stats,
+        super::ops::presence,
+        super::ops::user,
+        super::ops::close_connection,
+        super::ops::close_user,
+        super::ops::resubscribe,
+        openapi_json,
+    ),
+    components(schemas(
+        TopicName, PatternText, EventName, ShortName, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
+        Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo,
+        Presence,
+    )),
+    modifiers(&BearerAuth, &DestinationRule),
+    security(("bearer" = []), ()),
+)]
+pub struct ApiDoc;
+
+/// Rules the derive cannot state: an event needs a destination (a topic,
+/// addressed users or connections, or `broadcast: true`).
+struct DestinationRule;
+
+impl Modify for DestinationRule {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema};
+        use utoipa::openapi::RefOr;
+        // The text shortcut takes an empty body: an event with empty data.
+        if let Some(item) = openapi.paths.paths.get_mut("/v1/publish") {
+            if let Some(utoipa::openapi::RefOr::T(body)) =
+                item.post.as_mut().and_then(|op| op.request_body.as_mut())
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let required = |field: &str, extra: Option<(&str, RefOr<Schema>)>| {
+            let mut o = ObjectBuilder::new().required(field);
+            if let Some((name, schema)) = extra {
+                o = o.property(name, schema);
+            }
+            RefOr::T(Schema::Object(o.build()))
+        };
+        let non_empty = || {
+            RefOr::T(Schema::Array(
+                ArrayBuilder::new().min_items(Some(1)).build(),
+            ))
+        };
+        let topic = RefOr::Ref(utoipa::openapi::Ref::from_schema_name("TopicName"));
+        let object = RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Object)
+                .build(),
+        ));
+        let destination = utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(required("topic", Some(("topic", topic))))
+            .item(required("topics", Some(("topics", non_empty()))))
+            .item(required("to", Some(("to", object))))
+            .item(required(
+                "broadcast",
+                Some((
+                    "broadcast",
+                    RefOr::T(Schema::Object(
+                        ObjectBuilder::new().enum_values(Some([true])).build(),
+                    )),
+                )),
+            ));
+        let addressed = utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(required("users", Some(("users", non_empty()))))
+            .item(required("connections", Some(("connections", non_empty()))));
+        // A batch holds at least one event.
+        let request = || RefOr::Ref(utoipa::openapi::Ref::from_schema_name("PublishRequest"));
+        let batch = ArrayBuilder::new()
+            .items(request())
+            .min_items(Some(1))
+            .build();
+        let body = utoipa::openapi::schema::OneOfBuilder::new()
+            .item(request())
+            .item(Schema::Array(batch))
+            .description(Some(
+                "One event, or a batch of at least one (all or nothing)",
+            ));
+        components
+            .schemas
+            .insert("PublishBody".into(), RefOr::T(Schema::OneOf(body.build())));
+        for (name, rule) in [
+            ("PublishRequest", destination.build()),
+            ("PublishTo", addressed.build()),
+        ] {
+            if let Some(RefOr::T(schema)) = components.schemas.remove(name) {
+                let all = utoipa::openapi::schema::AllOfBuilder::new()
+                    .item(schema)
+                    .item(Schema::AnyOf(rule));
+                components
+                    .schemas
+                    .insert(name.into(), RefOr::T(Schema::AllOf(all.build())));
+            }
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
