@@ -48,7 +48,8 @@ async fn the_document_covers_every_route_and_nothing_else() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             for (code, response) in op["responses"].as_object().unwrap() {
-                if code.starts_with('4') {
+                // 431 comes from the HTTP layer before routing, without a body.
+                if code.starts_with('4') && code != "431" {
                     let schema = &response["content"]["application/json"]["schema"]["$ref"];
                     assert_eq!(
                         schema,
@@ -74,6 +75,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         let mut cmd = std::process::Command::new("python3");
         cmd.args(["-c", "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; schemathesis()"]);
         cmd.args(args);
+        // Its cache goes to a temporary directory, not into the repository.
+        cmd.current_dir(std::env::temp_dir());
         cmd.output()
     };
     let has_st = st(&["--version"]).is_ok_and(|o| o.status.success());
@@ -105,8 +108,16 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         "schemathesis failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // "Selected: N/M": every operation but the one stream.
+    let selected = text
+        .split("Selected: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("");
+    let (n, m) = selected.split_once('/').expect("a Selected: N/M line");
+    let (n, m): (usize, usize) = (n.parse().unwrap(), m.parse().unwrap());
     assert!(
-        text.contains("Selected: 11/12"),
-        "every operation but /v1/events was tested:\n{text}"
+        m >= 16 && n == m - 1,
+        "every operation but /v1/events was tested ({selected}):\n{text}"
     );
 }

@@ -183,3 +183,32 @@ async fn publish_refusals_are_json_and_lose_nothing() {
     assert_eq!(e.data, "fine");
     assert_eq!(hub.stats().await["events_dispatched"], 1);
 }
+
+#[tokio::test]
+async fn long_subscribe_requests_are_served_and_oversized_heads_refused() {
+    let hub = HubProcess::start(&[]);
+    // 64 patterns of ~200 bytes: a 13 KB request line, well within limits.
+    let segment = "s".repeat(60);
+    let query: Vec<String> = (0..64)
+        .map(|i| format!("topic=long/{segment}/{segment}/{segment}/{i}"))
+        .collect();
+    let path = format!("/v1/events?{}", query.join("&"));
+    assert!(path.len() > 12_000);
+    let mut sub = SseClient::connect(hub.addr, &path).await;
+    assert_eq!(
+        sub.expect_connected().await["topics"]
+            .as_array()
+            .unwrap()
+            .len(),
+        64
+    );
+    // Over 64 KiB of request head: 431 from the HTTP layer.
+    let pad = "x".repeat(70_000);
+    let huge =
+        SseClient::connect_with(hub.addr, "/v1/events?topic=a", &[("X-Pad", &pad)], None).await;
+    assert_eq!(huge.status, 431);
+    // And the hub serves on.
+    hub.publish_ok(json!({"topic": format!("long/{segment}/{segment}/{segment}/7"), "data": "ok"}))
+        .await;
+    assert_eq!(sub.next_event().await.data, "ok");
+}

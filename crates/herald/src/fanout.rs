@@ -166,6 +166,18 @@ impl Fanout {
         Some(patterns.clone())
     }
 
+    /// Subscription patterns of open streams, with how many streams hold each.
+    pub fn subscriptions(&self) -> BTreeMap<String, usize> {
+        let reg = self.registry.read();
+        let mut counts = BTreeMap::new();
+        for conn in reg.connections.values() {
+            for p in conn.patterns.lock().iter() {
+                *counts.entry(p.as_str().to_owned()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     /// Every open connection of a user.
     pub fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
         let reg = self.registry.read();

@@ -3,7 +3,7 @@
 //! Herald runs its own accept loop on hyper rather than `axum::serve` to
 //! control what a long-lived SSE connection costs and how it ends:
 //! `TCP_NODELAY` (small events go out at once), a header read timeout (no
-//! slow-loris), the smallest read buffer hyper allows, the client's address
+//! slow-loris), a bound on request heads, the client's address
 //! for per-address limits, and a shutdown that ends streams (the hub tells
 //! them to) before it waits for connections — bounded by
 //! `shutdown_timeout_secs`.
@@ -26,9 +26,12 @@ use tower::ServiceExt;
 
 use crate::hub::Hub;
 
-/// Smallest read buffer hyper accepts; requests to Herald are small, and
-/// an SSE connection reads nothing after its request.
-const READ_BUFFER_BYTES: usize = 8192;
+/// Largest request head (request line and headers). A subscribe may carry
+/// `limits.max_topics_per_connection` patterns of up to 256 bytes and a
+/// token in its query, so this is well above that; a larger head gets
+/// `431`. hyper starts every connection with an 8 KiB buffer and grows it
+/// only for a head that needs more, so the bound costs idle streams nothing.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Server {
@@ -56,7 +59,7 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(READ_BUFFER_BYTES);
+            .max_buf_size(MAX_REQUEST_HEAD_BYTES);
         let graceful = GracefulShutdown::new();
         tokio::pin!(signal);
         loop {

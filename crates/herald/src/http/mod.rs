@@ -3,6 +3,7 @@
 //! Handlers stay thin: parse, call [`Hub`], map the outcome. The one place
 //! that knows SSE response headers and temporary refusals is `events.rs`.
 
+mod console;
 mod error;
 mod events;
 pub mod openapi;
@@ -38,6 +39,10 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/poll", get(poll::poll))
         .route("/v1/stats", get(ops::stats))
         .route("/v1/presence/{*pattern}", get(ops::presence))
+        .route("/v1/topics", get(ops::topics))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::page))
+        .route("/console/app.js", get(console::script))
         .route("/v1/users/{user}", get(ops::user))
         .route("/v1/users/{user}/connections", delete(ops::close_user))
         .route("/v1/connections/{id}", delete(ops::close_connection))

@@ -187,6 +187,10 @@ impl Modify for BearerAuth {
         super::ops::metrics,
         super::ops::stats,
         super::ops::presence,
+        super::ops::topics,
+        super::console::page,
+        super::console::script,
+        super::console::redirect,
         super::ops::user,
         super::ops::close_connection,
         super::ops::close_user,
@@ -196,7 +200,7 @@ impl Modify for BearerAuth {
     components(schemas(
         TopicName, PatternText, EventName, ShortName, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
         Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo,
-        Presence,
+        Presence, super::ops::TopicCount,
     )),
     modifiers(&BearerAuth, &DestinationRule),
     security(("bearer" = []), ()),
@@ -211,6 +215,25 @@ impl Modify for DestinationRule {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema};
         use utoipa::openapi::RefOr;
+        // Any request whose head (request line and headers) is over 64 KiB
+        // is answered 431 by the HTTP layer, before routing, without a body.
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                op.responses.responses.insert(
+                    "431".into(),
+                    utoipa::openapi::RefOr::T(utoipa::openapi::Response::new(
+                        "Request line and headers over 64 KiB (no body)",
+                    )),
+                );
+            }
+        }
         // The text shortcut takes an empty body: an event with empty data.
         if let Some(item) = openapi.paths.paths.get_mut("/v1/publish") {
             if let Some(utoipa::openapi::RefOr::T(body)) =

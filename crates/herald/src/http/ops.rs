@@ -114,6 +114,37 @@ pub async fn resubscribe(
     Ok(Json(json!({ "connection_id": id, "topics": topics })))
 }
 
+/// One subscription pattern and how many open streams hold it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TopicCount {
+    pub pattern: String,
+    pub connections: usize,
+}
+
+/// Subscription patterns of open streams, with their stream counts (admin).
+#[utoipa::path(get, path = "/v1/topics", tag = "admin", responses((status = 200, description = "Patterns, most held first", body = Vec<TopicCount>), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
+pub async fn topics(
+    State(hub): State<Hub>,
+    caller: Caller,
+) -> Result<Json<Vec<TopicCount>>, ApiError> {
+    require_admin(&hub, &caller)?;
+    let mut list: Vec<TopicCount> = hub
+        .fanout()
+        .subscriptions()
+        .into_iter()
+        .map(|(pattern, connections)| TopicCount {
+            pattern,
+            connections,
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        b.connections
+            .cmp(&a.connections)
+            .then_with(|| a.pattern.cmp(&b.pattern))
+    });
+    Ok(Json(list))
+}
+
 /// Closes every stream of a user (admin).
 #[utoipa::path(delete, path = "/v1/users/{user}/connections", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "How many were closed", body = crate::http::openapi::Closed), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn close_user(

@@ -1,0 +1,42 @@
+//! The web console at `/console/`: one page and one script, embedded in the
+//! binary (no CDN), using only the public API — `/v1/stats`, `/v1/topics`,
+//! `/v1/events` for the inspector, `/v1/publish`. With auth on, the page
+//! asks for an admin token (kept in the tab's session storage) and sends it
+//! with every call; the data calls need admin rights, the page itself does
+//! not hold any data.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect};
+
+/// The console page.
+#[utoipa::path(get, path = "/console/", tag = "operations", security(()),
+    responses((status = 200, description = "The web console (HTML)", content_type = "text/html", body = String)))]
+pub async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("console/index.html"),
+    )
+}
+
+/// The console's script.
+#[utoipa::path(get, path = "/console/app.js", tag = "operations", security(()),
+    responses((status = 200, description = "The console's script", content_type = "text/javascript", body = String)))]
+pub async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("console/app.js"),
+    )
+}
+
+/// `/console` → `/console/`.
+#[utoipa::path(get, path = "/console", tag = "operations", security(()),
+    responses((status = 308, description = "To /console/")))]
+pub async fn redirect() -> Redirect {
+    Redirect::permanent("/console/")
+}
