@@ -10,17 +10,13 @@ use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};
 use crate::hub::{Hub, Subscription};
 use crate::sse;
-use crate::subscribe::{Refusal, SubscribeRequest};
+use crate::subscribe::Refusal;
 
 /// Opens an event stream (SPEC §3). Mount it with any axum router whose
 /// state is a [`Hub`].
 #[utoipa::path(get, path = "/v1/events", tag = "subscribe",
-    params(("topic" = Option<Vec<crate::http::openapi::PatternText>>, Query, description = "Topic or pattern (`*` one segment, `**` the rest); repeatable"),
-        ("lastEventId" = Option<String>, Query, description = "Resume after this id (the Last-Event-ID header wins)"),
-        ("history" = Option<u32>, Query, maximum = 1000, description = "On a fresh connect, the last N matching events first (at most `stream.max_history`, default 1000)"),
-        ("since" = Option<u64>, Query, description = "On a fresh connect, matching events published at or after this Unix time in ms"),
-        ("event" = Option<Vec<crate::http::openapi::EventName>>, Query, description = "Only these event types; repeatable"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    params(crate::http::openapi::SubscribeParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id (wins over lastEventId)")),
     responses(
         (status = 200, description = "The stream: `retry:`, `herald.connected`, then events. A temporary refusal (limits, shutdown) is also 200, with `Retry-After` and one `herald.refused` event", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad pattern or parameter", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
@@ -32,14 +28,7 @@ pub async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let mut request = SubscribeRequest::from_query(query.as_deref().unwrap_or(""))?;
-    if let Some(id) = headers.get("last-event-id") {
-        // The header wins over the query parameter. A header that is not
-        // text cannot be an id this hub issued: treat it as unknown.
-        request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
-    }
-    request.peer = caller.peer;
-    request.identity = Some(caller.identity);
+    let mut request = super::subscribe_request(query.as_deref().unwrap_or(""), &headers, caller)?;
     request.transport = transport.0;
     Ok(match hub.subscribe(request).await? {
         Subscription::Stream { body, .. } => sse_response(Body::from_stream(

@@ -213,6 +213,25 @@ impl<S: Send + Sync> FromRequestParts<S> for TransportHandle {
     }
 }
 
+/// A subscribe request from the query, the `Last-Event-ID` header (which
+/// wins over `lastEventId`) and the caller: what `/v1/events` and
+/// `/v1/poll` share.
+pub(crate) fn subscribe_request(
+    query: &str,
+    headers: &axum::http::HeaderMap,
+    caller: Caller,
+) -> Result<crate::subscribe::SubscribeRequest, ApiError> {
+    let mut request = crate::subscribe::SubscribeRequest::from_query(query)?;
+    if let Some(id) = headers.get("last-event-id") {
+        // A header that is not text cannot be an id this hub issued: it is
+        // answered as an unknown id.
+        request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
+    }
+    request.peer = caller.peer;
+    request.identity = Some(caller.identity);
+    Ok(request)
+}
+
 /// Dev mode (no auth key): publish and admin calls from loopback only.
 pub(crate) fn require_loopback_in_dev_mode(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
     if hub.dev_mode() && !Hub::is_trusted_in_dev_mode(caller.peer) {

@@ -61,6 +61,28 @@ string_type!(
 );
 string_type!(ShortName, "A user, connection id or key.", None, 256);
 
+/// The query of `/v1/events` and `/v1/poll` (SPEC §3).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, non_snake_case)]
+pub struct SubscribeParams {
+    /// Topic or pattern (`*` one segment, `**` the rest); repeatable.
+    #[param(value_type = Option<Vec<PatternText>>)]
+    topic: Option<Vec<String>>,
+    /// Resume after this id (the Last-Event-ID header wins).
+    lastEventId: Option<String>,
+    /// On a fresh connect, the last N matching events first (at most
+    /// `stream.max_history`, default 1000).
+    #[param(maximum = 1000)]
+    history: Option<u32>,
+    /// On a fresh connect, matching events published at or after this Unix
+    /// time in ms.
+    since: Option<u64>,
+    /// Only these event types; repeatable.
+    #[param(value_type = Option<Vec<EventName>>)]
+    event: Option<Vec<String>>,
+}
+
 /// Every refusal: `{"error": CODE, "message": TEXT}`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {

@@ -12,15 +12,11 @@ use super::openapi::ErrorBody;
 use super::{ApiError, Caller};
 use crate::hub::Hub;
 use crate::poll::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
-use crate::subscribe::{SubscribeError, SubscribeRequest};
+use crate::subscribe::SubscribeError;
 
 #[utoipa::path(get, path = "/v1/poll", tag = "subscribe",
-    params(("topic" = Option<Vec<crate::http::openapi::PatternText>>, Query, description = "Topic or pattern (`*` one segment, `**` the rest); repeatable"),
-        ("lastEventId" = Option<String>, Query, description = "Resume after this id (the Last-Event-ID header wins)"),
-        ("history" = Option<u32>, Query, maximum = 1000, description = "On a fresh connect, the last N matching events first (at most `stream.max_history`, default 1000)"),
-        ("since" = Option<u64>, Query, description = "On a fresh connect, matching events published at or after this Unix time in ms"),
-        ("event" = Option<Vec<crate::http::openapi::EventName>>, Query, description = "Only these event types; repeatable"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"),
+    params(crate::http::openapi::SubscribeParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id (wins over lastEventId)"),
         ("timeout" = Option<u32>, Query, description = "Seconds to wait for live events, 0 to 120 (default 25)")),
     responses(
         (status = 200, description = "Events (maybe none) and where to continue", body = crate::http::openapi::PollBody),
@@ -39,7 +35,7 @@ pub async fn poll(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = query.unwrap_or_default();
-    let mut request = SubscribeRequest::from_query(&query)?;
+    let request = super::subscribe_request(&query, &headers, caller)?;
     let timeout = match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "timeout") {
         None => DEFAULT_TIMEOUT,
         Some((_, v)) => match v.parse::<u64>() {
@@ -53,11 +49,6 @@ pub async fn poll(
             }
         },
     };
-    if let Some(id) = headers.get("last-event-id") {
-        request.last_event_id = Some(id.to_str().unwrap_or("?").to_owned());
-    }
-    request.peer = caller.peer;
-    request.identity = Some(caller.identity);
     match hub.poll(request, timeout).await? {
         Ok(answer) => {
             let events: Vec<Value> = answer
