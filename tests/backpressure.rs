@@ -40,10 +40,21 @@ async fn stalled_reader(hub: &HubProcess) -> SseClient {
 async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
     let hub = HubProcess::start(&["stream.queue_capacity=4"]);
     let mut slow = stalled_reader(&hub).await;
+    // A reader that keeps up, reading the whole time.
     let mut fast = SseClient::connect(hub.addr, "/v1/events?topic=t").await;
     fast.expect_connected().await;
+    let fast_reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let e = fast.next_event().await;
+            if e.event == "end" {
+                return got;
+            }
+            got.push(filler_number(&e));
+        }
+    });
     let published = publish_until(&hub, "an overflow disconnect", |s| {
-        s["overflow_disconnects"] == 1
+        s["overflow_disconnects"].as_u64() >= Some(1)
     })
     .await;
     // Gone from the books at once, although its socket is still stuck.
@@ -71,10 +82,17 @@ async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
     for n in numbers.len() as u64..published {
         assert_eq!(filler_number(&resumed.next_event().await), n);
     }
-    // The fast reader was not affected.
-    for n in 0..published {
-        assert_eq!(filler_number(&fast.next_event().await), n);
-    }
+    // The reader that kept up was not affected.
+    hub.publish_ok(json!({"topic": "t", "event": "end"})).await;
+    assert_eq!(
+        fast_reader.await.unwrap(),
+        (0..published).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        hub.stats().await["overflow_disconnects"],
+        1,
+        "only the slow one"
+    );
 }
 
 /// Reads in the background until the `end` event; publishes `end` once
@@ -101,37 +119,36 @@ async fn drain_until_end(hub: &HubProcess, mut slow: SseClient) -> (Vec<SseEvent
 async fn drop_newest_keeps_the_stream_and_drops_new_events() {
     let hub = HubProcess::start(&["stream.queue_capacity=4", "stream.overflow=\"drop_newest\""]);
     let slow = stalled_reader(&hub).await;
-    let published = publish_until(&hub, "a drop", |s| {
-        s["deliveries_dropped"].as_u64() >= Some(1)
-    })
-    .await;
+    // Past anything the kernel can buffer: from here every event must wait
+    // in the queue, which is full, so the policy decides.
+    let published = common::stall_reader(&hub, "t").await as u64;
     hub.publish_ok(json!({"topic": "t", "event": "marker"}))
         .await;
     let (got, _still_open) = drain_until_end(&hub, slow).await;
     assert!(
         got.iter().all(|e| e.event == "fill"),
-        "the newest (marker) must be dropped"
+        "the newest (the marker) must be dropped"
     );
     let numbers: Vec<u64> = got.iter().map(filler_number).collect();
+    // While the kernel's buffers grew, drops and progress interleaved: the
+    // order holds, and every filler was either received or counted dropped.
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "order kept");
     assert!((numbers.len() as u64) < published);
-    assert_eq!(
-        numbers,
-        (0..numbers.len() as u64).collect::<Vec<_>>(),
-        "a prefix, in order"
-    );
     let stats = hub.stats().await;
     assert_eq!(stats["connections"], 1, "the stream stays open");
-    assert!(stats["deliveries_dropped"].as_u64().unwrap() >= published - numbers.len() as u64);
+    let dropped = stats["deliveries_dropped"].as_u64().unwrap();
+    assert_eq!(
+        dropped,
+        published - numbers.len() as u64 + 1,
+        "each filler received or counted; plus the marker"
+    );
 }
 
 #[tokio::test]
 async fn drop_oldest_keeps_the_stream_and_the_newest_events() {
     let hub = HubProcess::start(&["stream.queue_capacity=4", "stream.overflow=\"drop_oldest\""]);
     let slow = stalled_reader(&hub).await;
-    let published = publish_until(&hub, "a drop", |s| {
-        s["deliveries_dropped"].as_u64() >= Some(1)
-    })
-    .await;
+    let published = common::stall_reader(&hub, "t").await as u64;
     hub.publish_ok(json!({"topic": "t", "event": "marker"}))
         .await;
     let (got, _still_open) = drain_until_end(&hub, slow).await;
@@ -143,15 +160,17 @@ async fn drop_oldest_keeps_the_stream_and_the_newest_events() {
     let numbers: Vec<u64> = got[..got.len() - 1].iter().map(filler_number).collect();
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "order kept");
     assert!((numbers.len() as u64) < published);
-    let gap = numbers.windows(2).any(|w| w[1] != w[0] + 1);
-    assert!(
-        gap,
-        "older events were dropped from the middle: {numbers:?}"
-    );
     assert_eq!(
         *numbers.last().unwrap(),
         published - 1,
-        "the last filler was newest in the queue"
+        "the last filler was among the newest kept"
     );
-    assert_eq!(hub.stats().await["connections"], 1);
+    let stats = hub.stats().await;
+    assert_eq!(stats["connections"], 1);
+    let dropped = stats["deliveries_dropped"].as_u64().unwrap();
+    assert_eq!(
+        dropped,
+        published - numbers.len() as u64,
+        "each filler received or counted"
+    );
 }

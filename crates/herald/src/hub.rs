@@ -55,6 +55,7 @@ struct Shared {
     rates: RateLimits,
     metrics: Arc<Metrics>,
     registry: prometheus_client::registry::Registry,
+    state: crate::state::StateStore,
     /// Cancelled when the hub starts shutting down: streams flush, send a
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
@@ -88,6 +89,8 @@ pub(crate) struct Opened {
     pub head: EventId,
     pub start: Start,
     pub valid_until: Option<u64>,
+    /// The retained state a fresh stream gets first (SPEC §6).
+    pub snapshot: bytes::Bytes,
 }
 
 /// What `subscribe` gives back.
@@ -175,6 +178,11 @@ impl Hub {
             limits.max_connections_per_user,
         );
         let rates = RateLimits::new(limits.publish_rate_per_sec, limits.connect_rate_per_ip);
+        let state_file = (!config.memory).then(|| config.data_dir.join("state.json"));
+        let state = crate::state::StateStore::open(state_file).map_err(|e| ConfigError {
+            setting: "data_dir".into(),
+            reason: format!("cannot read the state file: {e}"),
+        })?;
         let metrics = Arc::new(Metrics::new());
         let registry = crate::metrics::registry(fanout.clone(), limiter.clone(), metrics.clone());
         let hub = Hub {
@@ -187,6 +195,7 @@ impl Hub {
                 rates,
                 metrics,
                 registry,
+                state,
                 shutdown: CancellationToken::new(),
                 next_key: AtomicU64::new(1),
             }),
@@ -304,6 +313,7 @@ impl Hub {
             opened.head,
             opened.start,
             opened.valid_until,
+            opened.snapshot,
         );
         Ok(Subscription::Stream {
             connection_id,
@@ -409,12 +419,17 @@ impl Hub {
                 return Err(err);
             }
         };
+        let snapshot = match request.last_event_id {
+            None => self.state_snapshot(&conn.selector).await,
+            Some(_) => bytes::Bytes::new(),
+        };
         Ok(Ok(Opened {
             conn,
             permit,
             head,
             start,
             valid_until: identity.valid_until,
+            snapshot,
         }))
     }
 
@@ -440,6 +455,10 @@ impl Hub {
             (_, Some(ms)) => Start::Replay(ReadFrom::Since(ms)),
             (Some(n), None) => Start::Replay(ReadFrom::Last(n)),
         })
+    }
+
+    pub(crate) fn state_store(&self) -> &crate::state::StateStore {
+        &self.shared.state
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -42,6 +42,7 @@ pub mod rate;
 pub mod selector;
 pub mod server;
 pub mod sse;
+pub mod state;
 pub mod stream;
 pub mod subscribe;
 pub mod topic;

@@ -1,6 +1,7 @@
 //! The SSE stream of one connection: the last step of the hot path.
 //!
-//! A stream writes, in order: `retry:` and `herald.connected`; then either
+//! A stream writes, in order: `retry:` and `herald.connected`; on a fresh
+//! connect one `state` event per retained key (`state.rs`); then either
 //! `herald.reset` or the backlog read from the log in pages (never more than
 //! `stream.replay_batch` events in memory); then live events from the
 //! connection's queue; a `: ping` after each quiet heartbeat interval; and on
@@ -61,6 +62,7 @@ impl Writer {
         head: EventId,
         start: Start,
         valid_until: Option<u64>,
+        snapshot: Bytes,
     ) -> Writer {
         let config = hub.config();
         let heartbeat_every = config.heartbeat();
@@ -77,6 +79,8 @@ impl Writer {
             Some("herald.connected"),
             &connected.to_string(),
         );
+        // A fresh stream's retained state comes right after (SPEC §6).
+        preamble.extend_from_slice(&snapshot);
         let replay = match start {
             Start::Live => None,
             Start::Replay(from) => Some((from, head)),

@@ -19,6 +19,8 @@ pub enum ApiError {
     Subscribe(#[from] SubscribeError),
     #[error(transparent)]
     Resubscribe(#[from] crate::hub::ResubscribeError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The body is not the JSON (or text) the endpoint takes.
     #[error("{0}")]
     BadBody(String),
@@ -53,6 +55,18 @@ impl ApiError {
                 crate::hub::ResubscribeError::Subscribe(_) => {
                     (StatusCode::BAD_REQUEST, "invalid_topic")
                 }
+            },
+            ApiError::State(e) => match e {
+                crate::state::StateError::BadTopic(..) => {
+                    (StatusCode::BAD_REQUEST, "invalid_topic")
+                }
+                crate::state::StateError::BadKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
+                crate::state::StateError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                crate::state::StateError::VersionMismatch { .. } => {
+                    (StatusCode::PRECONDITION_FAILED, "version_mismatch")
+                }
+                crate::state::StateError::Publish(p) => publish_parts(p),
+                crate::state::StateError::Auth(a) => auth_parts(a),
             },
             ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
             ApiError::Subscribe(S::TooManyTopics { .. }) => {

@@ -10,13 +10,14 @@ pub mod openapi;
 mod ops;
 mod poll;
 mod publish;
+mod state;
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -40,6 +41,10 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/stats", get(ops::stats))
         .route("/v1/presence/{*pattern}", get(ops::presence))
         .route("/v1/topics", get(ops::topics))
+        .route("/v1/state/{*path}", get(state::get))
+        .route("/v1/state/{*path}", put(state::put))
+        .route("/v1/state/{*path}", patch(state::patch))
+        .route("/v1/state/{*path}", delete(state::delete))
         .route("/console", get(console::redirect))
         .route("/console/", get(console::page))
         .route("/console/app.js", get(console::script))

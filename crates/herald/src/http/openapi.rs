@@ -60,6 +60,21 @@ string_type!(
     256
 );
 string_type!(ShortName, "A user, connection id or key.", None, 256);
+string_type!(
+    StatePath,
+    "TOPIC/KEY: a topic and a key of the same characters, at least two segments.",
+    Some(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)+$"),
+    256
+);
+
+/// A state change made.
+#[derive(Serialize, ToSchema)]
+pub struct StateChanged {
+    pub key: String,
+    pub version: u64,
+    /// The `state` event that carries it.
+    pub id: String,
+}
 
 /// The query of `/v1/events` and `/v1/poll` (SPEC §3).
 #[derive(utoipa::IntoParams)]
@@ -210,6 +225,10 @@ impl Modify for BearerAuth {
         super::ops::stats,
         super::ops::presence,
         super::ops::topics,
+        super::state::get,
+        super::state::put,
+        super::state::patch,
+        super::state::delete,
         super::console::page,
         super::console::script,
         super::console::redirect,
@@ -220,7 +239,7 @@ impl Modify for BearerAuth {
         openapi_json,
     ),
     components(schemas(
-        TopicName, PatternText, EventName, ShortName, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
+        TopicName, PatternText, EventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
         Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo,
         Presence, super::ops::TopicCount,
     )),

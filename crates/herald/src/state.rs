@@ -1,0 +1,363 @@
+//! Retained state for late joiners (SPEC §6): a value per (topic, key) with
+//! a version, changed by PUT, PATCH (RFC 7396 merge patch) and DELETE.
+//!
+//! Every change is published on its topic as a `state` event, through the
+//! log like any event, so subscribers get deltas in order. A fresh
+//! subscriber first receives one `state` event with the full value per key
+//! of its topics (no `id:`, so it does not move the client's Last-Event-ID).
+//!
+//! No gap between that snapshot and live deltas: one async lock is held by
+//! a change across its log append and its map update, and by a new stream
+//! for its snapshot, which it takes only after registering with fan-out. A
+//! change either completes before the snapshot (it is in it) or its event is
+//! dispatched after registration (it arrives live). A change that lands in
+//! both arrives twice with the same version: versions tell.
+//!
+//! Durability: with a data directory the map is written to `state.json`
+//! (write, sync, rename) after each change, with the id of the last event it
+//! covers; at first use, `state` events after that id still in the log are
+//! applied, which repairs a crash between a change's append and its file
+//! write. Every change rewrites the file: fine for the small per-key
+//! records state is for, not a database.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::{AuthError, Identity, Proof};
+use crate::event::EventId;
+use crate::hub::Hub;
+use crate::log::{ReadFrom, ReadRequest};
+use crate::pattern::Pattern;
+use crate::publish::{PublishError, PublishRequest};
+use crate::selector::Selector;
+use crate::sse;
+use crate::topic::{Topic, TopicError};
+
+/// One retained value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Entry {
+    pub version: u64,
+    pub value: Value,
+}
+
+/// What a write does.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put(Value),
+    /// RFC 7396 merge patch.
+    Patch(Value),
+    Delete,
+}
+
+/// `If-Match`: the version the writer expects, or any existing version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    Version(u64),
+}
+
+/// A change made.
+#[derive(Debug, Clone, Copy)]
+pub struct Changed {
+    pub version: u64,
+    /// The `state` event that carries it.
+    pub id: EventId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("topic {0:?} {1}")]
+    BadTopic(String, TopicError),
+    #[error("state keys are 1 to 128 characters of A-Z a-z 0-9 . _ ~ : @ -; got {0:?}")]
+    BadKey(String),
+    #[error("no state under key {key:?} of topic {topic:?}")]
+    NotFound { topic: String, key: String },
+    #[error("If-Match does not match: the current version is {}", .current.map_or("none (no value)".to_string(), |v| v.to_string()))]
+    VersionMismatch { current: Option<u64> },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct StateMap {
+    /// Id of the last `state` event the map includes.
+    #[serde(default)]
+    through: u64,
+    #[serde(default)]
+    topics: BTreeMap<String, BTreeMap<String, Entry>>,
+    #[serde(skip)]
+    reconciled: bool,
+}
+
+/// The retained state of a hub.
+pub struct StateStore {
+    map: tokio::sync::Mutex<StateMap>,
+    /// `None`: memory only.
+    file: Option<PathBuf>,
+}
+
+fn check_key(key: &str) -> Result<(), StateError> {
+    let ok = (1..=128).contains(&key.chars().count())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_~:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadKey(key.to_owned()))
+    }
+}
+
+impl StateStore {
+    /// Loads `file` when given (and present).
+    pub fn open(file: Option<PathBuf>) -> std::io::Result<StateStore> {
+        let map = match &file {
+            Some(path) if path.exists() => serde_json::from_slice(&std::fs::read(path)?)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            _ => StateMap::default(),
+        };
+        Ok(StateStore {
+            map: tokio::sync::Mutex::new(map),
+            file,
+        })
+    }
+
+    fn persist(&self, map: &StateMap) {
+        let Some(path) = &self.file else { return };
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(map)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(err) = written {
+            // The change is in the log: the next start re-applies it.
+            tracing::warn!(%err, path = %path.display(), "could not write the state file");
+        }
+    }
+}
+
+/// Applies one `state` event's data to the map (when newer than what it holds).
+fn apply(map: &mut StateMap, data: &Value) {
+    let (Some(topic), Some(key), Some(version)) = (
+        data["topic"].as_str(),
+        data["key"].as_str(),
+        data["version"].as_u64(),
+    ) else {
+        return;
+    };
+    let keys = map.topics.entry(topic.to_owned()).or_default();
+    if keys.get(key).is_some_and(|e| e.version >= version) {
+        return;
+    }
+    if data["deleted"] == true {
+        keys.remove(key);
+    } else if let Some(value) = data.get("value") {
+        keys.insert(
+            key.to_owned(),
+            Entry {
+                version,
+                value: value.clone(),
+            },
+        );
+    } else if let Some(patch) = data.get("patch") {
+        let mut value = keys.get(key).map_or(Value::Null, |e| e.value.clone());
+        json_patch::merge(&mut value, patch);
+        keys.insert(key.to_owned(), Entry { version, value });
+    }
+    if keys.is_empty() {
+        map.topics.remove(topic);
+    }
+}
+
+impl Hub {
+    /// Applies `state` events the file does not include yet (once).
+    async fn reconcile(&self, map: &mut StateMap) {
+        if map.reconciled {
+            return;
+        }
+        map.reconciled = true;
+        let selector = Selector {
+            connection_id: "state".into(),
+            patterns: vec![Pattern::parse("**").expect("valid")],
+            event_types: Some(vec!["state".into()]),
+            user: None,
+            meta: Default::default(),
+        };
+        let until = self.fanout().head();
+        let mut after = EventId(map.through);
+        loop {
+            let request = ReadRequest {
+                from: ReadFrom::After(after),
+                until,
+                limit: 1000,
+                selector: &selector,
+            };
+            let Ok(page) = self.log().read(request).await else {
+                break;
+            };
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for event in &page {
+                if let Ok(data) = serde_json::from_str::<Value>(&event.data) {
+                    apply(map, &data);
+                }
+            }
+            map.through = after.0;
+        }
+    }
+
+    /// Changes one value, publishing its `state` event (SPEC §6). Needs the
+    /// right to publish on the topic.
+    pub async fn change_state(
+        &self,
+        identity: &Identity,
+        topic: &str,
+        key: &str,
+        change: Change,
+        if_match: Option<IfMatch>,
+    ) -> Result<Changed, StateError> {
+        Topic::new(topic).map_err(|e| StateError::BadTopic(topic.to_owned(), e))?;
+        check_key(key)?;
+        let store = self.state_store();
+        let mut map = store.map.lock().await;
+        self.reconcile(&mut map).await;
+        let current = map.topics.get(topic).and_then(|k| k.get(key)).cloned();
+        let matches = match if_match {
+            None => true,
+            Some(IfMatch::Any) => current.is_some(),
+            Some(IfMatch::Version(v)) => current.as_ref().is_some_and(|e| e.version == v),
+        };
+        if !matches {
+            return Err(StateError::VersionMismatch {
+                current: current.map(|e| e.version),
+            });
+        }
+        if matches!(change, Change::Delete) && current.is_none() {
+            return Err(StateError::NotFound {
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        let version = current.as_ref().map_or(1, |e| e.version + 1);
+        let data = match &change {
+            Change::Put(value) => {
+                json!({"topic": topic, "key": key, "version": version, "value": value})
+            }
+            Change::Patch(patch) => {
+                json!({"topic": topic, "key": key, "version": version, "patch": patch})
+            }
+            Change::Delete => {
+                json!({"topic": topic, "key": key, "version": version, "deleted": true})
+            }
+        };
+        let request = PublishRequest {
+            topic: Some(topic.to_owned()),
+            event: Some("state".into()),
+            data: Some(data.clone()),
+            ..Default::default()
+        };
+        let id = self.publish_as(identity, vec![request]).await?[0];
+        apply(&mut map, &data);
+        map.through = map.through.max(id.0);
+        store.persist(&map);
+        Ok(Changed { version, id })
+    }
+
+    /// Every key of a topic. Needs the right to read the topic.
+    pub async fn read_state(
+        &self,
+        identity: &Identity,
+        topic: &str,
+    ) -> Result<BTreeMap<String, Entry>, StateError> {
+        let pattern =
+            Pattern::parse(topic).map_err(|e| StateError::BadTopic(topic.to_owned(), e))?;
+        Topic::new(topic).map_err(|e| StateError::BadTopic(topic.to_owned(), e))?;
+        if !identity.subscribe.allows(&pattern) {
+            return Err(StateError::Auth(match identity.proof {
+                Proof::Anonymous => AuthError::Missing(format!("reading {topic} needs a token")),
+                _ => AuthError::Forbidden(format!("the token may not read {topic}")),
+            }));
+        }
+        let mut map = self.state_store().map.lock().await;
+        self.reconcile(&mut map).await;
+        Ok(map.topics.get(topic).cloned().unwrap_or_default())
+    }
+
+    /// One `state` event per key of the topics `selector` reads: what a
+    /// fresh stream receives before anything else. Called after the stream
+    /// registered with fan-out (see the module documentation).
+    pub(crate) async fn state_snapshot(&self, selector: &Selector) -> Bytes {
+        if selector
+            .event_types
+            .as_ref()
+            .is_some_and(|t| !t.iter().any(|t| &**t == "state"))
+        {
+            return Bytes::new();
+        }
+        let mut map = self.state_store().map.lock().await;
+        self.reconcile(&mut map).await;
+        let mut buf = BytesMut::new();
+        for (topic, keys) in &map.topics {
+            let Ok(t) = Topic::new(topic) else { continue };
+            if !selector.patterns.iter().any(|p| p.matches(&t)) {
+                continue;
+            }
+            for (key, entry) in keys {
+                let data = json!({"topic": topic, "key": key, "version": entry.version, "value": entry.value});
+                sse::write_event(&mut buf, None, Some("state"), &data.to_string());
+            }
+        }
+        buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_follows_versions_and_merge_patch() {
+        let mut map = StateMap::default();
+        apply(
+            &mut map,
+            &json!({"topic": "t", "key": "k", "version": 1, "value": {"a": 1, "b": {"c": 2}}}),
+        );
+        apply(
+            &mut map,
+            &json!({"topic": "t", "key": "k", "version": 2, "patch": {"b": {"c": null, "d": 3}}}),
+        );
+        assert_eq!(
+            map.topics["t"]["k"],
+            Entry {
+                version: 2,
+                value: json!({"a": 1, "b": {"d": 3}})
+            }
+        );
+        // Old or repeated versions change nothing.
+        apply(
+            &mut map,
+            &json!({"topic": "t", "key": "k", "version": 2, "patch": {"a": 9}}),
+        );
+        assert_eq!(map.topics["t"]["k"].value["a"], 1);
+        apply(
+            &mut map,
+            &json!({"topic": "t", "key": "k", "version": 3, "deleted": true}),
+        );
+        assert!(map.topics.is_empty());
+    }
+
+    #[test]
+    fn keys_are_segments() {
+        assert!(check_key("job-42").is_ok());
+        for bad in ["", "a/b", "a b", &"k".repeat(129)] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}
