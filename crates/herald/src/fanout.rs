@@ -222,11 +222,6 @@ impl Fanout {
         }
     }
 
-    /// Every connection (for shutdown and admin listings).
-    pub fn connections(&self) -> Vec<Arc<Connection>> {
-        self.registry.read().connections.values().cloned().collect()
-    }
-
     pub fn stats(&self) -> FanoutStats {
         let reg = self.registry.read();
         let c = &self.counters;

@@ -126,12 +126,14 @@ impl Writer {
 
     /// Encodes the events in `scratch` that are newer than the last written.
     fn take_scratch(&mut self) -> Option<Bytes> {
-        let fresh: Vec<&SharedEvent> = self
+        // Queues and replay pages hold events in ascending id order (fan-out
+        // offers in id order; the log reads in it), so what was written
+        // already is a prefix.
+        let start = self
             .scratch
-            .iter()
-            .filter(|e| e.id.0 > self.last_written)
-            .collect();
-        let chunk = match fresh.as_slice() {
+            .partition_point(|e| e.id.0 <= self.last_written);
+        let fresh = &self.scratch[start..];
+        let chunk = match fresh {
             [] => None,
             [one] => Some(one.frame.clone()),
             many => {

@@ -247,6 +247,15 @@ pub(crate) fn require_loopback_in_dev_mode(hub: &Hub, caller: &Caller) -> Result
     Ok(())
 }
 
+/// Calls that publish (events, state changes): loopback only in dev mode,
+/// and the publisher's rate limit.
+pub(crate) fn require_publisher(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
+    require_loopback_in_dev_mode(hub, caller)?;
+    hub.rates()
+        .check_publish(&caller.identity.rate_key(caller.peer))
+        .map_err(ApiError::RateLimited)
+}
+
 /// Admin calls: `herald.admin` or an API key (loopback in dev mode).
 pub(crate) fn require_admin(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
     require_loopback_in_dev_mode(hub, caller)?;

@@ -8,7 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::openapi::ErrorBody;
-use super::{require_loopback_in_dev_mode, ApiError, Caller};
+use super::{require_publisher, ApiError, Caller};
 use crate::hub::Hub;
 use crate::publish::PublishRequest;
 
@@ -33,10 +33,7 @@ pub async fn publish(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_loopback_in_dev_mode(&hub, &caller)?;
-    hub.rates()
-        .check_publish(&caller.identity.rate_key(caller.peer))
-        .map_err(ApiError::RateLimited)?;
+    require_publisher(&hub, &caller)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(hub.config().limits.max_body_bytes),
         _ => ApiError::BadBody(rejection.body_text()),

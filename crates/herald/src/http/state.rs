@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::openapi::ErrorBody;
-use super::{require_loopback_in_dev_mode, ApiError, Caller};
+use super::{require_publisher, ApiError, Caller};
 use crate::hub::Hub;
 use crate::state::{Change, Changed, IfMatch};
 
@@ -48,10 +48,7 @@ async fn change(
     headers: HeaderMap,
     change: Change,
 ) -> Result<Response, ApiError> {
-    require_loopback_in_dev_mode(&hub, &caller)?;
-    hub.rates()
-        .check_publish(&caller.identity.rate_key(caller.peer))
-        .map_err(ApiError::RateLimited)?;
+    require_publisher(&hub, &caller)?;
     let expected = if_match(&headers)?;
     let (topic, key) = split(&path)?;
     let Changed { version, id } = hub
