@@ -75,6 +75,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     let config = args.sources.load()?;
+    ignore_file_size_signal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -97,4 +98,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.run(herald::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// A write past the process's file size limit (`ulimit -f`) raises SIGXFSZ,
+/// which would kill the hub mid-write. Ignored, the write fails with EFBIG
+/// instead: the publish is refused with 503, `/readyz` says why, and the
+/// hub keeps serving subscribers.
+fn ignore_file_size_signal() {
+    // SAFETY: installs the predefined SIG_IGN disposition before any other
+    // thread exists; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }

@@ -570,9 +570,11 @@ async fn no_replay_leaks_another_users_messages() {
     }
     let mut a = subscribe(&hub, "/v1/events?topic=room&since=0", Some(&alice)).await;
     a.expect_connected().await;
+    // Alice was offline: her direct messages waited in her inbox and come
+    // first (SPEC §7); the backlog does not repeat them.
     assert_eq!(
         until_marker(&mut a).await,
-        ["public-1", "secret", "secret-in-room", "public-2"]
+        ["secret", "secret-in-room", "public-1", "public-2"]
     );
 }
 

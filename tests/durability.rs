@@ -310,3 +310,72 @@ async fn random_publishes_restarts_and_resumes_lose_and_repeat_nothing() {
         }
     }
 }
+
+/// A write that fails part way (here a file size limit, as a full disk
+/// would) refuses its publish with 503, leaves no half record behind,
+/// shows in `/readyz`, and the hub goes on serving: a smaller publish that
+/// fits succeeds, subscribers keep their streams, and a restart finds every
+/// acknowledged event and nothing cut.
+#[tokio::test]
+async fn a_failed_write_is_refused_undone_and_reported_by_readyz() {
+    let dir = data_dir("fsize");
+    let limit = 64 * 1024;
+    let hub = HubProcess::start_with_file_limit(&dir, &[], limit);
+    let http = reqwest::Client::new();
+    let mut sub = SseClient::connect(hub.addr, "/v1/events?topic=t").await;
+    sub.expect_connected().await;
+    let segment = segments(&dir).pop().unwrap();
+    let size = || std::fs::metadata(&segment).unwrap().len();
+    let mut acked = Vec::new();
+    while size() < limit - 8 * 1024 {
+        acked.push(
+            hub.publish_ok(json!({"topic": "t", "data": "x".repeat(1000)}))
+                .await,
+        );
+    }
+    let before = size();
+    let (status, answer) = hub
+        .publish(json!({"topic": "t", "data": "y".repeat(12 * 1024)}))
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert_eq!(size(), before, "the partial record was cut off");
+    let ready = http.get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["reason"].as_str().unwrap().contains("journal"),
+        "{body}"
+    );
+
+    let small = hub.publish_ok(json!({"topic": "t", "data": "small"})).await;
+    acked.push(small.clone());
+    let ready = http.get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again after a write succeeded");
+    // The subscriber kept its stream and got exactly the acknowledged events.
+    let mut got = Vec::new();
+    while got.last() != Some(&small) {
+        got.push(sub.next_event().await.id.unwrap());
+    }
+    assert_eq!(got, acked);
+    drop(hub);
+
+    let hub = HubProcess::start_durable(&dir, &[]);
+    assert!(
+        !hub.logs().iter().any(|l| l.contains("cut_bytes")),
+        "nothing to cut: {:?}",
+        hub.logs()
+    );
+    let mut replay = SseClient::connect(hub.addr, "/v1/events?topic=t&since=0").await;
+    replay.expect_connected().await;
+    let mut again = Vec::new();
+    while again.last() != Some(&small) {
+        again.push(replay.next_event().await.id.unwrap());
+    }
+    assert_eq!(again, acked);
+    drop(hub);
+    let _ = std::fs::remove_dir_all(&dir);
+}

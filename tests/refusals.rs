@@ -147,10 +147,16 @@ async fn publish_refusals_are_json_and_lose_nothing() {
             400,
             "not_supported",
         ),
+        // Acknowledgements are per user: they need `to.users`.
         (
             json!({"topic": "a", "require_ack": true}),
             400,
-            "not_supported",
+            "invalid_field",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "broadcast": true, "require_ack": true}),
+            400,
+            "invalid_field",
         ),
         (json!({"topic": "a", "ttl": 1.5}), 400, "invalid_body"),
     ];

@@ -44,6 +44,32 @@ impl HubProcess {
             .expect("herald did not say where it listens")
     }
 
+    /// `herald serve` on `data_dir` that may write files of at most `bytes`
+    /// (`ulimit -f`): writes past it fail as on a full disk.
+    pub fn start_with_file_limit(
+        data_dir: &std::path::Path,
+        settings: &[&str],
+        bytes: u64,
+    ) -> HubProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        Self::spawn_command(cmd, Some(data_dir), settings, &[], &[])
+            .expect("herald did not say where it listens")
+    }
+
     /// Starts the hub; `Err` with its output when it exits instead.
     pub fn spawn(
         data_dir: Option<&std::path::Path>,
@@ -51,7 +77,17 @@ impl HubProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<HubProcess, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        Self::spawn_command(cmd, data_dir, settings, args, env)
+    }
+
+    fn spawn_command(
+        mut cmd: Command,
+        data_dir: Option<&std::path::Path>,
+        settings: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<HubProcess, String> {
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         match data_dir {
             Some(dir) => cmd.arg("--data-dir").arg(dir),
@@ -242,6 +278,9 @@ pub enum Item {
     Event(SseEvent),
     Comment(String),
     Retry(u64),
+    /// An `id:` field in a block without data: it moves the client's
+    /// Last-Event-ID and dispatches nothing.
+    Position(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -416,6 +455,8 @@ impl SseClient {
                     }
                     event.data.pop(); // the trailing LF of the data buffer
                     self.items.push_back(Item::Event(event));
+                } else if let Some(id) = self.block.id.take() {
+                    self.items.push_back(Item::Position(id));
                 }
                 self.block = SseEvent::default();
                 self.block_has_data = false;

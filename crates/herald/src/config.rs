@@ -29,6 +29,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub stream: StreamConfig,
     pub history: HistoryConfig,
+    pub inbox: InboxConfig,
     pub cors: CorsConfig,
     pub cluster: ClusterConfig,
 }
@@ -139,6 +140,28 @@ pub struct HistoryConfig {
     pub max_idempotency_keys: usize,
 }
 
+/// `[inbox]`: events waiting for a user (SPEC §7): pending acknowledgements
+/// and direct messages to users who are offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Most events waiting per user; the oldest is dropped (and counted)
+    /// beyond it. Default `1000`.
+    pub max_per_user: usize,
+    /// Seconds an event may wait (events with a `ttl` end sooner). Default
+    /// `604800` (7 days); `0` waits until delivered, acknowledged or dropped.
+    pub max_age_secs: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            max_per_user: 1000,
+            max_age_secs: 7 * 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fsync {
@@ -178,6 +201,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             stream: StreamConfig::default(),
             history: HistoryConfig::default(),
+            inbox: InboxConfig::default(),
             cors: CorsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -275,6 +299,7 @@ impl Config {
                 "history.max_events_per_topic",
                 self.history.max_events_per_topic,
             ),
+            ("inbox.max_per_user", self.inbox.max_per_user),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -92,6 +92,10 @@ pub struct EventDraft {
     pub ttl_secs: Option<u64>,
     pub coalesce_key: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Stays pending for each user in `target.users` until acknowledged
+    /// (SPEC §7).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_ack: bool,
 }
 
 /// A committed event. Shared (`Arc<Event>`) by the log, every subscriber
@@ -108,6 +112,7 @@ pub struct Event {
     pub target: Target,
     pub coalesce_key: Option<Box<str>>,
     pub idempotency_key: Option<Box<str>>,
+    pub require_ack: bool,
     /// The event as SSE bytes, encoded once and written to every subscriber.
     pub frame: Bytes,
     /// When this process committed (or loaded) it: for latency metrics.
@@ -131,6 +136,7 @@ impl Event {
             target: draft.target,
             coalesce_key: draft.coalesce_key.map(Into::into),
             idempotency_key: draft.idempotency_key.map(Into::into),
+            require_ack: draft.require_ack,
             frame,
             committed_at: std::time::Instant::now(),
         }
@@ -148,6 +154,7 @@ impl Event {
                 .map(|e| (e - self.published_at_ms) / 1000),
             coalesce_key: self.coalesce_key.as_deref().map(Into::into),
             idempotency_key: self.idempotency_key.as_deref().map(Into::into),
+            require_ack: self.require_ack,
         }
     }
 

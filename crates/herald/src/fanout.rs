@@ -24,6 +24,7 @@ use parking_lot::RwLock;
 
 use crate::connection::{Connection, Offered};
 use crate::event::{EventId, SharedEvent};
+use crate::inbox::Inboxes;
 use crate::index::SubscriptionIndex;
 use crate::log::CommitSink;
 use crate::pattern::Pattern;
@@ -35,6 +36,8 @@ pub struct Fanout {
     head: AtomicU64,
     registry: RwLock<Registry>,
     counters: Counters,
+    /// Where events wait for users (SPEC §7); `None` in unit tests.
+    inboxes: Option<Arc<Inboxes>>,
 }
 
 #[derive(Default)]
@@ -80,6 +83,18 @@ pub struct FanoutStats {
 impl Fanout {
     pub fn new() -> Fanout {
         Fanout::default()
+    }
+
+    /// Fan-out that also holds events for users in `inboxes`.
+    pub fn with_inboxes(inboxes: Arc<Inboxes>) -> Fanout {
+        Fanout {
+            inboxes: Some(inboxes),
+            ..Fanout::default()
+        }
+    }
+
+    pub fn inboxes(&self) -> Option<&Arc<Inboxes>> {
+        self.inboxes.as_ref()
     }
 
     /// Adds a connection and returns the id of the last event dispatched
@@ -271,6 +286,13 @@ impl Fanout {
                 }
             }
         }
+        // Under the registry lock, as registration: a user who connects now
+        // either got the event above or finds it in the inbox.
+        if let Some(inboxes) = &self.inboxes {
+            if !event.target.users.is_empty() && !event.target.broadcast {
+                inboxes.offer(event, |user| reg.by_user.contains_key(user));
+            }
+        }
         let c = &self.counters;
         c.dispatched.fetch_add(1, Ordering::Relaxed);
         c.queued.fetch_add(tally.queued, Ordering::Relaxed);
@@ -312,6 +334,12 @@ impl CommitSink for Fanout {
             self.head.store(event.id.0, Ordering::Release);
         }
         drop(reg);
+        // Before the publisher is answered: what waits survives a crash.
+        if let Some(inboxes) = &self.inboxes {
+            if let Err(err) = inboxes.flush() {
+                tracing::error!(%err, "could not write the inbox file");
+            }
+        }
         // Overflowed streams leave the books now, not when their writer next
         // runs: a stalled socket may keep it from ever running.
         for key in closed {

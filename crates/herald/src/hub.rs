@@ -11,8 +11,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::auth::{now_secs, AuthError, Authenticator, Identity, Proof};
 use crate::config::{Config, ConfigError};
 use crate::connection::{CloseReason, Connection};
-use crate::event::EventId;
+use crate::event::{EventId, SharedEvent};
 use crate::fanout::{Fanout, FanoutStats, Presence};
+use crate::inbox::{AckOutcome, InboxTotals, Inboxes, UserInboxCounts};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{DurableLog, EventLog, MemoryLog, ReadFrom};
@@ -73,6 +74,20 @@ pub enum ResubscribeError {
     Auth(#[from] AuthError),
 }
 
+/// Most ids one acknowledgement may name.
+pub const MAX_ACK_IDS: usize = 1000;
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("an acknowledgement names at most {MAX_ACK_IDS} ids; got {0}")]
+    TooMany(usize),
+    #[error("the inbox store failed: {0}")]
+    Store(String),
+}
+
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -91,6 +106,11 @@ pub(crate) struct Opened {
     pub valid_until: Option<u64>,
     /// The retained state a fresh stream gets first (SPEC §6).
     pub snapshot: bytes::Bytes,
+    /// What waited for the user (SPEC §7), sent before anything else.
+    pub waiting: Vec<crate::event::SharedEvent>,
+    /// The Last-Event-ID the stream stands at before its backlog: sent
+    /// after the waiting events, whose ids may lie anywhere.
+    pub position: String,
 }
 
 /// What `subscribe` gives back.
@@ -115,6 +135,8 @@ pub struct UserInfo {
     pub queued: usize,
     /// Events dropped from this user's queues by `drop_oldest`/`drop_newest`.
     pub dropped: u64,
+    /// What waits for this user (SPEC §7).
+    pub inbox: UserInboxCounts,
 }
 
 /// A snapshot of the hub's numbers.
@@ -125,6 +147,13 @@ pub struct HubStats {
     pub addresses: usize,
     #[serde(flatten)]
     pub fanout: FanoutStats,
+    pub inbox: InboxTotals,
+}
+
+impl Shared {
+    fn inboxes(&self) -> &Arc<Inboxes> {
+        self.fanout.inboxes().expect("a hub's fan-out has inboxes")
+    }
 }
 
 impl Hub {
@@ -169,7 +198,22 @@ impl Hub {
             setting: e.source_name,
             reason: e.reason,
         })?;
-        let fanout = Arc::new(Fanout::new());
+        let inbox_settings = crate::inbox::InboxSettings {
+            max_per_user: config.inbox.max_per_user,
+            max_age_ms: config.inbox.max_age_secs.saturating_mul(1000),
+            sync: config.history.fsync != crate::config::Fsync::Never,
+        };
+        let inboxes = match config.memory {
+            true => Inboxes::in_memory(inbox_settings),
+            false => {
+                let path = config.data_dir.join("inbox.log");
+                Inboxes::open(&path, inbox_settings).map_err(|e| ConfigError {
+                    setting: "data_dir".into(),
+                    reason: format!("cannot open {}: {e}", path.display()),
+                })?
+            }
+        };
+        let fanout = Arc::new(Fanout::with_inboxes(Arc::new(inboxes)));
         fanout.start_at(log.attach(fanout.clone()));
         let limits = &config.limits;
         let limiter = ConnectionLimiter::new(
@@ -200,6 +244,17 @@ impl Hub {
                 next_key: AtomicU64::new(1),
             }),
         };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&hub.shared);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else { break };
+                    shared.inboxes().sweep(crate::log::now_ms());
+                }
+            });
+        }
         if hub.shared.rates.is_active() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let weak = Arc::downgrade(&hub.shared);
@@ -306,15 +361,7 @@ impl Hub {
             Err(refusal) => return Ok(Subscription::Refused(refusal)),
         };
         let connection_id = opened.conn.id.clone();
-        let writer = Writer::new(
-            self.clone(),
-            opened.conn,
-            opened.permit,
-            opened.head,
-            opened.start,
-            opened.valid_until,
-            opened.snapshot,
-        );
+        let writer = Writer::new(self.clone(), opened);
         Ok(Subscription::Stream {
             connection_id,
             body: writer.into_stream(),
@@ -423,6 +470,23 @@ impl Hub {
             None => self.state_snapshot(&conn.selector).await,
             Some(_) => bytes::Bytes::new(),
         };
+        let waiting = match &conn.selector.user {
+            Some(user) => self
+                .shared
+                .inboxes()
+                .waiting_for(user, &conn.selector, head),
+            None => Vec::new(),
+        };
+        let position = match start {
+            Start::Replay(ReadFrom::After(id)) => id.to_string(),
+            Start::Replay(_) => String::new(),
+            Start::Live => match request.last_event_id.as_deref().map(parse_last_event_id) {
+                Some(Some(id)) => id.to_string(),
+                _ if head.0 == 0 => String::new(),
+                _ => head.to_string(),
+            },
+            Start::Reset(_) => head.to_string(),
+        };
         Ok(Ok(Opened {
             conn,
             permit,
@@ -430,6 +494,8 @@ impl Hub {
             start,
             valid_until: identity.valid_until,
             snapshot,
+            waiting,
+            position,
         }))
     }
 
@@ -473,6 +539,45 @@ impl Hub {
         out
     }
 
+    /// `identity`'s user acknowledges events (SPEC §7): they stop waiting
+    /// for that user. Other users' acknowledgements are their own.
+    pub fn ack(&self, identity: &Identity, ids: &[EventId]) -> Result<AckOutcome, AckError> {
+        let Some(user) = identity.user.as_deref() else {
+            return Err(match identity.proof {
+                Proof::Anonymous => AckError::Auth(AuthError::Missing(
+                    "acknowledging needs a token that names a user (`sub`)".into(),
+                )),
+                _ => AckError::Auth(AuthError::Forbidden(
+                    "acknowledgements are per user: the token names no user (`sub`)".into(),
+                )),
+            });
+        };
+        if ids.len() > MAX_ACK_IDS {
+            return Err(AckError::TooMany(ids.len()));
+        }
+        self.shared.inboxes().ack(user, ids).map_err(|e| {
+            tracing::error!(err = %e, "could not write the inbox file");
+            AckError::Store(e.to_string())
+        })
+    }
+
+    /// Totals of every inbox.
+    pub fn inbox_totals(&self) -> InboxTotals {
+        self.shared.inboxes().totals()
+    }
+
+    /// A connection received what waited for its user: direct messages
+    /// among it stop waiting (pending acknowledgements go on waiting).
+    pub(crate) fn waited_events_delivered(&self, conn: &Connection, events: &[SharedEvent]) {
+        let Some(user) = conn.selector.user.as_deref() else {
+            return;
+        };
+        let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+        if let Err(err) = self.shared.inboxes().delivered(user, &ids) {
+            tracing::error!(%err, "could not write the inbox file");
+        }
+    }
+
     /// Closes one stream (it gets `retry:` and ends, so its client
     /// reconnects). False when no stream has this id.
     pub fn close_connection(&self, id: &str) -> bool {
@@ -507,6 +612,7 @@ impl Hub {
             connection_ids: conns.iter().map(|c| c.id.to_string()).collect(),
             queued: conns.iter().map(|c| c.queued()).sum(),
             dropped: conns.iter().map(|c| c.dropped()).sum(),
+            inbox: self.shared.inboxes().user_counts(user),
         }
     }
 
@@ -566,6 +672,16 @@ impl Hub {
         self.shared.shutdown.cancel();
     }
 
+    /// Whether the hub should get traffic: `Err` with the reason while it
+    /// drains or while its store cannot be written.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("draining".into());
+        }
+        self.shared.log.health()?;
+        self.shared.inboxes().health()
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shared.shutdown.is_cancelled()
     }
@@ -597,6 +713,7 @@ impl Hub {
             head: self.shared.fanout.head().to_string(),
             addresses: self.shared.limiter.addresses(),
             fanout: self.shared.fanout.stats(),
+            inbox: self.shared.inboxes().totals(),
         }
     }
 

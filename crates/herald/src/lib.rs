@@ -31,6 +31,7 @@ pub mod event;
 pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod index;
 pub mod limits;
 pub mod log;

@@ -276,6 +276,39 @@ impl Collector for HubCollector {
                     .encode(family.encode_family(&[("status", status.as_str())])?)?;
             }
         }
+        if let Some(inboxes) = self.fanout.inboxes() {
+            let t = inboxes.totals();
+            gauge(
+                &mut encoder,
+                "herald_inbox_waiting",
+                "Events waiting for users: pending acknowledgements and offline messages",
+                t.waiting as i64,
+            )?;
+            counter(
+                &mut encoder,
+                "herald_inbox_dropped",
+                "Events dropped from a full user inbox",
+                t.dropped,
+            )?;
+            counter(
+                &mut encoder,
+                "herald_inbox_expired",
+                "Events that waited for a user until their ttl or the age limit",
+                t.expired,
+            )?;
+            counter(
+                &mut encoder,
+                "herald_acks",
+                "Events acknowledged by their users",
+                t.acked,
+            )?;
+            counter(
+                &mut encoder,
+                "herald_inbox_write_errors",
+                "Failed writes of the inbox file",
+                t.write_errors,
+            )?;
+        }
         counter(
             &mut encoder,
             "herald_log_errors",

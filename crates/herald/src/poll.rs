@@ -58,20 +58,33 @@ impl Hub {
         let _permit = opened.permit;
         let conn = opened.conn;
         let limit = self.config().stream.replay_batch;
+        // What waited for the user comes first; it does not move
+        // `last_event_id`, which follows the log.
+        let waiting = opened.waiting;
         let answer = |events: Vec<SharedEvent>, last: EventId| {
+            let last_event_id = events.last().map_or(last, |e| e.id);
+            if !waiting.is_empty() {
+                self.waited_events_delivered(&conn, &waiting);
+            }
+            let skip = |e: &SharedEvent| waiting.iter().any(|w| w.id == e.id);
+            let events = waiting
+                .iter()
+                .cloned()
+                .chain(events.into_iter().filter(|e| !skip(e)))
+                .collect();
             Ok(Ok(PollAnswer {
-                last_event_id: events.last().map_or(last, |e| e.id),
+                last_event_id,
                 events,
                 reset: None,
             }))
         };
         match opened.start {
             Start::Reset(coverage) => {
-                return Ok(Ok(PollAnswer {
-                    events: Vec::new(),
-                    last_event_id: opened.head,
-                    reset: coverage.reset_reason(),
-                }))
+                let mut reset = answer(Vec::new(), opened.head);
+                if let Ok(Ok(a)) = &mut reset {
+                    a.reset = coverage.reset_reason();
+                }
+                return reset;
             }
             Start::Replay(from) => {
                 let request = ReadRequest {
@@ -81,10 +94,11 @@ impl Hub {
                     selector: &conn.selector,
                 };
                 let page = self.log().read(request).await?;
-                if !page.is_empty() {
+                if !page.is_empty() || !waiting.is_empty() {
                     return answer(page, opened.head);
                 }
             }
+            Start::Live if !waiting.is_empty() => return answer(Vec::new(), opened.head),
             Start::Live => {}
         }
         // Nothing waiting up to the head: wait for live events, no longer

@@ -57,9 +57,10 @@ pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
-    /// Not supported yet (acks): refused when set.
+    /// Keep the event pending for each of `to.users` until they
+    /// `POST /v1/ack` its id (or its `ttl` ends); each new connection of
+    /// theirs receives pending events first. Needs `to.users`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    #[schema(ignore)]
     pub require_ack: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::http::openapi::ShortName>)]
@@ -218,7 +219,13 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
         }));
     }
     if req.require_ack {
-        return Err(PublishError::Unsupported("require_ack"));
+        let users = req.to.as_ref().map_or(0, |to| to.users.len());
+        if users == 0 || req.broadcast {
+            return Err(PublishError::BadField(
+                "require_ack",
+                "needs `to.users` and no `broadcast`: acknowledgements are kept per user".into(),
+            ));
+        }
     }
     let mut topics: Vec<Topic> = Vec::with_capacity(req.topics.len() + 1);
     for name in req.topic.iter().chain(&req.topics) {
@@ -287,6 +294,7 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
         ttl_secs: req.ttl,
         coalesce_key: req.coalesce_key,
         idempotency_key: req.idempotency_key,
+        require_ack: req.require_ack,
     })
 }
 

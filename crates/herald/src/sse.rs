@@ -51,6 +51,16 @@ pub fn write_retry(buf: &mut BytesMut, ms: u64) {
     buf.put_slice(b"\n\n");
 }
 
+/// An `id:` field alone: it sets the client's Last-Event-ID (empty: none)
+/// and dispatches no event (HTML's SSE parser ignores a block without data,
+/// but keeps its id).
+pub fn write_position(buf: &mut BytesMut, id: &str) {
+    debug_assert!(!id.contains(['\r', '\n']));
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_slice(b"\n\n");
+}
+
 /// Splits at LF, CR and CRLF. Always yields at least one (maybe empty) line,
 /// so an empty payload still dispatches an event with empty data.
 fn lines(data: &str) -> impl Iterator<Item = &str> {

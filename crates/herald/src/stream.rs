@@ -27,7 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::connection::{CloseReason, Connection};
 use crate::event::{EventId, SharedEvent};
-use crate::hub::Hub;
+use crate::hub::{Hub, Opened};
 use crate::limits::ConnectionPermit;
 use crate::log::{ReadFrom, ReadRequest};
 use crate::sse;
@@ -52,18 +52,25 @@ pub(crate) struct Writer {
     token_expiry: Option<Pin<Box<Sleep>>>,
     scratch: Vec<SharedEvent>,
     finished: bool,
+    /// Events from the user's inbox in the preamble: once the preamble has
+    /// been written, direct messages among them stop waiting.
+    waited: Option<Vec<SharedEvent>>,
+    /// Ids of those events, sorted: the backlog does not write them again.
+    skip: Vec<u64>,
 }
 
 impl Writer {
-    pub(crate) fn new(
-        hub: Hub,
-        conn: Arc<Connection>,
-        permit: ConnectionPermit,
-        head: EventId,
-        start: Start,
-        valid_until: Option<u64>,
-        snapshot: Bytes,
-    ) -> Writer {
+    pub(crate) fn new(hub: Hub, opened: Opened) -> Writer {
+        let Opened {
+            conn,
+            permit,
+            head,
+            start,
+            valid_until,
+            snapshot,
+            waiting,
+            position,
+        } = opened;
         let config = hub.config();
         let heartbeat_every = config.heartbeat();
         let mut preamble = BytesMut::new();
@@ -79,6 +86,17 @@ impl Writer {
             Some("herald.connected"),
             &connected.to_string(),
         );
+        // What waited for the user comes first (SPEC §7). Its ids may lie
+        // anywhere, so an `id:` field without data (which sets a client's
+        // Last-Event-ID and dispatches nothing) then puts the stream back
+        // where its backlog starts.
+        let mut skip: Vec<u64> = waiting.iter().map(|e| e.id.0).collect();
+        for event in &waiting {
+            preamble.extend_from_slice(&event.frame);
+        }
+        if !waiting.is_empty() {
+            sse::write_position(&mut preamble, &position);
+        }
         // A fresh stream's retained state comes right after (SPEC §6).
         preamble.extend_from_slice(&snapshot);
         let replay = match start {
@@ -108,6 +126,14 @@ impl Writer {
             }),
             scratch: Vec::new(),
             finished: false,
+            waited: (!waiting.is_empty()).then_some(waiting),
+            skip: match replay.is_some() {
+                true => {
+                    skip.sort_unstable();
+                    skip
+                }
+                false => Vec::new(),
+            },
         }
     }
 
@@ -133,20 +159,24 @@ impl Writer {
             .scratch
             .partition_point(|e| e.id.0 <= self.last_written);
         let fresh = &self.scratch[start..];
-        let chunk = match fresh {
-            [] => None,
-            [one] => Some(one.frame.clone()),
-            many => {
-                let mut buf = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
-                for e in many {
+        if let Some(last) = fresh.last() {
+            self.last_written = last.id.0;
+        }
+        let skip = &self.skip;
+        let mut fresh = fresh
+            .iter()
+            .filter(|e| skip.is_empty() || skip.binary_search(&e.id.0).is_err());
+        let chunk = match (fresh.next(), fresh.clone().next()) {
+            (None, _) => None,
+            (Some(one), None) => Some(one.frame.clone()),
+            (Some(first), Some(_)) => {
+                let mut buf = BytesMut::from(&first.frame[..]);
+                for e in fresh {
                     buf.extend_from_slice(&e.frame);
                 }
                 Some(buf.freeze())
             }
         };
-        if let Some(last) = fresh.last() {
-            self.last_written = last.id.0;
-        }
         self.scratch.clear();
         chunk
     }
@@ -155,6 +185,10 @@ impl Writer {
         if let Some(preamble) = self.preamble.take() {
             self.wrote();
             return Some(preamble);
+        }
+        if let Some(waited) = self.waited.take() {
+            // Asked for more: the preamble is written.
+            self.hub.waited_events_delivered(&self.conn, &waited);
         }
         while let Some((from, until)) = self.replay {
             let hub = self.hub.clone();
@@ -181,7 +215,12 @@ impl Writer {
                 _ => None,
             };
             self.scratch = page;
-            if let Some(chunk) = self.take_scratch() {
+            let chunk = self.take_scratch();
+            if self.replay.is_none() {
+                // Live events all lie above what waited.
+                self.skip = Vec::new();
+            }
+            if let Some(chunk) = chunk {
                 self.wrote();
                 return Some(chunk);
             }

@@ -21,6 +21,8 @@ pub enum ApiError {
     Resubscribe(#[from] crate::hub::ResubscribeError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Ack(#[from] crate::hub::AckError),
     /// The body is not the JSON (or text) the endpoint takes.
     #[error("{0}")]
     BadBody(String),
@@ -67,6 +69,11 @@ impl ApiError {
                 }
                 crate::state::StateError::Publish(p) => publish_parts(p),
                 crate::state::StateError::Auth(a) => auth_parts(a),
+            },
+            ApiError::Ack(e) => match e {
+                crate::hub::AckError::Auth(a) => auth_parts(a),
+                crate::hub::AckError::TooMany(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+                crate::hub::AckError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             },
             ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
             ApiError::Subscribe(S::TooManyTopics { .. }) => {

@@ -3,6 +3,7 @@
 //! Handlers stay thin: parse, call [`Hub`], map the outcome. The one place
 //! that knows SSE response headers and temporary refusals is `events.rs`.
 
+pub(crate) mod ack;
 mod console;
 mod error;
 mod events;
@@ -38,6 +39,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/publish", post(publish))
         .route("/v1/poll", get(poll::poll))
+        .route("/v1/ack", post(ack::ack))
         .route("/v1/stats", get(ops::stats))
         .route("/v1/presence/{*pattern}", get(ops::presence))
         .route("/v1/topics", get(ops::topics))

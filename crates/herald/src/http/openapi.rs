@@ -59,6 +59,12 @@ string_type!(
     Some(r"^(?!herald\.)[^\x00-\x1f\x7f-\x9f]+$"),
     256
 );
+string_type!(
+    EventIdText,
+    "An event id, as the `id:` field of a stream gives it.",
+    Some(r"^[0-9]{1,19}$"),
+    19
+);
 string_type!(ShortName, "A user, connection id or key.", None, 256);
 string_type!(
     StatePath,
@@ -177,7 +183,12 @@ pub struct Closed {
 
 #[derive(Serialize, ToSchema)]
 pub struct Status {
+    /// `ok`, `ready`, `draining` or `unavailable`.
     pub status: String,
+    /// Why the hub is not ready.
+    pub reason: Option<String>,
+    /// The kind of event log (`memory`, `journal`).
+    pub log: Option<String>,
 }
 
 /// Totals, or one user's numbers with `?user=`.
@@ -219,6 +230,7 @@ impl Modify for BearerAuth {
         super::events::events,
         super::poll::poll,
         super::publish::publish,
+        super::ack::ack,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -241,7 +253,8 @@ impl Modify for BearerAuth {
     components(schemas(
         TopicName, PatternText, EventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
         Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo,
-        Presence, super::ops::TopicCount,
+        Presence, super::ops::TopicCount, EventIdText, super::ack::AckRequest, super::ack::AckAnswer,
+        crate::inbox::InboxTotals, crate::inbox::UserInboxCounts,
     )),
     modifiers(&BearerAuth, &DestinationRule),
     security(("bearer" = []), ()),

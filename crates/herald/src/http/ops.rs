@@ -16,18 +16,21 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// Not ready while shutting down.
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready", body = crate::http::openapi::Status), (status = 503, description = "Draining", body = crate::http::openapi::Status)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready", body = crate::http::openapi::Status), (status = 503, description = "Draining, or the store cannot be written (`reason` says why)", body = crate::http::openapi::Status)))]
 pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
-    if hub.is_shutting_down() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-    } else {
-        (
+    match hub.readiness() {
+        Ok(()) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "log": hub.log().kind() })),
-        )
+        ),
+        Err(reason) if hub.is_shutting_down() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining", "reason": reason })),
+        ),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": reason, "log": hub.log().kind() })),
+        ),
     }
 }
 

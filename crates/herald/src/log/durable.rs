@@ -56,6 +56,8 @@ pub struct DurableLog {
     inner: Arc<Mutex<Inner>>,
     sink: Arc<OnceLock<Arc<dyn CommitSink>>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Why the last write failed; `None` once a write succeeds.
+    failure: Arc<Mutex<Option<String>>>,
     /// Held for the life of the log: one process per data directory.
     _lock: std::fs::File,
 }
@@ -115,16 +117,23 @@ impl DurableLog {
         let inner = Arc::new(Mutex::new(inner));
         let sink: Arc<OnceLock<Arc<dyn CommitSink>>> = Arc::new(OnceLock::new());
         let (tx, rx) = mpsc::channel();
-        let (committer_inner, committer_sink) = (inner.clone(), sink.clone());
+        let failure = Arc::new(Mutex::new(None));
+        let committer = Committer {
+            inner: inner.clone(),
+            sink: sink.clone(),
+            failure: failure.clone(),
+            fsync,
+        };
         std::thread::Builder::new()
             .name("herald-commit".into())
-            .spawn(move || commit_loop(rx, journal, committer_inner, committer_sink, fsync))
+            .spawn(move || committer.run(rx, journal))
             .map_err(dir_err)?;
         Ok((
             DurableLog {
                 inner,
                 sink,
                 jobs: Mutex::new(Some(tx)),
+                failure,
                 _lock: lock_file,
             },
             report,
@@ -132,60 +141,79 @@ impl DurableLog {
     }
 }
 
-/// The committer: group, prepare, write, sync, apply, hand over, answer.
-fn commit_loop(
-    jobs: mpsc::Receiver<Job>,
-    mut journal: Journal,
+/// The committer thread's share of the log.
+struct Committer {
     inner: Arc<Mutex<Inner>>,
     sink: Arc<OnceLock<Arc<dyn CommitSink>>>,
+    failure: Arc<Mutex<Option<String>>>,
     fsync: Fsync,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        if fsync != Fsync::Always {
-            while group.len() < MAX_GROUP {
-                match jobs.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        let mut prepared = Vec::with_capacity(group.len());
-        {
-            let mut inner = lock(&inner);
-            for job in &mut group {
-                prepared.push(inner.prepare(std::mem::take(&mut job.drafts)));
-            }
-        }
-        let events: Vec<SharedEvent> = prepared
-            .iter()
-            .flat_map(|(_, e)| e.iter().cloned())
-            .collect();
-        let written = journal.append(&events, fsync != Fsync::Never);
-        let mut inner = lock(&inner);
-        match written {
-            Ok(()) => {
-                inner.apply(&events);
-                if !events.is_empty() {
-                    if let Some(sink) = sink.get() {
-                        sink.committed(&events);
+}
+
+impl Committer {
+    /// Group, prepare, write, sync, apply, hand over, answer.
+    fn run(self, jobs: mpsc::Receiver<Job>, mut journal: Journal) {
+        let Committer {
+            inner,
+            sink,
+            failure,
+            fsync,
+        } = self;
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            if fsync != Fsync::Always {
+                while group.len() < MAX_GROUP {
+                    match jobs.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
                     }
                 }
-                let oldest = inner.oldest_id().unwrap_or(inner.next_id());
-                drop(inner);
-                for (job, (appended, _)) in group.into_iter().zip(prepared) {
-                    let _ = job.reply.send(Ok(appended));
-                }
-                if let Err(err) = journal.retire_below(oldest) {
-                    tracing::warn!(%err, "could not delete old journal segments");
+            }
+            let mut prepared = Vec::with_capacity(group.len());
+            {
+                let mut inner = lock(&inner);
+                for job in &mut group {
+                    prepared.push(inner.prepare(std::mem::take(&mut job.drafts)));
                 }
             }
-            Err(err) => {
-                inner.forget(&events);
-                drop(inner);
-                tracing::error!(%err, "journal write failed; publishes refused");
-                for job in group {
-                    let _ = job.reply.send(Err(LogError::Unavailable(err.to_string())));
+            let events: Vec<SharedEvent> = prepared
+                .iter()
+                .flat_map(|(_, e)| e.iter().cloned())
+                .collect();
+            let written = journal.append(&events, fsync != Fsync::Never);
+            let mut inner = lock(&inner);
+            match written {
+                Ok(()) => {
+                    if failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .is_some()
+                    {
+                        tracing::info!("journal writes succeed again");
+                    }
+                    inner.apply(&events);
+                    if !events.is_empty() {
+                        if let Some(sink) = sink.get() {
+                            sink.committed(&events);
+                        }
+                    }
+                    let oldest = inner.oldest_id().unwrap_or(inner.next_id());
+                    drop(inner);
+                    for (job, (appended, _)) in group.into_iter().zip(prepared) {
+                        let _ = job.reply.send(Ok(appended));
+                    }
+                    if let Err(err) = journal.retire_below(oldest) {
+                        tracing::warn!(%err, "could not delete old journal segments");
+                    }
+                }
+                Err(err) => {
+                    inner.forget(&events);
+                    drop(inner);
+                    tracing::error!(%err, "journal write failed; publishes refused");
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+                    for job in group {
+                        let _ = job.reply.send(Err(LogError::Unavailable(err.to_string())));
+                    }
                 }
             }
         }
@@ -230,6 +258,13 @@ impl EventLog for DurableLog {
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
         Ok(lock(&self.inner).coverage(after, selector))
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(err) => Err(format!("the last journal write failed: {err}")),
+            None => Ok(()),
+        }
     }
 
     fn kind(&self) -> &'static str {

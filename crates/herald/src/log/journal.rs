@@ -45,12 +45,27 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     }
 }
 
+/// One stored event: its id, publish time and the draft it came from.
 #[derive(Serialize, Deserialize)]
-struct Record {
-    id: u64,
-    ts: u64,
+pub(crate) struct Record {
+    pub id: u64,
+    pub ts: u64,
     #[serde(flatten)]
-    draft: EventDraft,
+    pub draft: EventDraft,
+}
+
+impl Record {
+    pub fn of(event: &Event) -> Record {
+        Record {
+            id: event.id.0,
+            ts: event.published_at_ms,
+            draft: event.to_draft(),
+        }
+    }
+
+    pub fn into_event(self) -> Event {
+        Event::commit(self.draft, EventId(self.id), self.ts)
+    }
 }
 
 struct Segment {
@@ -67,6 +82,8 @@ pub struct Journal {
     file: File,
     len: u64,
     floor: u64,
+    /// A failed write left bytes that could not be cut off: no more writes.
+    damaged: bool,
 }
 
 /// What recovery found.
@@ -135,6 +152,7 @@ impl Journal {
             file,
             len,
             floor,
+            damaged: false,
         };
         Ok((
             journal,
@@ -157,21 +175,32 @@ impl Journal {
         let mut buf = Vec::new();
         for event in events {
             let event = event.as_ref();
-            let record = Record {
-                id: event.id.0,
-                ts: event.published_at_ms,
-                draft: event.to_draft(),
-            };
+            let record = Record::of(event);
             let body = serde_json::to_vec(&record).expect("events serialize");
-            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-            buf.extend_from_slice(&body);
+            frame(&body, &mut buf);
             self.current.last_id = event.id.0;
         }
         let path = self.current.path.clone();
-        self.file.write_all(&buf).map_err(io_err(&path))?;
-        if sync {
-            self.file.sync_data().map_err(io_err(&path))?;
+        if self.damaged {
+            return Err(JournalError::Io {
+                path,
+                source: io::Error::other(
+                    "an earlier failed write could not be undone; restart the hub to recover",
+                ),
+            });
+        }
+        let written = self.file.write_all(&buf).and_then(|()| match sync {
+            true => self.file.sync_data(),
+            false => Ok(()),
+        });
+        if let Err(source) = written {
+            // A write may have got partly through (a full disk, a file size
+            // limit): cut it off, so that a later write does not land after
+            // half a record.
+            if self.file.set_len(self.len).is_err() {
+                self.damaged = true;
+            }
+            return Err(JournalError::Io { path, source });
         }
         self.len += buf.len() as u64;
         Ok(())
@@ -265,7 +294,7 @@ fn read_segment(
             return Ok((last_id, cut));
         };
         last_id = record.id;
-        events.push(Event::commit(record.draft, EventId(record.id), record.ts));
+        events.push(record.into_event());
         at += size;
     }
     Ok((last_id, 0))
@@ -273,6 +302,21 @@ fn read_segment(
 
 /// One whole record at the start of `bytes`, and its size.
 fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
+    let (body, size) = unframe(bytes)?;
+    let record = serde_json::from_slice(body).ok()?;
+    Some((record, size))
+}
+
+/// Appends `body` to `out` as one record: length, CRC-32, body.
+pub(crate) fn frame(body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The body of one whole, undamaged record at the start of `bytes`, and
+/// the record's size; `None` when it is cut short or fails its CRC.
+pub(crate) fn unframe(bytes: &[u8]) -> Option<(&[u8], usize)> {
     if bytes.len() < HEADER {
         return None;
     }
@@ -282,11 +326,7 @@ fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
         return None;
     }
     let body = &bytes[HEADER..HEADER + len];
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
-    let record = serde_json::from_slice(body).ok()?;
-    Some((record, HEADER + len))
+    (crc32fast::hash(body) == crc).then_some((body, HEADER + len))
 }
 
 #[cfg(test)]

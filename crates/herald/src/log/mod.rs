@@ -124,6 +124,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError>;
 
+    /// Whether the log can take writes now: `Err` with the reason when its
+    /// last write failed (a full disk, an unreachable engine). `/readyz`
+    /// reports it.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A short name for logs and health output (`memory`, `redb`, `redis`…).
     fn kind(&self) -> &'static str;
 }

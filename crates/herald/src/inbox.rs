@@ -1,0 +1,690 @@
+//! Per-user inboxes (SPEC §7): events that wait for a user.
+//!
+//! An event waits for a user for one of two reasons, and both are held here,
+//! by id, per user:
+//!
+//! * **Pending acknowledgement.** An event published with `require_ack` to
+//!   users waits for each of them, online or not, until they `POST /v1/ack`
+//!   its id, or its `ttl` ends. Every new connection of theirs receives it
+//!   first, so a second device sees what the first never acknowledged.
+//! * **Offline delivery.** A direct message (`to.users`) to a user with no
+//!   open connection when fan-out dispatched it waits until a connection of
+//!   theirs receives it.
+//!
+//! Fan-out decides under its registry lock (`fanout.rs`), the lock a new
+//! connection registers under: a user who connects is either registered
+//! before the dispatch (the event reaches the new queue) or after it (the
+//! event is in the inbox, at or below the head the connection joined at).
+//! Never neither, never both: a stream takes from the inbox only ids up to
+//! its head.
+//!
+//! A new connection receives what waits for it only if it would have
+//! received the event live (its topics, `event=` types and claims): an
+//! event on a topic it did not subscribe to keeps waiting. Each inbox is
+//! bounded (`inbox.max_per_user`; the oldest is dropped and counted) and
+//! ages out (`inbox.max_age_secs`, and each event's `ttl`).
+//!
+//! **Durability.** Every change is a record in `DATA_DIR/inbox.log`, framed
+//! like the journal's (length, CRC, JSON). Records of a dispatch are written
+//! before the publish is answered, so they survive `kill -9`, and synced
+//! unless `history.fsync = "never"`. At start the file is replayed (a torn
+//! tail is cut) and rewritten with only what still waits; it is rewritten
+//! again whenever it has grown well past that.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventId, SharedEvent};
+use crate::log::journal::{frame, unframe, Record};
+use crate::log::now_ms;
+use crate::selector::Selector;
+
+/// Bounds of every inbox.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxSettings {
+    pub max_per_user: usize,
+    /// `0`: no age limit (events with a `ttl` still end with it).
+    pub max_age_ms: u64,
+    /// Sync the file after each write.
+    pub sync: bool,
+}
+
+/// The inboxes of every user.
+pub struct Inboxes {
+    state: Mutex<State>,
+    /// `None`: memory only.
+    store: Option<Mutex<Store>>,
+    settings: InboxSettings,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<Box<str>, UserInbox>,
+    held: usize,
+    totals: InboxTotals,
+    /// Records of changes not yet written, in the order of the changes.
+    unwritten: Vec<u8>,
+    recording: bool,
+}
+
+#[derive(Default)]
+struct UserInbox {
+    entries: BTreeMap<EventId, Held>,
+    dropped: u64,
+}
+
+struct Held {
+    event: SharedEvent,
+    /// Waits for an acknowledgement (otherwise for a connection).
+    ack: bool,
+    since_ms: u64,
+}
+
+/// Counts since start (for stats and metrics).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct InboxTotals {
+    /// Events waiting now, over all users.
+    pub waiting: usize,
+    /// Events dropped because an inbox was full.
+    pub dropped: u64,
+    /// Events that waited until their `ttl` or `inbox.max_age_secs` ended.
+    pub expired: u64,
+    /// Events acknowledged by their users.
+    pub acked: u64,
+    /// Waiting events handed to a new connection.
+    pub delivered: u64,
+    /// Failed writes of the inbox file.
+    pub write_errors: u64,
+}
+
+/// What waits for one user.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct UserInboxCounts {
+    /// Events waiting for this user's acknowledgement.
+    pub pending_acks: usize,
+    /// Direct messages waiting for this user to connect.
+    pub offline: usize,
+    /// Events dropped from this user's full inbox since start.
+    pub dropped: u64,
+}
+
+/// The answer to an acknowledgement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckOutcome {
+    pub acked: Vec<EventId>,
+    /// Ids that were not waiting for this user (acknowledged before,
+    /// expired, dropped, or never addressed to them).
+    pub unknown: Vec<EventId>,
+}
+
+/// One change, as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Change {
+    Hold {
+        user: String,
+        ack: bool,
+        since: u64,
+        event: Box<Record>,
+    },
+    Remove {
+        user: String,
+        ids: Vec<u64>,
+    },
+}
+
+impl State {
+    fn record(&mut self, change: &Change) {
+        if self.recording {
+            let body = serde_json::to_vec(change).expect("inbox changes serialize");
+            frame(&body, &mut self.unwritten);
+        }
+    }
+
+    fn hold(&mut self, user: &str, event: &SharedEvent, ack: bool, since_ms: u64, max: usize) {
+        let inbox = self.users.entry(user.into()).or_default();
+        match inbox.entries.entry(event.id) {
+            Entry::Occupied(mut held) => {
+                if !ack || held.get().ack {
+                    return;
+                }
+                held.get_mut().ack = true;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(Held {
+                    event: event.clone(),
+                    ack,
+                    since_ms,
+                });
+                self.held += 1;
+            }
+        }
+        let mut dropped = Vec::new();
+        while inbox.entries.len() > max {
+            let Some((id, _)) = inbox.entries.pop_first() else {
+                break;
+            };
+            inbox.dropped += 1;
+            dropped.push(id.0);
+        }
+        self.held -= dropped.len();
+        self.totals.dropped += dropped.len() as u64;
+        self.record(&Change::Hold {
+            user: user.into(),
+            ack,
+            since: since_ms,
+            event: Box::new(Record::of(event)),
+        });
+        if !dropped.is_empty() {
+            self.record(&Change::Remove {
+                user: user.into(),
+                ids: dropped,
+            });
+        }
+    }
+
+    /// Removes the given ids of a user that `which` selects; returns them.
+    fn remove(
+        &mut self,
+        user: &str,
+        ids: impl IntoIterator<Item = EventId>,
+        which: impl Fn(&Held) -> bool,
+    ) -> Vec<EventId> {
+        let Some(inbox) = self.users.get_mut(user) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for id in ids {
+            if inbox.entries.get(&id).is_some_and(&which) {
+                inbox.entries.remove(&id);
+                removed.push(id);
+            }
+        }
+        if inbox.entries.is_empty() && inbox.dropped == 0 {
+            self.users.remove(user);
+        }
+        self.held -= removed.len();
+        if !removed.is_empty() {
+            self.record(&Change::Remove {
+                user: user.into(),
+                ids: removed.iter().map(|id| id.0).collect(),
+            });
+        }
+        removed
+    }
+
+    /// Applies a stored change (at start; nothing is recorded).
+    fn replay(&mut self, change: Change, max: usize) {
+        match change {
+            Change::Hold {
+                user,
+                ack,
+                since,
+                event,
+            } => {
+                let event = Arc::new(event.into_event());
+                self.hold(&user, &event, ack, since, max);
+            }
+            Change::Remove { user, ids } => {
+                self.remove(&user, ids.into_iter().map(EventId), |_| true);
+            }
+        }
+    }
+}
+
+impl Held {
+    fn expired(&self, now_ms: u64, max_age_ms: u64) -> bool {
+        self.event.is_expired(now_ms)
+            || (max_age_ms != 0 && self.since_ms.saturating_add(max_age_ms) <= now_ms)
+    }
+}
+
+impl Inboxes {
+    /// Inboxes in memory only.
+    pub fn in_memory(settings: InboxSettings) -> Inboxes {
+        Inboxes {
+            state: Mutex::new(State::default()),
+            store: None,
+            settings,
+        }
+    }
+
+    /// Inboxes kept in `path`, read back from it.
+    pub fn open(path: &Path, settings: InboxSettings) -> io::Result<Inboxes> {
+        let mut state = State::default();
+        let mut bytes = Vec::new();
+        match File::open(path) {
+            Ok(mut file) => {
+                file.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut at = 0;
+        while let Some((body, size)) = unframe(&bytes[at..]) {
+            let Ok(change) = serde_json::from_slice::<Change>(body) else {
+                break;
+            };
+            state.replay(change, settings.max_per_user);
+            at += size;
+        }
+        if at < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                cut_bytes = bytes.len() - at,
+                "the inbox file ended in a write a crash interrupted; cut back to the last whole record"
+            );
+        }
+        state.totals = InboxTotals::default();
+        let store = Store::rewrite(path, &state, settings.sync)?;
+        state.recording = true;
+        let inboxes = Inboxes {
+            state: Mutex::new(state),
+            store: Some(Mutex::new(store)),
+            settings,
+        };
+        inboxes.sweep(now_ms());
+        Ok(inboxes)
+    }
+
+    /// Fan-out's hook, called for each dispatched event addressed to users
+    /// (under the registry lock): holds it for each user it must wait for.
+    pub fn offer(&self, event: &SharedEvent, online: impl Fn(&str) -> bool) {
+        let now = now_ms();
+        if event.is_expired(now) {
+            return;
+        }
+        let mut state = self.state.lock();
+        for user in &event.target.users {
+            if event.require_ack || !online(user) {
+                state.hold(
+                    user,
+                    event,
+                    event.require_ack,
+                    now,
+                    self.settings.max_per_user,
+                );
+            }
+        }
+    }
+
+    /// What waits for `user` that a connection joining at `head` with
+    /// `selector` receives first, oldest first.
+    pub fn waiting_for(&self, user: &str, selector: &Selector, head: EventId) -> Vec<SharedEvent> {
+        let now = now_ms();
+        let state = self.state.lock();
+        let Some(inbox) = state.users.get(user) else {
+            return Vec::new();
+        };
+        inbox
+            .entries
+            .range(..=head)
+            .filter(|(_, held)| {
+                !held.expired(now, self.settings.max_age_ms) && selector.wants(&held.event)
+            })
+            .map(|(_, held)| held.event.clone())
+            .collect()
+    }
+
+    /// A connection of `user` received these events: direct messages that
+    /// waited for it stop waiting; events waiting for an ack still do.
+    pub fn delivered(&self, user: &str, ids: &[EventId]) -> io::Result<()> {
+        {
+            let mut state = self.state.lock();
+            let removed = state.remove(user, ids.iter().copied(), |held| !held.ack);
+            state.totals.delivered += removed.len() as u64;
+        }
+        self.flush()
+    }
+
+    /// `user` acknowledges these events.
+    pub fn ack(&self, user: &str, ids: &[EventId]) -> io::Result<AckOutcome> {
+        let acked = {
+            let mut state = self.state.lock();
+            let acked = state.remove(user, ids.iter().copied(), |_| true);
+            state.totals.acked += acked.len() as u64;
+            acked
+        };
+        let unknown = ids
+            .iter()
+            .filter(|id| !acked.contains(id))
+            .copied()
+            .collect();
+        self.flush()?;
+        Ok(AckOutcome { acked, unknown })
+    }
+
+    /// Removes what has waited past its `ttl` or the age limit.
+    pub fn sweep(&self, now_ms: u64) {
+        let max_age = self.settings.max_age_ms;
+        {
+            let mut state = self.state.lock();
+            let expired: Vec<(Box<str>, Vec<EventId>)> = state
+                .users
+                .iter()
+                .filter_map(|(user, inbox)| {
+                    let ids: Vec<EventId> = inbox
+                        .entries
+                        .iter()
+                        .filter(|(_, held)| held.expired(now_ms, max_age))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    (!ids.is_empty()).then(|| (user.clone(), ids))
+                })
+                .collect();
+            for (user, ids) in expired {
+                let n = state.remove(&user, ids, |_| true).len();
+                state.totals.expired += n as u64;
+            }
+        }
+        if let Err(err) = self.flush() {
+            tracing::warn!(%err, "could not write the inbox file");
+        }
+    }
+
+    /// Writes the changes made so far to the file (and syncs it). After a
+    /// failed write the next flush rewrites the whole file.
+    pub fn flush(&self) -> io::Result<()> {
+        let result = self.write_out();
+        if result.is_err() {
+            self.state.lock().totals.write_errors += 1;
+        }
+        result
+    }
+
+    fn write_out(&self) -> io::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut store = store.lock();
+        if store.broken || store.len > 2 * store.compact_len + (4 << 20) {
+            // Rare: the file is rewritten from what waits now, with the
+            // changes held back meanwhile so none is written twice.
+            let mut state = self.state.lock();
+            state.unwritten.clear();
+            store.broken = true;
+            *store = Store::rewrite(&store.path, &state, self.settings.sync)?;
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.state.lock().unwritten);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = store.append(&bytes) {
+            store.broken = true;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// `Err` while the file's last write failed (until a rewrite succeeds).
+    pub fn health(&self) -> Result<(), String> {
+        match &self.store {
+            Some(store) if store.lock().broken => {
+                Err("the last write of the inbox file failed".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn user_counts(&self, user: &str) -> UserInboxCounts {
+        let state = self.state.lock();
+        let Some(inbox) = state.users.get(user) else {
+            return UserInboxCounts::default();
+        };
+        let pending_acks = inbox.entries.values().filter(|h| h.ack).count();
+        UserInboxCounts {
+            pending_acks,
+            offline: inbox.entries.len() - pending_acks,
+            dropped: inbox.dropped,
+        }
+    }
+
+    pub fn totals(&self) -> InboxTotals {
+        let state = self.state.lock();
+        InboxTotals {
+            waiting: state.held,
+            ..state.totals
+        }
+    }
+}
+
+/// The inbox file.
+struct Store {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    /// Length right after the last rewrite.
+    compact_len: u64,
+    sync: bool,
+    broken: bool,
+}
+
+impl Store {
+    /// Replaces the file with the changes that rebuild `state`.
+    fn rewrite(path: &Path, state: &State, sync: bool) -> io::Result<Store> {
+        let mut buf = Vec::new();
+        for (user, inbox) in &state.users {
+            for held in inbox.entries.values() {
+                let change = Change::Hold {
+                    user: user.to_string(),
+                    ack: held.ack,
+                    since: held.since_ms,
+                    event: Box::new(Record::of(&held.event)),
+                };
+                frame(
+                    &serde_json::to_vec(&change).expect("inbox changes serialize"),
+                    &mut buf,
+                );
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&buf)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Store {
+            path: path.to_owned(),
+            file,
+            len: buf.len() as u64,
+            compact_len: buf.len() as u64,
+            sync,
+            broken: false,
+        })
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        if self.sync {
+            self.file.sync_data()?;
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventDraft, Target};
+    use crate::pattern::Pattern;
+    use crate::topic::Topic;
+
+    fn settings(max: usize) -> InboxSettings {
+        InboxSettings {
+            max_per_user: max,
+            max_age_ms: 0,
+            sync: false,
+        }
+    }
+
+    fn direct(id: u64, users: &[&str], ack: bool) -> SharedEvent {
+        let draft = EventDraft {
+            data: format!("e{id}"),
+            target: Target {
+                users: users.iter().map(|u| u.to_string()).collect(),
+                ..Default::default()
+            },
+            require_ack: ack,
+            ..Default::default()
+        };
+        Arc::new(Event::commit(draft, EventId(id), now_ms()))
+    }
+
+    fn selector(user: &str, patterns: &[&str]) -> Selector {
+        Selector {
+            connection_id: "c1".into(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).unwrap())
+                .collect(),
+            event_types: None,
+            user: Some(user.into()),
+            meta: Default::default(),
+        }
+    }
+
+    fn ids(events: &[SharedEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.id.0).collect()
+    }
+
+    #[test]
+    fn offline_messages_wait_until_delivered_acks_until_acked() {
+        let inboxes = Inboxes::in_memory(settings(10));
+        let online = |u: &str| u == "bob";
+        inboxes.offer(&direct(1, &["alice", "bob"], false), online);
+        inboxes.offer(&direct(2, &["alice", "bob"], true), online);
+        let alice = selector("alice", &[]);
+        let bob = selector("bob", &[]);
+        assert_eq!(
+            ids(&inboxes.waiting_for("alice", &alice, EventId(9))),
+            [1, 2]
+        );
+        assert_eq!(ids(&inboxes.waiting_for("bob", &bob, EventId(9))), [2]);
+        // Only what was dispatched before the connection joined.
+        assert_eq!(ids(&inboxes.waiting_for("alice", &alice, EventId(1))), [1]);
+        inboxes
+            .delivered("alice", &[EventId(1), EventId(2)])
+            .unwrap();
+        assert_eq!(ids(&inboxes.waiting_for("alice", &alice, EventId(9))), [2]);
+        let outcome = inboxes.ack("alice", &[EventId(2), EventId(7)]).unwrap();
+        assert_eq!(outcome.acked, [EventId(2)]);
+        assert_eq!(outcome.unknown, [EventId(7)]);
+        assert!(inboxes.waiting_for("alice", &alice, EventId(9)).is_empty());
+        // Bob's acknowledgement is his own.
+        assert_eq!(ids(&inboxes.waiting_for("bob", &bob, EventId(9))), [2]);
+        let t = inboxes.totals();
+        assert_eq!((t.waiting, t.acked, t.delivered), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_full_inbox_drops_its_oldest_and_counts() {
+        let inboxes = Inboxes::in_memory(settings(3));
+        for id in 1..=5 {
+            inboxes.offer(&direct(id, &["alice"], false), |_| false);
+        }
+        let alice = selector("alice", &[]);
+        assert_eq!(
+            ids(&inboxes.waiting_for("alice", &alice, EventId(9))),
+            [3, 4, 5]
+        );
+        assert_eq!(inboxes.user_counts("alice").dropped, 2);
+        assert_eq!(inboxes.totals().dropped, 2);
+    }
+
+    #[test]
+    fn only_what_the_connection_would_receive_live() {
+        let inboxes = Inboxes::in_memory(settings(10));
+        let draft = EventDraft {
+            topics: vec![Topic::new("chat/a").unwrap()],
+            target: Target {
+                users: vec!["alice".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        inboxes.offer(&Arc::new(Event::commit(draft, EventId(1), 0)), |_| false);
+        assert!(inboxes
+            .waiting_for("alice", &selector("alice", &["news"]), EventId(9))
+            .is_empty());
+        assert_eq!(
+            ids(&inboxes.waiting_for("alice", &selector("alice", &["chat/*"]), EventId(9))),
+            [1]
+        );
+    }
+
+    #[test]
+    fn expiry_by_ttl_and_age() {
+        let mut s = settings(10);
+        s.max_age_ms = 60_000;
+        let inboxes = Inboxes::in_memory(s);
+        let mut draft = EventDraft {
+            target: Target {
+                users: vec!["alice".into()],
+                ..Default::default()
+            },
+            ttl_secs: Some(5),
+            ..Default::default()
+        };
+        let now = now_ms();
+        inboxes.offer(
+            &Arc::new(Event::commit(draft.clone(), EventId(1), now)),
+            |_| false,
+        );
+        draft.ttl_secs = None;
+        inboxes.offer(&Arc::new(Event::commit(draft, EventId(2), now)), |_| false);
+        inboxes.sweep(now + 6_000);
+        assert_eq!(inboxes.totals().waiting, 1);
+        inboxes.sweep(now + 61_000);
+        let t = inboxes.totals();
+        assert_eq!((t.waiting, t.expired), (0, 2));
+    }
+
+    #[test]
+    fn the_file_brings_everything_back_and_cuts_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("herald-inbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.log");
+        let _ = std::fs::remove_file(&path);
+        {
+            let inboxes = Inboxes::open(&path, settings(10)).unwrap();
+            inboxes.offer(&direct(1, &["alice"], false), |_| false);
+            inboxes.offer(&direct(2, &["alice", "bob"], true), |_| true);
+            inboxes.offer(&direct(3, &["alice"], false), |_| false);
+            inboxes.flush().unwrap();
+            inboxes.ack("bob", &[EventId(2)]).unwrap();
+            inboxes.delivered("alice", &[EventId(3)]).unwrap();
+            inboxes.offer(&direct(4, &["carol"], false), |_| false);
+            inboxes.flush().unwrap();
+        }
+        // A crash in the middle of a write.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+        let inboxes = Inboxes::open(&path, settings(10)).unwrap();
+        let alice = selector("alice", &[]);
+        let waiting = inboxes.waiting_for("alice", &alice, EventId(9));
+        assert_eq!(ids(&waiting), [1, 2]);
+        assert_eq!(&*waiting[1].data, "e2");
+        assert!(waiting[1].require_ack);
+        assert!(inboxes
+            .waiting_for("bob", &selector("bob", &[]), EventId(9))
+            .is_empty());
+        assert_eq!(inboxes.user_counts("carol").offline, 1);
+        assert_eq!(inboxes.user_counts("alice").pending_acks, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
