@@ -1,0 +1,129 @@
+//! What a server process costs, read from /proc: resident memory and CPU
+//! time of a process and all its descendants (nginx workers, uvicorn).
+
+use std::collections::HashMap;
+
+/// Clock ticks per second for /proc's CPU times.
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// `pid` and every process below it.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut parent_of: HashMap<u32, u32> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(stat) = stat_fields(p) {
+                if let Some(ppid) = stat.get(1).and_then(|s| s.parse().ok()) {
+                    parent_of.insert(p, ppid);
+                }
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| **pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// Fields of /proc/PID/stat after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Resident memory of the process tree, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// User plus system CPU seconds of the process tree.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let ticks: u64 = tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let f = stat_fields(p)?;
+            // utime and stime are fields 14 and 15: 12 and 13 here.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / ticks_per_sec()
+}
+
+/// CPU seconds of this process.
+pub fn own_cpu_secs() -> f64 {
+    cpu_secs_of_self()
+}
+
+fn cpu_secs_of_self() -> f64 {
+    let Some(f) = stat_fields(std::process::id()) else {
+        return 0.0;
+    };
+    let t = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    (t(11) + t(12)) as f64 / ticks_per_sec()
+}
+
+/// Raises the open-file limit to its hard maximum; returns the new limit.
+pub fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(rss_kib(me) > 0);
+        assert!(tree(me).contains(&me));
+        let spin = std::time::Instant::now();
+        while spin.elapsed().as_millis() < 50 {}
+        assert!(cpu_secs(me) > 0.0 || own_cpu_secs() >= 0.0);
+    }
+}
