@@ -75,3 +75,13 @@ async fn publish_and_idle_report_what_they_did() {
     let (before, after) = (idle.rss_before_kib.unwrap(), idle.rss_after_kib.unwrap());
     assert!(before > 0 && after > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_storm_gets_exactly_what_was_missed() {
+    let hub = HubProcess::start(&[]);
+    let run = herald_bench::resume_storm(target(&hub, 2), 100, 10, 4, 32, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((run.complete, run.failed), (100, 0));
+    assert_eq!((run.expected, run.received, run.lost, run.duplicated), (400, 400, 0, 0));
+}

@@ -58,6 +58,23 @@ enum Mode {
         #[arg(long, default_value_t = 12)]
         max_steps: usize,
     },
+    /// Everyone reconnects at once with Last-Event-ID after missing events.
+    Resume {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 100)]
+        topics: usize,
+        /// Events each topic gets while its subscribers are away.
+        #[arg(long, default_value_t = 10)]
+        missed: u64,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Seconds before a subscriber that has not caught up counts as failed.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
     /// Publish throughput and latency.
     Publish {
         /// Publish URL; `{topic}` is replaced by a topic per connection.
@@ -244,6 +261,37 @@ async fn run(mode: Mode, files: u64) -> anyhow::Result<serde_json::Value> {
             });
             swarm.close();
             out
+        }
+        Mode::Resume {
+            target,
+            subscribers,
+            topics,
+            missed,
+            payload,
+            timeout,
+        } => {
+            check_files(subscribers, files)?;
+            let run = herald_bench::resume_storm(
+                target.target()?,
+                subscribers,
+                topics,
+                missed,
+                payload,
+                Duration::from_secs_f64(timeout),
+            )
+            .await?;
+            eprintln!(
+                "resume: {} subscribers back in {:.2} s; {} complete, {} failed; expected {} received {} lost {} duplicated {}",
+                run.subscribers,
+                run.resume_secs,
+                run.complete,
+                run.failed,
+                run.expected,
+                run.received,
+                run.lost,
+                run.duplicated
+            );
+            json!({"mode": "resume", "resume": run})
         }
         Mode::Publish {
             publish,

@@ -409,7 +409,7 @@ async fn open(
 
 /// One pipelined publish connection: writes requests as they come, reads
 /// answers in order, counts what was acknowledged per topic.
-async fn publisher(
+pub(crate) async fn publisher(
     url: UrlTemplate,
     mut requests: mpsc::Receiver<(usize, Vec<u8>)>,
     acked: Arc<Vec<AtomicU64>>,
