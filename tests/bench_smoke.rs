@@ -16,8 +16,9 @@ fn target(hub: &HubProcess, sources: usize) -> Target {
         publish: UrlTemplate::parse(&hub.url("/v1/publish?topic={topic}")).unwrap(),
         headers: vec![],
         sources,
-        server_pid: Some(hub.pid()),
+        server_pids: vec![hub.pid()],
         connect_concurrency: 50,
+        publish_format: Default::default(),
     }
 }
 
@@ -55,7 +56,7 @@ async fn fanout_and_ramp_count_every_delivery_once() {
 async fn publish_and_idle_report_what_they_did() {
     let hub = HubProcess::start(&[]);
     let url = UrlTemplate::parse(&hub.url("/v1/publish")).unwrap();
-    let run = herald_bench::publish(url, 2, 0.5, 50, 10, true, Some(hub.pid()))
+    let run = herald_bench::publish(url, 2, 0.5, 50, 10, true, &[hub.pid()])
         .await
         .unwrap();
     assert!(run.requests > 0);

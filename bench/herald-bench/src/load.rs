@@ -41,14 +41,14 @@ pub async fn publish(
     payload: usize,
     batch: usize,
     json: bool,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> anyhow::Result<PublishRun> {
     let batch = if json { batch.max(1) } else { 1 };
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
     let cpu_client = procfs::own_cpu_secs();
-    let cpu_server = server_pid.map(procfs::cpu_secs);
+    let cpu_server = procfs::cpu_secs_of(server_pids);
     let began = Instant::now();
     let deadline = began + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -115,9 +115,9 @@ pub async fn publish(
         events_per_sec: events as f64 / secs,
         latency_ms: latency,
         client_cpu_secs: procfs::own_cpu_secs() - cpu_client,
-        server_cpu_secs: server_pid
-            .zip(cpu_server)
-            .map(|(pid, before)| procfs::cpu_secs(pid) - before),
+        server_cpu_secs: cpu_server
+            .zip(procfs::cpu_secs_of(server_pids))
+            .map(|(before, after)| after - before),
     })
 }
 
@@ -140,11 +140,11 @@ pub async fn idle(
     topics: usize,
     settle: Duration,
 ) -> anyhow::Result<IdleRun> {
-    let pid = target.server_pid;
-    let before = pid.map(procfs::rss_kib);
+    let pids = target.server_pids.clone();
+    let before = procfs::rss_kib_of(&pids);
     let swarm = Swarm::connect(target, n, topics).await?;
     tokio::time::sleep(settle).await;
-    let after = pid.map(procfs::rss_kib);
+    let after = procfs::rss_kib_of(&pids);
     let open = swarm.len() - swarm.connect_errors;
     let run = IdleRun {
         connections: open,

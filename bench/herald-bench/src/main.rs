@@ -92,8 +92,9 @@ enum Mode {
         /// Events per request (with --json).
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        #[arg(long)]
-        server_pid: Option<u32>,
+        /// The server's pid (repeatable): CPU of each process tree.
+        #[arg(long = "server-pid")]
+        server_pids: Vec<u32>,
     },
 }
 
@@ -114,12 +115,16 @@ struct TargetArgs {
     /// Loopback source addresses to spread sockets over (127.0.0.1..N).
     #[arg(long, default_value_t = 1)]
     sources: usize,
-    /// The server's pid: its process tree's memory and CPU are reported.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's pid (repeatable): memory and CPU of each process tree
+    /// are reported.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
     /// Connects in flight at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Post Pushpin's JSON publish items instead of the raw data.
+    #[arg(long)]
+    pushpin_json: bool,
 }
 
 #[derive(Args)]
@@ -149,8 +154,12 @@ impl TargetArgs {
             publish: UrlTemplate::parse(&self.publish)?,
             headers: self.headers.clone(),
             sources: self.sources,
-            server_pid: self.server_pid,
+            server_pids: self.server_pids.clone(),
             connect_concurrency: self.connect_concurrency,
+            publish_format: match self.pushpin_json {
+                true => herald_bench::wire::PublishFormat::PushpinJson,
+                false => herald_bench::wire::PublishFormat::Raw,
+            },
         })
     }
 }
@@ -300,7 +309,7 @@ async fn run(mode: Mode, files: u64) -> anyhow::Result<serde_json::Value> {
             payload,
             json,
             batch,
-            server_pid,
+            server_pids,
         } => {
             let run = herald_bench::publish(
                 UrlTemplate::parse(&publish)?,
@@ -309,7 +318,7 @@ async fn run(mode: Mode, files: u64) -> anyhow::Result<serde_json::Value> {
                 payload,
                 batch,
                 json,
-                server_pid,
+                &server_pids,
             )
             .await?;
             eprintln!(

@@ -82,6 +82,16 @@ pub fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / ticks_per_sec()
 }
 
+/// CPU seconds of several process trees; `None` when no pid is given.
+pub fn cpu_secs_of(pids: &[u32]) -> Option<f64> {
+    (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_secs(*p)).sum())
+}
+
+/// Resident KiB of several process trees; `None` when no pid is given.
+pub fn rss_kib_of(pids: &[u32]) -> Option<u64> {
+    (!pids.is_empty()).then(|| pids.iter().map(|p| rss_kib(*p)).sum())
+}
+
 /// CPU seconds of this process.
 pub fn own_cpu_secs() -> f64 {
     cpu_secs_of_self()

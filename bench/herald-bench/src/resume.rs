@@ -145,10 +145,10 @@ async fn publish_round(
             let mut body = format!("{topic} {seq} 0 ").into_bytes();
             body.resize(payload.max(body.len()), b'x');
             let mut request = Vec::new();
-            wire::post_request(
-                &target.publish.host,
-                &target.publish.path(&topic_name(topic)),
-                "text/plain",
+            wire::publish_request(
+                &target.publish,
+                target.publish_format,
+                &topic_name(topic),
                 &body,
                 &mut request,
             );
@@ -208,7 +208,7 @@ pub async fn resume_storm(
     let expected = publish_round(&target, topics, 2, missed, payload).await? / topics as u64
         * n as u64;
     // 3. Everyone comes back at once.
-    let cpu = target.server_pid.map(procfs::cpu_secs);
+    let cpu = procfs::cpu_secs_of(&target.server_pids);
     let began = Instant::now();
     let deadline = began + timeout;
     let mut back = Vec::new();
@@ -247,9 +247,8 @@ pub async fn resume_storm(
         duplicated,
         complete,
         failed,
-        server_cpu_secs: target
-            .server_pid
-            .zip(cpu)
-            .map(|(pid, before)| procfs::cpu_secs(pid) - before),
+        server_cpu_secs: cpu
+            .zip(procfs::cpu_secs_of(&target.server_pids))
+            .map(|(before, after)| after - before),
     })
 }

@@ -33,10 +33,12 @@ pub struct Target {
     pub headers: Vec<String>,
     /// Loopback source addresses to spread client sockets over.
     pub sources: usize,
-    /// The server's pid, for memory and CPU figures.
-    pub server_pid: Option<u32>,
+    /// The server's processes (each with its descendants), for memory and
+    /// CPU figures.
+    pub server_pids: Vec<u32>,
     /// Connects in flight at once (some servers refuse big bursts).
     pub connect_concurrency: usize,
+    pub publish_format: wire::PublishFormat,
 }
 
 pub fn topic_name(t: usize) -> String {
@@ -288,7 +290,7 @@ impl Swarm {
         self.shared.latency_us.lock().reset();
         self.shared.recording.store(true, Ordering::Relaxed);
         let cpu_client = procfs::own_cpu_secs();
-        let cpu_server = self.target.server_pid.map(procfs::cpu_secs);
+        let cpu_server = procfs::cpu_secs_of(&self.target.server_pids);
 
         let publishers = publishers.clamp(1, self.topics);
         let acked: Arc<Vec<AtomicU64>> = Arc::new((0..self.topics).map(|_| 0.into()).collect());
@@ -320,14 +322,12 @@ impl Swarm {
             let sent = self.shared.started.elapsed().as_micros();
             body.extend_from_slice(format!("{topic} {seq} {sent} ").as_bytes());
             body.resize(payload.max(body.len()), b'x');
-            let path = self.target.publish.path(&topic_name(topic));
-            let request_body = body.clone();
-            let mut request = Vec::with_capacity(request_body.len() + 160);
-            wire::post_request(
-                &self.target.publish.host,
-                &path,
-                "text/plain",
-                &request_body,
+            let mut request = Vec::with_capacity(body.len() + 160);
+            wire::publish_request(
+                &self.target.publish,
+                self.target.publish_format,
+                &topic_name(topic),
+                &body,
                 &mut request,
             );
             if senders[topic % publishers]
@@ -375,11 +375,9 @@ impl Swarm {
             deliveries_per_sec: distinct as f64 / publish_secs,
             latency_ms: latency,
             client_cpu_secs: procfs::own_cpu_secs() - cpu_client,
-            server_cpu_secs: self
-                .target
-                .server_pid
-                .zip(cpu_server)
-                .map(|(pid, before)| procfs::cpu_secs(pid) - before),
+            server_cpu_secs: cpu_server
+                .zip(procfs::cpu_secs_of(&self.target.server_pids))
+                .map(|(before, after)| after - before),
             streams_closed: closed - closed_before,
         })
     }

@@ -326,6 +326,44 @@ impl ResponseReader {
     }
 }
 
+/// How an event is posted to the publish URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishFormat {
+    /// The body is the event's data (Herald's `?topic=` shortcut, nchan,
+    /// the peers' `/pub/TOPIC`).
+    #[default]
+    Raw,
+    /// Pushpin's HTTP publish API: JSON items whose `http-stream` content
+    /// is a whole SSE event.
+    PushpinJson,
+}
+
+/// Appends the POST that publishes `data` on `topic` to `out`.
+pub fn publish_request(
+    url: &UrlTemplate,
+    format: PublishFormat,
+    topic: &str,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let path = url.path(topic);
+    match format {
+        PublishFormat::Raw => post_request(&url.host, &path, "text/plain", data, out),
+        PublishFormat::PushpinJson => {
+            let content = format!("data: {}\n\n", String::from_utf8_lossy(data));
+            let body = serde_json::json!({"items": [{"channel": topic,
+                "formats": {"http-stream": {"content": content}}}]});
+            post_request(
+                &url.host,
+                &path,
+                "application/json",
+                body.to_string().as_bytes(),
+                out,
+            );
+        }
+    }
+}
+
 /// One POST request with a body.
 pub fn post_request(host: &str, path: &str, content_type: &str, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(
