@@ -84,5 +84,8 @@ async fn resume_storm_gets_exactly_what_was_missed() {
         .await
         .unwrap();
     assert_eq!((run.complete, run.failed), (100, 0));
-    assert_eq!((run.expected, run.received, run.lost, run.duplicated), (400, 400, 0, 0));
+    assert_eq!(
+        (run.expected, run.received, run.lost, run.duplicated),
+        (400, 400, 0, 0)
+    );
 }

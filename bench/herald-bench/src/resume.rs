@@ -138,6 +138,7 @@ async fn publish_round(
             rx,
             acked.clone(),
             errors.clone(),
+            target.publish_format,
         )));
     }
     for seq in first_seq..first_seq + per_topic {
@@ -189,8 +190,17 @@ pub async fn resume_storm(
             };
             let permit = gate.acquire_owned().await?;
             // Ready (registered) once the stream's first bytes arrived.
-            let r = read_until(&target, i, &mut tally, 1, None, Some(ready_tx), permit, deadline)
-                .await;
+            let r = read_until(
+                &target,
+                i,
+                &mut tally,
+                1,
+                None,
+                Some(ready_tx),
+                permit,
+                deadline,
+            )
+            .await;
             r.map(|()| tally)
         }));
     }
@@ -205,8 +215,8 @@ pub async fn resume_storm(
         tallies.push(t.await??);
     }
     // 2. All are away (their sockets closed with their tasks): the missed events.
-    let expected = publish_round(&target, topics, 2, missed, payload).await? / topics as u64
-        * n as u64;
+    let expected =
+        publish_round(&target, topics, 2, missed, payload).await? / topics as u64 * n as u64;
     // 3. Everyone comes back at once.
     let cpu = procfs::cpu_secs_of(&target.server_pids);
     let began = Instant::now();
@@ -218,8 +228,17 @@ pub async fn resume_storm(
             let permit = gate.acquire_owned().await.expect("gate open");
             let id = String::from_utf8_lossy(&tally.last_id).into_owned();
             tally.received = 0;
-            let r = read_until(&target, i, &mut tally, 1 + missed, Some(id), None, permit, deadline)
-                .await;
+            let r = read_until(
+                &target,
+                i,
+                &mut tally,
+                1 + missed,
+                Some(id),
+                None,
+                permit,
+                deadline,
+            )
+            .await;
             (r.is_ok(), tally, began.elapsed())
         }));
     }

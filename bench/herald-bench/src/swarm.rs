@@ -305,6 +305,7 @@ impl Swarm {
                 rx,
                 acked.clone(),
                 errors.clone(),
+                self.target.publish_format,
             )));
         }
         let began = Instant::now();
@@ -412,7 +413,21 @@ pub(crate) async fn publisher(
     mut requests: mpsc::Receiver<(usize, Vec<u8>)>,
     acked: Arc<Vec<AtomicU64>>,
     errors: Arc<AtomicU64>,
+    format: wire::PublishFormat,
 ) -> anyhow::Result<()> {
+    if format == wire::PublishFormat::PushpinJson {
+        // Pushpin's publish API closes the connection after each answer.
+        while let Some((topic, request)) = requests.recv().await {
+            let mut stream = wire::connect(url.addr, None).await?;
+            stream.write_all(&request).await?;
+            let status = ResponseReader::default().next(&mut stream).await?;
+            match (200..300).contains(&status) {
+                true => acked[topic].fetch_add(1, Ordering::Relaxed),
+                false => errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        return Ok(());
+    }
     let stream = wire::connect(url.addr, None).await?;
     let (mut read, mut write) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<usize>();
