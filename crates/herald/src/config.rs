@@ -30,6 +30,7 @@ pub struct Config {
     pub stream: StreamConfig,
     pub history: HistoryConfig,
     pub inbox: InboxConfig,
+    pub presence: PresenceConfig,
     pub cors: CorsConfig,
     pub cluster: ClusterConfig,
 }
@@ -174,6 +175,16 @@ pub enum Fsync {
     Never,
 }
 
+/// `[presence]`: join and leave events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Topics (patterns) on which the hub publishes `herald.presence`
+    /// events when a user's first stream subscribes to the exact topic
+    /// (`join`) and when their last one leaves it (`leave`). Default: none.
+    pub topics: Vec<String>,
+}
+
 /// `[cors]`
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -202,6 +213,7 @@ impl Default for Config {
             stream: StreamConfig::default(),
             history: HistoryConfig::default(),
             inbox: InboxConfig::default(),
+            presence: PresenceConfig::default(),
             cors: CorsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -327,6 +339,14 @@ impl Config {
                 ));
             }
         }
+        for pattern in &self.presence.topics {
+            if let Err(e) = crate::pattern::Pattern::parse(pattern) {
+                return Err(invalid(
+                    "presence.topics",
+                    format!("{pattern:?} is not a topic pattern: {e}"),
+                ));
+            }
+        }
         if self.cluster.url.is_some() {
             return Err(invalid(
                 "cluster.url",
@@ -379,6 +399,9 @@ mod tests {
         let mut c = Config::default();
         c.cluster.url = Some("redis://x".into());
         assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
+        let mut c = Config::default();
+        c.presence.topics = vec!["rooms/*".into(), "bad topic".into()];
+        assert_eq!(c.validate().unwrap_err().setting, "presence.topics");
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Connection {
     /// What its token may read, for changes of its subscriptions.
     pub rights: crate::auth::Rights,
     pub peer: Option<IpAddr>,
+    /// Its user's joins and leaves of presence topics are announced (SSE
+    /// streams; not long polls, which come and go with every answer).
+    pub announces_presence: bool,
     capacity: usize,
     overflow: Overflow,
     /// Highest id ever offered. Fan-out offers events in id order, so an id
@@ -98,6 +101,7 @@ impl Connection {
             rights: crate::auth::Rights::All,
             selector,
             peer,
+            announces_presence: false,
             capacity: capacity.max(1),
             overflow,
             last_offered: AtomicU64::new(0),

@@ -38,6 +38,23 @@ pub struct Fanout {
     counters: Counters,
     /// Where events wait for users (SPEC §7); `None` in unit tests.
     inboxes: Option<Arc<Inboxes>>,
+    /// Announces joins and leaves on presence topics; `None` when none are
+    /// configured.
+    presence: Option<PresenceTracker>,
+}
+
+/// A user's first stream subscribed to a presence topic (`joined`), or
+/// their last one left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub topic: Topic,
+    pub user: Box<str>,
+    pub joined: bool,
+}
+
+struct PresenceTracker {
+    patterns: Vec<Pattern>,
+    changes: tokio::sync::mpsc::UnboundedSender<PresenceChange>,
 }
 
 #[derive(Default)]
@@ -46,6 +63,8 @@ struct Registry {
     by_id: HashMap<Arc<str>, u64>,
     by_user: HashMap<Box<str>, HashSet<u64>>,
     index: SubscriptionIndex<Arc<Connection>>,
+    /// Streams per user on each presence topic they are subscribed to.
+    present: HashMap<(Topic, Box<str>), usize>,
 }
 
 /// Totals since start.
@@ -93,6 +112,78 @@ impl Fanout {
         }
     }
 
+    /// Sends a [`PresenceChange`] to `changes` whenever a user's first
+    /// stream subscribes to an exact topic that one of `patterns` matches,
+    /// and when their last such stream leaves it. Changes are sent under the
+    /// registry's write lock, so they arrive in the order they happened.
+    pub fn announce_presence(
+        mut self,
+        patterns: Vec<Pattern>,
+        changes: tokio::sync::mpsc::UnboundedSender<PresenceChange>,
+    ) -> Fanout {
+        self.presence = Some(PresenceTracker { patterns, changes });
+        self
+    }
+
+    /// Counts a stream in (`+1`) or out (`-1`) of the presence topics among
+    /// `patterns`; sends the joins and leaves this makes.
+    fn track<'a>(
+        &self,
+        reg: &mut Registry,
+        conn: &Connection,
+        patterns: impl IntoIterator<Item = &'a Pattern>,
+        joining: bool,
+    ) {
+        let Some(tracker) = &self.presence else {
+            return;
+        };
+        let Some(user) = conn
+            .selector
+            .user
+            .as_ref()
+            .filter(|_| conn.announces_presence)
+        else {
+            return;
+        };
+        for pattern in patterns {
+            if !pattern.is_exact() {
+                continue;
+            }
+            let Ok(topic) = Topic::new(pattern.as_str()) else {
+                continue;
+            };
+            if !tracker.patterns.iter().any(|p| p.matches(&topic)) {
+                continue;
+            }
+            let key = (topic, user.clone());
+            let changed = if joining {
+                let n = reg.present.entry(key.clone()).or_default();
+                *n += 1;
+                *n == 1
+            } else {
+                match reg.present.get_mut(&key) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        reg.present.remove(&key);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if changed {
+                // Nobody listens once the hub is gone; nothing to announce then.
+                let _ = tracker.changes.send(PresenceChange {
+                    topic: key.0,
+                    user: key.1,
+                    joined: joining,
+                });
+            }
+        }
+    }
+
     pub fn inboxes(&self) -> Option<&Arc<Inboxes>> {
         self.inboxes.as_ref()
     }
@@ -101,8 +192,12 @@ impl Fanout {
     /// before it joined; every later event is offered to it.
     pub fn register(&self, conn: Arc<Connection>) -> EventId {
         let mut reg = self.registry.write();
-        for pattern in conn.patterns.lock().iter() {
-            reg.index.insert(pattern, conn.key, conn.clone());
+        {
+            let patterns = conn.patterns.lock();
+            for pattern in patterns.iter() {
+                reg.index.insert(pattern, conn.key, conn.clone());
+            }
+            self.track(&mut reg, &conn, patterns.iter(), true);
         }
         if let Some(user) = &conn.selector.user {
             reg.by_user
@@ -121,8 +216,12 @@ impl Fanout {
         let Some(conn) = reg.connections.remove(&key) else {
             return;
         };
-        for pattern in conn.patterns.lock().iter() {
-            reg.index.remove(pattern, key);
+        {
+            let patterns = conn.patterns.lock();
+            for pattern in patterns.iter() {
+                reg.index.remove(pattern, key);
+            }
+            self.track(&mut reg, &conn, patterns.iter(), false);
         }
         if let Some(user) = &conn.selector.user {
             if let Some(keys) = reg.by_user.get_mut(user) {
@@ -166,19 +265,26 @@ impl Fanout {
         let mut reg = self.registry.write();
         let conn = reg.connections.get(&key)?.clone();
         let mut patterns = conn.patterns.lock();
+        let mut left = Vec::new();
         for p in remove {
             if let Some(at) = patterns.iter().position(|x| x == p) {
-                patterns.remove(at);
+                left.push(patterns.remove(at));
                 reg.index.remove(p, key);
             }
         }
+        let mut joined = Vec::new();
         for p in add {
             if !patterns.contains(p) {
                 patterns.push(p.clone());
                 reg.index.insert(p, key, conn.clone());
+                joined.push(p.clone());
             }
         }
-        Some(patterns.clone())
+        let now = patterns.clone();
+        drop(patterns);
+        self.track(&mut reg, &conn, &left, false);
+        self.track(&mut reg, &conn, &joined, true);
+        Some(now)
     }
 
     /// Subscription patterns of open streams, with how many streams hold each.

@@ -156,6 +156,46 @@ impl Shared {
     }
 }
 
+/// Publishes `herald.presence` events for the joins and leaves fan-out
+/// reports, in the order they happened, as many as have piled up per append.
+/// Ends when the hub is gone.
+async fn announce_presence(
+    shared: std::sync::Weak<Shared>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::fanout::PresenceChange>,
+) {
+    let mut batch = Vec::new();
+    while changes.recv_many(&mut batch, 1000).await > 0 {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let drafts: Vec<crate::event::EventDraft> = batch
+            .drain(..)
+            .map(|change| crate::event::EventDraft {
+                event_type: Some(PRESENCE_EVENT.into()),
+                data: serde_json::json!({
+                    "topic": change.topic.as_str(),
+                    "user": &*change.user,
+                    "action": if change.joined { "join" } else { "leave" },
+                })
+                .to_string(),
+                topics: vec![change.topic],
+                ..Default::default()
+            })
+            .collect();
+        let count = drafts.len() as u64;
+        match shared.log.append(drafts).await {
+            Ok(_) => Metrics::add(&shared.metrics.published, count),
+            Err(err) => {
+                Metrics::add(&shared.metrics.log_errors, 1);
+                tracing::warn!(%err, count, "could not publish presence events");
+            }
+        }
+    }
+}
+
+/// The event type of join and leave events on presence topics.
+pub const PRESENCE_EVENT: &str = "herald.presence";
+
 impl Hub {
     /// A hub with the log its configuration asks for: the durable journal
     /// in `data_dir`, or memory only with `memory = true`.
@@ -213,7 +253,28 @@ impl Hub {
                 })?
             }
         };
-        let fanout = Arc::new(Fanout::with_inboxes(Arc::new(inboxes)));
+        let mut fanout = Fanout::with_inboxes(Arc::new(inboxes));
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut presence_changes = None;
+        if !config.presence.topics.is_empty() {
+            match &runtime {
+                Some(_) => {
+                    let patterns = config
+                        .presence
+                        .topics
+                        .iter()
+                        .filter_map(|p| Pattern::parse(p).ok())
+                        .collect();
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    fanout = fanout.announce_presence(patterns, tx);
+                    presence_changes = Some(rx);
+                }
+                None => tracing::warn!(
+                    "presence.topics is set but the hub was built outside a tokio runtime: no presence events"
+                ),
+            }
+        }
+        let fanout = Arc::new(fanout);
         fanout.start_at(log.attach(fanout.clone()));
         let limits = &config.limits;
         let limiter = ConnectionLimiter::new(
@@ -244,7 +305,10 @@ impl Hub {
                 next_key: AtomicU64::new(1),
             }),
         };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if let (Some(rt), Some(changes)) = (&runtime, presence_changes) {
+            rt.spawn(announce_presence(Arc::downgrade(&hub.shared), changes));
+        }
+        if let Some(rt) = &runtime {
             let weak = Arc::downgrade(&hub.shared);
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -441,6 +505,7 @@ impl Hub {
             request.transport.clone(),
         );
         conn.rights = identity.subscribe.clone();
+        conn.announces_presence = !request.long_poll;
         let conn = Arc::new(conn);
         let head = self.shared.fanout.register(conn.clone());
         // From here on the writer owns the registration: dropping it (on any

@@ -50,6 +50,8 @@ impl Hub {
         request: SubscribeRequest,
         timeout: Duration,
     ) -> Result<Result<PollAnswer, Refusal>, SubscribeError> {
+        let mut request = request;
+        request.long_poll = true;
         let opened = match self.open(request).await? {
             Ok(opened) => opened,
             Err(refusal) => return Ok(Err(refusal)),

@@ -33,6 +33,9 @@ pub struct SubscribeRequest {
     /// Cancelled by the hub when it closes the stream (overflow, kick), so
     /// the transport can drop a socket whose writes are blocked.
     pub transport: Option<CancellationToken>,
+    /// A long poll: a connection for one answer, which joins and leaves no
+    /// topic in presence events.
+    pub(crate) long_poll: bool,
 }
 
 impl SubscribeRequest {
