@@ -1,12 +1,13 @@
 //! Serving the hub over TCP, and shutting down gracefully.
 //!
-//! Herald runs its own accept loop on hyper rather than `axum::serve` to
-//! control what a long-lived SSE connection costs and how it ends:
-//! `TCP_NODELAY` (small events go out at once), a header read timeout (no
-//! slow-loris), a bound on request heads, the client's address
-//! for per-address limits, and a shutdown that ends streams (the hub tells
-//! them to) before it waits for connections — bounded by
-//! `shutdown_timeout_secs`.
+//! Herald runs its own accept loop rather than `axum::serve` to control
+//! what a long-lived SSE connection costs and how it ends: `TCP_NODELAY`
+//! (small events go out at once), a header read timeout (no slow-loris), a
+//! bound on request heads, the client's address for per-address limits,
+//! and a shutdown that ends streams (the hub tells them to) before it waits
+//! for connections — bounded by `shutdown_timeout_secs`. Subscribe requests
+//! are served on the socket by [`sse_socket`], which holds a fraction of
+//! hyper's per-connection buffers; every other request goes to hyper.
 
 use std::future::Future;
 use std::io;
@@ -26,11 +27,13 @@ use tower::ServiceExt;
 
 use crate::hub::Hub;
 
+mod sse_socket;
+
 /// Largest request head (request line and headers). A subscribe may carry
 /// `limits.max_topics_per_connection` patterns of up to 256 bytes and a
 /// token in its query, so this is well above that; a larger head gets
-/// `431`. hyper starts every connection with an 8 KiB buffer and grows it
-/// only for a head that needs more, so the bound costs idle streams nothing.
+/// `431`. Heads are read into buffers that grow only as far as the head
+/// needs, so the bound costs idle streams nothing.
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,7 +63,9 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+        let builder = std::sync::Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        let subscribes = tokio_util::task::TaskTracker::new();
         tokio::pin!(signal);
         loop {
             tokio::select! {
@@ -80,16 +85,46 @@ impl Server {
                     // whose writes are blocked (see `Connection`).
                     let kill = CancellationToken::new();
                     let handle = kill.clone();
-                    let service = router.clone().map_request(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(addr));
-                        req.extensions_mut().insert(handle.clone());
-                        req
-                    });
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let router = router.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let subscribes = subscribes.clone();
                     tokio::spawn(async move {
+                        // Subscribers get the lean path (see `sse_socket`);
+                        // everything else hyper.
+                        let first = tokio::time::timeout(HEADER_READ_TIMEOUT, sse_socket::is_subscribe(&stream));
+                        let Ok(subscribe) = first.await else {
+                            tracing::debug!(%addr, "no request within the header timeout");
+                            return;
+                        };
+                        if subscribe {
+                            let served = subscribes.track_future(sse_socket::serve(
+                                stream,
+                                addr,
+                                router,
+                                handle,
+                                MAX_REQUEST_HEAD_BYTES,
+                                HEADER_READ_TIMEOUT,
+                            ));
+                            tokio::select! {
+                                result = served => if let Err(err) = result {
+                                    tracing::debug!(%addr, %err, "stream ended with an error");
+                                },
+                                () = kill.cancelled() => {
+                                    tracing::debug!(%addr, "connection dropped by the hub");
+                                }
+                            }
+                            return;
+                        }
+                        let service = router.map_request(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(ConnectInfo(addr));
+                            req.extensions_mut().insert(handle.clone());
+                            req
+                        });
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                            .into_owned();
+                        let conn = watcher.watch(conn);
                         tokio::select! {
                             result = conn => if let Err(err) = result {
                                 tracing::debug!(%addr, %err, "connection ended with an error");
@@ -111,7 +146,11 @@ impl Server {
         );
         hub.shutdown();
         let limit = hub.config().shutdown_timeout();
-        match tokio::time::timeout(limit, graceful.shutdown()).await {
+        subscribes.close();
+        let closed = async {
+            tokio::join!(graceful.shutdown(), subscribes.wait());
+        };
+        match tokio::time::timeout(limit, closed).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
                 remaining_streams = hub.open_streams(),

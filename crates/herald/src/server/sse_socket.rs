@@ -1,0 +1,234 @@
+//! `GET /v1/events` served straight on the socket.
+//!
+//! An idle SSE stream is most of what a push hub holds, and under hyper
+//! every one keeps an 8 KiB read buffer, an 8 KiB write buffer for response
+//! heads and a ~4 KiB connection task for its whole life (measured with
+//! heaptrack; docs/BENCHMARKS.md). A subscriber sends one request and then
+//! only reads. So the accept loop hands connections whose first bytes are
+//! `GET /v1/events` to this module instead: it reads the request head into
+//! a buffer it frees at once, asks the same axum router for the response
+//! (auth, limits, refusals and errors are unchanged), writes the head and
+//! then each body chunk with chunked framing, and closes the connection
+//! when the body ends. Meanwhile it reads the socket into a few bytes only
+//! to notice the client leaving. One request per connection
+//! (`Connection: close`): EventSource and every SSE client open a
+//! connection per stream anyway.
+//!
+//! Anything else (other paths, HTTP/2, a head too slow to show its first
+//! bytes) stays on hyper.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// What a connection's first bytes must be for this path.
+const PREFIX: &[u8] = b"GET /v1/events";
+
+/// True when the request waiting on `stream` is a subscribe: its first
+/// bytes are `GET /v1/events` followed by `?` or a space. Looks without
+/// consuming; a client that has not yet sent that much is left to hyper.
+pub(super) async fn is_subscribe(stream: &TcpStream) -> bool {
+    let mut first = [0u8; PREFIX.len() + 1];
+    match stream.peek(&mut first).await {
+        Ok(n) if n == first.len() => {
+            first.starts_with(PREFIX) && matches!(first[PREFIX.len()], b'?' | b' ')
+        }
+        _ => false,
+    }
+}
+
+/// Serves one subscribe request on `stream`, then closes it.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    router: axum::Router,
+    handle: CancellationToken,
+    max_head: usize,
+    head_timeout: Duration,
+) -> io::Result<()> {
+    let request = match tokio::time::timeout(head_timeout, read_head(&mut stream, max_head)).await {
+        Err(_) => return Ok(()),
+        Ok(Err(Bad(status))) => {
+            let answer = Response::builder()
+                .status(status)
+                .body(Body::empty())
+                .expect("a status and no headers");
+            return write_response(&mut stream, answer).await;
+        }
+        Ok(Ok(request)) => request,
+    };
+    let mut request = request;
+    request.extensions_mut().insert(ConnectInfo(addr));
+    request.extensions_mut().insert(handle);
+    // Boxed: the router's future is large and only needed until the head.
+    let response = Box::pin(router.oneshot(request))
+        .await
+        .unwrap_or_else(|never| match never {});
+    write_response(&mut stream, response).await
+}
+
+/// Why a request head was refused: answered with this status and closed.
+struct Bad(StatusCode);
+
+impl From<io::Error> for Bad {
+    fn from(_: io::Error) -> Bad {
+        Bad(StatusCode::BAD_REQUEST)
+    }
+}
+
+async fn read_head(stream: &mut TcpStream, max_head: usize) -> Result<Request<Body>, Bad> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.len() >= max_head {
+            return Err(Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(max_head - buf.len()).max(1024));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(Bad(StatusCode::BAD_REQUEST));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(_)) => return build(&parsed),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+            }
+            Err(_) => return Err(Bad(StatusCode::BAD_REQUEST)),
+        }
+    }
+}
+
+fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Bad> {
+    let bad = || Bad(StatusCode::BAD_REQUEST);
+    let version = match parsed.version {
+        Some(1) => axum::http::Version::HTTP_11,
+        Some(0) => axum::http::Version::HTTP_10,
+        _ => return Err(bad()),
+    };
+    let mut request = Request::builder()
+        .method(parsed.method.ok_or_else(bad)?)
+        .uri(parsed.path.ok_or_else(bad)?)
+        .version(version)
+        .body(Body::empty())
+        .map_err(|_| bad())?;
+    let headers = request.headers_mut();
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad())?;
+        headers.append(name, value);
+    }
+    Ok(request)
+}
+
+/// Writes the response: its head, then its body as it comes (chunked when
+/// its length is not known), until it ends or the client leaves.
+async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let length = http_body::Body::size_hint(&body).exact();
+    let mut head = BytesMut::with_capacity(256);
+    head.put_slice(b"HTTP/1.1 ");
+    head.put_slice(parts.status.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.put_slice(b"\r\n");
+    write_headers(&mut head, &parts.headers);
+    match length {
+        Some(n) => {
+            head.put_slice(b"content-length: ");
+            head.put_slice(n.to_string().as_bytes());
+            head.put_slice(b"\r\n");
+        }
+        None => head.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.put_slice(b"connection: close\r\n\r\n");
+    stream.write_all(&head).await?;
+    drop(head);
+
+    let (mut reader, mut writer) = stream.split();
+    let mut chunks = body.into_data_stream();
+    let mut scrap = [0u8; 64];
+    loop {
+        tokio::select! {
+            chunk = chunks.next() => match chunk {
+                Some(Ok(data)) if data.is_empty() => {}
+                Some(Ok(data)) => match length {
+                    Some(_) => writer.write_all(&data).await?,
+                    None => write_chunk(&mut writer, data).await?,
+                },
+                // A body that fails ends the response where it stands.
+                Some(Err(_)) => return Ok(()),
+                None => break,
+            },
+            read = reader.read(&mut scrap) => match read {
+                // Nothing more is expected from a subscriber; what it sends
+                // is dropped, and its end (or an error) ends the stream.
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            },
+        }
+    }
+    if length.is_none() {
+        writer.write_all(b"0\r\n\r\n").await?;
+    }
+    writer.shutdown().await
+}
+
+fn write_headers(head: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+}
+
+/// One chunk in one `writev`: size line, data, CRLF. The data is the
+/// hub's shared encoding, never copied.
+async fn write_chunk(writer: &mut tokio::net::tcp::WriteHalf<'_>, data: Bytes) -> io::Result<()> {
+    let size = format!("{:x}\r\n", data.len());
+    let mut parts: [&[u8]; 3] = [size.as_bytes(), &data, b"\r\n"];
+    loop {
+        let slices = [
+            IoSlice::new(parts[0]),
+            IoSlice::new(parts[1]),
+            IoSlice::new(parts[2]),
+        ];
+        let mut n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        for part in parts.iter_mut() {
+            let take = n.min(part.len());
+            *part = &part[take..];
+            n -= take;
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+    }
+}
