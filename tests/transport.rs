@@ -111,3 +111,25 @@ async fn other_requests_keep_their_connection() {
         assert!(!answer.contains("connection: close"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn an_http_1_0_stream_is_not_chunked() {
+    let hub = HubProcess::start(&[]);
+    let mut socket = TcpStream::connect(hub.addr).await.unwrap();
+    socket
+        .write_all(b"GET /v1/events?topic=t HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("herald.connected") {
+        let mut buf = [0u8; 1024];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    // The body starts right after the head, with no chunk size line.
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert!(body.starts_with("retry:"), "{body}");
+}

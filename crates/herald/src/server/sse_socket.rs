@@ -63,18 +63,20 @@ pub(super) async fn serve(
                 .status(status)
                 .body(Body::empty())
                 .expect("a status and no headers");
-            return write_response(&mut stream, answer).await;
+            return write_response(&mut stream, answer, true).await;
         }
         Ok(Ok(request)) => request,
     };
     let mut request = request;
+    // HTTP/1.0 has no chunked encoding: its body runs to the close.
+    let chunked = request.version() != axum::http::Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(addr));
     request.extensions_mut().insert(handle);
     // Boxed: the router's future is large and only needed until the head.
     let response = Box::pin(router.oneshot(request))
         .await
         .unwrap_or_else(|never| match never {});
-    write_response(&mut stream, response).await
+    write_response(&mut stream, response, chunked).await
 }
 
 /// Why a request head was refused: answered with this status and closed.
@@ -134,8 +136,13 @@ fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Bad> {
 }
 
 /// Writes the response: its head, then its body as it comes (chunked when
-/// its length is not known), until it ends or the client leaves.
-async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> io::Result<()> {
+/// its length is not known and `chunked` allows), until it ends or the
+/// client leaves.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: Response<Body>,
+    chunked: bool,
+) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let mut head = BytesMut::with_capacity(256);
@@ -157,8 +164,10 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> io:
             head.put_slice(n.to_string().as_bytes());
             head.put_slice(b"\r\n");
         }
-        None => head.put_slice(b"transfer-encoding: chunked\r\n"),
+        None if chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
     }
+    let chunked = chunked && length.is_none();
     head.put_slice(b"connection: close\r\n\r\n");
     stream.write_all(&head).await?;
     drop(head);
@@ -170,9 +179,9 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> io:
         tokio::select! {
             chunk = chunks.next() => match chunk {
                 Some(Ok(data)) if data.is_empty() => {}
-                Some(Ok(data)) => match length {
-                    Some(_) => writer.write_all(&data).await?,
-                    None => write_chunk(&mut writer, data).await?,
+                Some(Ok(data)) => match chunked {
+                    false => writer.write_all(&data).await?,
+                    true => write_chunk(&mut writer, data).await?,
                 },
                 // A body that fails ends the response where it stands.
                 Some(Err(_)) => return Ok(()),
@@ -186,7 +195,7 @@ async fn write_response(stream: &mut TcpStream, response: Response<Body>) -> io:
             },
         }
     }
-    if length.is_none() {
+    if chunked {
         writer.write_all(b"0\r\n\r\n").await?;
     }
     writer.shutdown().await
