@@ -43,7 +43,27 @@ export interface HeraldClientOptions {
   autoConnect?: boolean;
   /** The source of backoff jitter, in [0, 1). Default `Math.random`. */
   random?: () => number;
+  /** Share one connection among the tabs of this origin that open the same
+   * hub, topics and event types (default `true` where the browser has Web
+   * Locks and BroadcastChannel). A string separates groups (use one per
+   * user when tabs of one origin may belong to different users). */
+  shareAcrossTabs?: boolean | string;
 }
+
+/** Messages between tabs sharing a connection. */
+type Relay =
+  | { t: "hello" }
+  | { t: "event"; m: SseMessage }
+  | { t: "position"; id: string }
+  | { t: "status"; s: ConnectionState; q: Quality; c?: string }
+  | {
+      t: "sync";
+      s: ConnectionState;
+      q: Quality;
+      c?: string;
+      id: string;
+      state: [string, string, StateEntry][];
+    };
 
 /** An event as handlers receive it. */
 export interface HeraldEvent {
@@ -108,6 +128,13 @@ export class HeraldClient {
   private lastPing = 0;
   private worstGap = 0;
   private reconnects: number[] = [];
+  /** `leader` holds the connection for the tabs sharing it; `follower`
+   * receives from the leader; `alone` shares nothing. */
+  private role: "alone" | "leader" | "follower" = "alone";
+  private channel: BroadcastChannel | undefined;
+  private lockAbort: AbortController | undefined;
+  /** Ids a follower has handled lately: a new leader's resume may repeat some. */
+  private recent: string[] = [];
   private pendingAcks = new Set<string>();
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -130,7 +157,128 @@ export class HeraldClient {
     if (this.running) return;
     this.closed = false;
     this.running = true;
-    void this.run();
+    const key = this.shareKey();
+    if (key) this.share(key);
+    else void this.run();
+  }
+
+  /** Whether this client receives through another tab's connection. */
+  get isFollower(): boolean {
+    return this.role === "follower";
+  }
+
+  private shareKey(): string | undefined {
+    const want = this.options.shareAcrossTabs ?? true;
+    const nav = (globalThis as { navigator?: { locks?: LockManager } }).navigator;
+    if (want === false || !nav?.locks || typeof BroadcastChannel === "undefined") return undefined;
+    const what = JSON.stringify([
+      this.base,
+      [...this.options.topics].sort(),
+      [...(this.options.events ?? [])].sort(),
+      typeof want === "string" ? want : "",
+    ]);
+    return `herald-client:${what}`;
+  }
+
+  /** Follows the tab that holds the lock; takes the connection over when
+   * the lock comes to this tab (its holder closed). */
+  private share(key: string): void {
+    this.role = "follower";
+    const channel = new BroadcastChannel(key);
+    this.channel = channel;
+    channel.onmessage = (e: MessageEvent<Relay>) => this.relayed(e.data);
+    channel.postMessage({ t: "hello" } satisfies Relay);
+    const abort = new AbortController();
+    this.lockAbort = abort;
+    navigator.locks
+      .request(key, { signal: abort.signal }, async () => {
+        if (this.closed) return;
+        this.role = "leader";
+        // Resumes after the last event the old leader relayed: no gap.
+        await this.run();
+      })
+      .catch(() => {
+        // Aborted by close() while waiting.
+      })
+      .finally(() => {
+        this.running = false;
+      });
+  }
+
+  private relay(message: Relay): void {
+    if (this.role === "leader") this.channel?.postMessage(message);
+  }
+
+  /** What the leader (or a new follower) sent. */
+  private relayed(message: Relay): void {
+    if (this.closed) return;
+    if (this.role === "leader") {
+      if (message.t === "hello") {
+        const state: [string, string, StateEntry][] = [];
+        for (const topic of this.store.topicNames())
+          for (const [key, entry] of this.store.topic(topic)) state.push([topic, key, entry]);
+        this.relay({
+          t: "sync",
+          s: this.current,
+          q: this.currentQuality,
+          c: this.connection,
+          id: this.lastId,
+          state,
+        });
+      }
+      return;
+    }
+    if (this.role !== "follower") return;
+    switch (message.t) {
+      case "event":
+        void this.follow(message.m);
+        break;
+      case "position":
+        this.lastId = message.id;
+        break;
+      case "status":
+        this.connection = message.c;
+        this.followStatus(message.s, message.q);
+        break;
+      case "sync":
+        if (!this.lastId) this.lastId = message.id;
+        this.connection = message.c;
+        for (const [topic, key, entry] of message.state) {
+          if (!this.store.get(topic, key)) {
+            this.store.set(topic, key, entry);
+            this.stateChanged({ kind: "set", topic, key, entry });
+          }
+        }
+        this.followStatus(message.s, message.q);
+        break;
+      default:
+        break;
+    }
+  }
+
+  private followStatus(state: ConnectionState, quality: Quality): void {
+    this.setStatus(state);
+    if (quality !== this.currentQuality) {
+      this.currentQuality = quality;
+      for (const h of this.qualityHandlers) h(quality);
+    }
+  }
+
+  /** An event the leader received. */
+  private async follow(m: SseMessage): Promise<void> {
+    if (m.hasId) {
+      if (this.recent.includes(m.lastEventId)) return;
+      this.recent.push(m.lastEventId);
+      if (this.recent.length > 256) this.recent.shift();
+    }
+    if (m.type === "herald.connected") {
+      const info = safeJson(m.data) as { connection_id?: string } | undefined;
+      this.connection = info?.connection_id;
+    } else if (m.type === "state") {
+      this.applyState(m.data);
+    }
+    this.lastId = m.lastEventId;
+    await this.emit(m);
   }
 
   /** Handles events of one type (`message` for unnamed ones; `*` for all). */
@@ -196,6 +344,10 @@ export class HeraldClient {
     this.closed = true;
     this.abort?.abort();
     this.wake?.();
+    this.lockAbort?.abort();
+    this.channel?.close();
+    this.channel = undefined;
+    this.role = "alone";
     this.setStatus("closed");
   }
 
@@ -324,6 +476,7 @@ export class HeraldClient {
         comment: () => this.heartbeat(),
         position: (id) => {
           this.lastId = id;
+          this.relay({ t: "position", id });
         },
       },
       this.lastId,
@@ -338,6 +491,7 @@ export class HeraldClient {
         arm();
         parser.push(decoder.decode(value, { stream: true }));
         for (let m = queue.shift(); m; m = queue.shift()) {
+          this.relay({ t: "event", m });
           const next = await this.handle(m, abort);
           if (next) {
             outcome = next;
@@ -482,6 +636,7 @@ export class HeraldClient {
   }
 
   private updateQuality(): void {
+    if (this.role === "follower") return;
     const now = Date.now();
     this.reconnects = this.reconnects.filter((t) => now - t < RECENT_MS);
     const r = this.reconnects.length;
@@ -495,6 +650,7 @@ export class HeraldClient {
     if (q !== this.currentQuality) {
       this.currentQuality = q;
       for (const h of this.qualityHandlers) h(q);
+      this.relay({ t: "status", s: this.current, q, c: this.connection });
     }
   }
 
@@ -503,6 +659,7 @@ export class HeraldClient {
     this.current = state;
     for (const h of this.statusHandlers) h(state);
     this.updateQuality();
+    if (state !== "closed") this.relay({ t: "status", s: state, q: this.currentQuality, c: this.connection });
   }
 
   private fail(error: HeraldError): void {

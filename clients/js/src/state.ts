@@ -49,6 +49,11 @@ export class StateStore {
     return new Map(this.topics.get(topic) ?? []);
   }
 
+  /** The topics that hold keys. */
+  topicNames(): string[] {
+    return [...this.topics.keys()];
+  }
+
   get(topic: string, key: string): StateEntry | undefined {
     return this.topics.get(topic)?.get(key);
   }

@@ -1,0 +1,107 @@
+// herald-client in Debian's Chromium (tests/browser_client.rs): two tabs
+// share one connection, the second takes over when the first closes, and
+// nothing is lost or doubled on the way.
+//
+// Usage: node client.mjs HUB_URL CLIENT_DIST_DIR
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [hub, dist] = process.argv.slice(2);
+const page = `<!doctype html><meta charset="utf-8"><title>client test</title>
+<script type="module">
+  import { HeraldClient } from "/dist/index.js";
+  window.got = [];
+  window.statuses = [];
+  const client = new HeraldClient(${JSON.stringify(hub)}, {
+    topics: ["news"],
+    backoff: { initialMs: 300, maxMs: 300 },
+    random: () => 1,
+  });
+  client.on("message", (e) => { window.got.push(e.data); });
+  client.onStatus((s) => window.statuses.push(s));
+  window.client = client;
+</script>`;
+
+const server = createServer(async (req, res) => {
+  if (req.url === "/") {
+    res.writeHead(200, { "content-type": "text/html" });
+    return res.end(page);
+  }
+  if (req.url.startsWith("/dist/") && !req.url.includes("..")) {
+    try {
+      const body = await readFile(join(dist, req.url.slice("/dist/".length)));
+      res.writeHead(200, { "content-type": "text/javascript" });
+      return res.end(body);
+    } catch {
+      // fall through to 404
+    }
+  }
+  res.writeHead(404);
+  res.end();
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const deadline = (ms) => Date.now() + ms;
+async function until(what, cond, ms = 15000) {
+  const end = deadline(ms);
+  for (;;) {
+    const value = await cond();
+    if (value) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+const stats = async () => (await fetch(`${hub}/v1/stats`)).json();
+async function publish(data) {
+  const r = await fetch(`${hub}/v1/publish`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ topic: "news", data }),
+  });
+  if (!r.ok) throw new Error(`publish: ${r.status} ${await r.text()}`);
+}
+const got = (p) => p.evaluate(() => window.got.slice());
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+try {
+  const context = await browser.newContext();
+  const errors = [];
+  const open = async () => {
+    const p = await context.newPage();
+    p.on("pageerror", (e) => errors.push(String(e)));
+    await p.goto(`${origin}/`);
+    await until("the client to be open", () => p.evaluate(() => window.client?.status === "open"));
+    return p;
+  };
+  const first = await open();
+  const second = await open();
+  if (await first.evaluate(() => window.client.isFollower)) throw new Error("the first tab should lead");
+  if (!(await second.evaluate(() => window.client.isFollower))) throw new Error("the second tab should follow");
+  // One connection for both tabs.
+  await until("one connection at the hub", async () => (await stats()).connections === 1);
+  const s = await stats();
+  if (s.connections !== 1) throw new Error(`expected one connection, got ${s.connections}`);
+
+  await publish("one");
+  await until("both tabs to get one", async () =>
+    (await got(first)).length === 1 && (await got(second)).length === 1);
+
+  // The leader goes; the follower takes over and resumes where it stood.
+  await first.close();
+  await publish("two");
+  await until("the second tab to lead", () => second.evaluate(() => !window.client.isFollower));
+  await until("the new connection", async () => (await stats()).connections === 1);
+  await publish("three");
+  await until("all three in the second tab", async () => (await got(second)).length >= 3);
+  const all = await got(second);
+  if (JSON.stringify(all) !== JSON.stringify(["one", "two", "three"]))
+    throw new Error(`second tab got ${JSON.stringify(all)}`);
+  if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
+  console.log("client test passed");
+} finally {
+  await browser.close();
+  server.close();
+}
