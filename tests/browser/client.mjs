@@ -14,10 +14,13 @@ const page = `<!doctype html><meta charset="utf-8"><title>client test</title>
   import { HeraldClient } from "/dist/index.js";
   window.got = [];
   window.statuses = [];
+  const transport = new URLSearchParams(location.search).get("transport") ?? "auto";
   const client = new HeraldClient(${JSON.stringify(hub)}, {
     topics: ["news"],
     backoff: { initialMs: 300, maxMs: 300 },
     random: () => 1,
+    transport,
+    shareAcrossTabs: transport === "auto",
   });
   client.on("message", (e) => { window.got.push(e.data); });
   client.onStatus((s) => window.statuses.push(s));
@@ -25,7 +28,7 @@ const page = `<!doctype html><meta charset="utf-8"><title>client test</title>
 </script>`;
 
 const server = createServer(async (req, res) => {
-  if (req.url === "/") {
+  if (req.url === "/" || req.url.startsWith("/?")) {
     res.writeHead(200, { "content-type": "text/html" });
     return res.end(page);
   }
@@ -69,10 +72,10 @@ const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", arg
 try {
   const context = await browser.newContext();
   const errors = [];
-  const open = async () => {
+  const open = async (query = "") => {
     const p = await context.newPage();
     p.on("pageerror", (e) => errors.push(String(e)));
-    await p.goto(`${origin}/`);
+    await p.goto(`${origin}/${query}`);
     await until("the client to be open", () => p.evaluate(() => window.client?.status === "open"));
     return p;
   };
@@ -99,6 +102,25 @@ try {
   const all = await got(second);
   if (JSON.stringify(all) !== JSON.stringify(["one", "two", "three"]))
     throw new Error(`second tab got ${JSON.stringify(all)}`);
+
+  // Native EventSource as the transport: named events, and a reconnect
+  // (the hub drops the stream) resumes from its last id.
+  const es = await open("?transport=eventsource");
+  await until("two connections", async () => (await stats()).connections === 2);
+  await publish("four");
+  await until("the EventSource tab to get four", async () => (await got(es)).length === 1);
+  const esId = await es.evaluate(() => window.client.connectionId);
+  const drop = await fetch(`${hub}/v1/connections/${esId}`, { method: "DELETE" });
+  if (!drop.ok) throw new Error(`drop: ${drop.status}`);
+  await publish("five");
+  await until("five after the reconnect", async () => (await got(es)).length >= 2);
+  await until("a new EventSource connection", () =>
+    es.evaluate((old) => window.client.status === "open" && window.client.connectionId !== old, esId));
+  await publish("six");
+  await until("six", async () => (await got(es)).length >= 3);
+  const esGot = await got(es);
+  if (JSON.stringify(esGot) !== JSON.stringify(["four", "five", "six"]))
+    throw new Error(`EventSource tab got ${JSON.stringify(esGot)}`);
   if (errors.length) throw new Error(`page errors: ${errors.join("; ")}`);
   console.log("client test passed");
 } finally {

@@ -41,6 +41,12 @@ export interface HeraldClientOptions {
   fetch?: typeof fetch;
   /** Start connecting at once (default), or wait for `connect()`. */
   autoConnect?: boolean;
+  /** How to receive: `fetch` streaming (default where the runtime can
+   * stream a response body), native `eventsource` (the token goes in the
+   * `access_token` query parameter; only event types with a handler, and
+   * Herald's own, are seen), or `poll` (`GET /v1/poll`, for networks that
+   * buffer streams). `auto` picks fetch, else EventSource, else poll. */
+  transport?: "auto" | "fetch" | "eventsource" | "poll";
   /** The source of backoff jitter, in [0, 1). Default `Math.random`. */
   random?: () => number;
   /** Share one connection among the tabs of this origin that open the same
@@ -135,6 +141,8 @@ export class HeraldClient {
   private lockAbort: AbortController | undefined;
   /** Ids a follower has handled lately: a new leader's resume may repeat some. */
   private recent: string[] = [];
+  /** Adds a listener to the open EventSource for a newly handled type. */
+  private listenTo: ((type: string) => void) | undefined;
   private pendingAcks = new Set<string>();
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -284,7 +292,10 @@ export class HeraldClient {
   /** Handles events of one type (`message` for unnamed ones; `*` for all). */
   on(type: string, handler: Handler): () => void {
     let set = this.handlers.get(type);
-    if (!set) this.handlers.set(type, (set = new Set()));
+    if (!set) {
+      this.handlers.set(type, (set = new Set()));
+      this.listenTo?.(type);
+    }
     set.add(handler);
     return () => set!.delete(handler);
   }
@@ -412,6 +423,9 @@ export class HeraldClient {
     }
     const abort = new AbortController();
     this.abort = abort;
+    const transport = this.transport();
+    if (transport === "poll") return this.poll(abort);
+    if (transport === "eventsource") return this.eventSource(abort);
     const headers = this.headers({ Accept: "text/event-stream" });
     if (this.lastId) headers["Last-Event-ID"] = this.lastId;
     let response: Response;
@@ -454,6 +468,150 @@ export class HeraldClient {
     const fatal = status >= 400 && status < 500 && status !== 408 && status !== 429;
     this.fail(new HeraldError(message, status, code, fatal));
     return fatal ? "fatal" : "failed";
+  }
+
+  private transport(): "fetch" | "eventsource" | "poll" {
+    const want = this.options.transport ?? "auto";
+    if (want !== "auto") return want;
+    const streams =
+      typeof ReadableStream !== "undefined" &&
+      typeof Response !== "undefined" &&
+      "body" in Response.prototype;
+    if (streams) return "fetch";
+    return typeof EventSource !== "undefined" ? "eventsource" : "poll";
+  }
+
+  /** Long polls until one fails or a handler ends the connection. */
+  private async poll(abort: AbortController): Promise<Outcome> {
+    while (!this.closed) {
+      const q = new URLSearchParams(this.url().split("?")[1]);
+      // The first poll answers at once, so the client knows it is through.
+      q.set("timeout", this.current === "open" ? "25" : "0");
+      if (this.lastId) q.set("lastEventId", this.lastId);
+      let response: Response;
+      try {
+        response = await this.fetchFn(`${this.base}/v1/poll?${q}`, {
+          headers: this.headers(),
+          signal: abort.signal,
+          cache: "no-store",
+        });
+      } catch (e) {
+        if (!this.closed) this.fail(new HeraldError(`poll failed: ${e}`));
+        return "failed";
+      }
+      if (!response.ok) return this.refused(response);
+      let answer: {
+        events: { id: string; event: string; data: string }[];
+        last_event_id: string;
+        reset: { reason: string } | null;
+      };
+      try {
+        answer = await response.json();
+      } catch (e) {
+        this.fail(new HeraldError(`poll answer unreadable: ${e}`));
+        return "failed";
+      }
+      if (this.current !== "open") {
+        this.connectedOnce = true;
+        this.refreshedAfterRefusal = false;
+        this.backoff.reset();
+        this.setStatus("open");
+      }
+      const messages: SseMessage[] = answer.events.map((e) => ({
+        type: e.event,
+        data: e.data,
+        lastEventId: e.id,
+        hasId: true,
+      }));
+      if (answer.reset) {
+        messages.unshift({
+          type: "herald.reset",
+          data: JSON.stringify(answer.reset),
+          lastEventId: answer.last_event_id,
+          hasId: true,
+        });
+      }
+      for (const m of messages) {
+        this.relay({ t: "event", m });
+        const next = await this.handle(m, abort);
+        if (next) return next;
+      }
+      this.lastId = answer.last_event_id;
+      this.relay({ t: "position", id: this.lastId });
+    }
+    return "ended";
+  }
+
+  /** Native EventSource: it cannot send headers, so the token travels as
+   * `access_token`; errors end it and the client's own backoff reconnects. */
+  private eventSource(abort: AbortController): Promise<Outcome> {
+    if (typeof EventSource === "undefined") {
+      this.fail(new HeraldError("no EventSource in this runtime", undefined, undefined, true));
+      return Promise.resolve("fatal");
+    }
+    const q = new URLSearchParams(this.url().split("?")[1]);
+    if (this.token) q.set("access_token", this.token);
+    if (this.lastId) q.set("lastEventId", this.lastId);
+    const source = new EventSource(`${this.base}/v1/events?${q}`);
+    return new Promise<Outcome>((resolve) => {
+      let settled = false;
+      let lastSeen = this.lastId;
+      let chain = Promise.resolve();
+      const finish = (outcome: Outcome) => {
+        if (settled) return;
+        settled = true;
+        this.listenTo = undefined;
+        source.close();
+        resolve(outcome);
+      };
+      abort.signal.addEventListener("abort", () => finish("failed"));
+      const onEvent = (ev: Event) => {
+        const e = ev as MessageEvent<string>;
+        const m: SseMessage = {
+          type: e.type,
+          data: e.data,
+          lastEventId: e.lastEventId,
+          hasId: e.lastEventId !== lastSeen,
+        };
+        lastSeen = e.lastEventId;
+        // One at a time, in order, as the stream delivered them.
+        chain = chain.then(async () => {
+          if (settled) return;
+          this.relay({ t: "event", m });
+          const next = await this.handle(m, abort);
+          if (next) finish(next);
+        });
+      };
+      const types = new Set([
+        "message",
+        "state",
+        "herald.connected",
+        "herald.reset",
+        "herald.token_expired",
+        "herald.refused",
+        "herald.presence",
+        ...[...this.handlers.keys()].filter((t) => t !== "*"),
+      ]);
+      types.forEach((t) => source.addEventListener(t, onEvent));
+      this.listenTo = (t) => {
+        if (t !== "*" && !types.has(t)) {
+          types.add(t);
+          source.addEventListener(t, onEvent);
+        }
+      };
+      source.onerror = () => {
+        // A refused request (401/403) closes it; a broken one would retry by
+        // itself without a fresh token. Either way the loop takes over.
+        const refused = source.readyState === EventSource.CLOSED && this.current !== "open";
+        if (refused && this.options.getToken && !this.refreshedAfterRefusal) {
+          this.refreshedAfterRefusal = true;
+          this.needToken = true;
+          finish("refresh");
+        } else {
+          finish("failed");
+        }
+      };
+    });
   }
 
   private async read(body: ReadableStream<Uint8Array>, abort: AbortController): Promise<Outcome> {

@@ -171,6 +171,33 @@ describe.skipIf(!BIN)("against a real hub", () => {
     expect(statuses).toContain("reconnecting");
   });
 
+  it("long-polls when asked, with the same resume", async () => {
+    const h = await hub();
+    const got: string[] = [];
+    const c = client(h, {
+      topics: ["jobs/*"],
+      transport: "poll",
+      backoff: { initialMs: 1500, maxMs: 1500 },
+      random: () => 1,
+    });
+    c.on("progress", (e) => {
+      got.push(e.data);
+    });
+    await until(c, () => c.status === "open", "the first poll");
+    await h.publish({ topic: "jobs/1", event: "progress", data: "10" });
+    await until(c, () => got.length === 1, "the first event");
+    await h.stop();
+    await h.start();
+    await h.publish({ topic: "jobs/1", event: "progress", data: "20" });
+    await h.publish({ topic: "jobs/2", event: "progress", data: "30" });
+    await until(c, () => got.length >= 3, "the missed events");
+    await h.publish({ topic: "jobs/1", event: "progress", data: "40" });
+    await until(c, () => got.length >= 4, "events after the resume");
+    expect(got).toEqual(["10", "20", "30", "40"]);
+    // Polls are not streams: the hub saw no SSE connection.
+    expect(c.connectionId).toBeUndefined();
+  });
+
   it("refreshes an expiring token and resumes without a gap", async () => {
     const h = await hub(authed);
     let calls = 0;
