@@ -96,3 +96,16 @@ fn dashboard_fills_its_charts_shows_alerts_and_survives_a_dropped_stream() {
         &format!("http://127.0.0.1:{port}/"),
     );
 }
+
+#[test]
+fn job_queue_is_the_same_in_every_tab_from_snapshot_and_patches() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !ready(root) {
+        return;
+    }
+    let port = free_port();
+    let origin = format!("cors.allowed_origins=[\"http://127.0.0.1:{port}\"]");
+    let hub = HubProcess::start(&[&origin]);
+    let _backend = backend(root, "examples/jobs/server.py", &hub, port);
+    journey(root, "jobs.mjs", &hub, &format!("http://127.0.0.1:{port}/"));
+}
