@@ -109,3 +109,21 @@ fn job_queue_is_the_same_in_every_tab_from_snapshot_and_patches() {
     let _backend = backend(root, "examples/jobs/server.py", &hub, port);
     journey(root, "jobs.mjs", &hub, &format!("http://127.0.0.1:{port}/"));
 }
+
+#[test]
+fn uploads_show_progress_errors_and_cancellation_per_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !ready(root) {
+        return;
+    }
+    let port = free_port();
+    let origin = format!("cors.allowed_origins=[\"http://127.0.0.1:{port}\"]");
+    let hub = HubProcess::start(&[&origin]);
+    let _backend = backend(root, "examples/uploads/server.py", &hub, port);
+    journey(
+        root,
+        "uploads.mjs",
+        &hub,
+        &format!("http://127.0.0.1:{port}/"),
+    );
+}
