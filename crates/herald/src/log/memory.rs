@@ -308,9 +308,12 @@ impl Inner {
         }
     }
 
-    /// Pops ids up to `id` from the front of a history (ids there that are
-    /// gone from `events` expired earlier), moving its watermark when this is
-    /// an eviction, and drops a topic history left empty.
+    /// Pops from the front of a history: on an eviction (always the oldest)
+    /// every id up to `id`, moving its watermark; on an expiry only ids whose
+    /// events are gone. An event that expires in the middle of a history
+    /// (its own `ttl`) stays listed until it reaches the front, and reads
+    /// skip it: older events around it stay readable. Drops a topic history
+    /// left empty.
     fn trim_front(&mut self, topic: Option<&Topic>, id: u64, evicted: bool) {
         let history = match topic {
             Some(t) => match self.topics.get_mut(t) {
@@ -322,7 +325,7 @@ impl Inner {
         while history
             .ids
             .front()
-            .is_some_and(|&f| f <= id || !self.events.contains_key(&f))
+            .is_some_and(|&f| (evicted && f <= id) || !self.events.contains_key(&f))
         {
             history.ids.pop_front();
         }
@@ -669,6 +672,45 @@ mod tests {
             ..req(ReadFrom::After(got[0]))
         };
         assert_eq!(ids(&log.read(bounded).await.unwrap()), vec![got[2].0]);
+    }
+
+    /// An event that expires by its own `ttl` takes nothing else with it:
+    /// older events of its topic stay readable (a `ttl: 0` typing indicator
+    /// once wiped a chat room's history this way).
+    #[tokio::test]
+    async fn an_expiring_event_leaves_older_history_alone() {
+        let (log, _) = log(100);
+        let kept = log.append(vec![draft("room")]).await.unwrap()[0].id;
+        let brief = EventDraft {
+            ttl_secs: Some(0),
+            ..draft("room")
+        };
+        log.append(vec![brief]).await.unwrap();
+        let later = log.append(vec![draft("elsewhere")]).await.unwrap()[0].id;
+        log.lock().sweep(now_ms() + 5);
+        for patterns in [&["room"][..], &["room", "nothing/*"][..]] {
+            let sel = selector(patterns);
+            for from in [
+                ReadFrom::Last(10),
+                ReadFrom::After(EventId(0)),
+                ReadFrom::Since(0),
+            ] {
+                let req = ReadRequest {
+                    from,
+                    until: later,
+                    limit: 100,
+                    selector: &sel,
+                };
+                let got = log.read(req).await.unwrap();
+                assert_eq!(ids(&got), vec![kept.0], "{patterns:?} {from:?}");
+            }
+        }
+        // The expired id is skipped, and the history is no less covered.
+        let sel = selector(&["room"]);
+        assert_eq!(
+            log.lock().coverage(EventId(kept.0 - 1), &sel),
+            Coverage::Covered
+        );
     }
 
     /// Reads through the per-topic histories (exact topics) give what a
