@@ -127,3 +127,19 @@ fn uploads_show_progress_errors_and_cancellation_per_file() {
         &format!("http://127.0.0.1:{port}/"),
     );
 }
+
+#[test]
+fn chat_rooms_private_messages_typing_presence_and_history() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !ready(root) {
+        return;
+    }
+    let port = free_port();
+    // The example's own hub configuration; only the page's origin differs.
+    let config = root.join("examples/chat/herald.toml");
+    let origin = format!("cors.allowed_origins=[\"http://127.0.0.1:{port}\"]");
+    let mut hub = HubProcess::start_with(&[&origin], &["--config", config.to_str().unwrap()], &[]);
+    hub.admin_key = Some("chat-example-backend-key".into());
+    let _backend = backend(root, "examples/chat/server.py", &hub, port);
+    journey(root, "chat.mjs", &hub, &format!("http://127.0.0.1:{port}/"));
+}
