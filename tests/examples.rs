@@ -27,6 +27,8 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether the browser and packages are here (CI must have them); builds
+/// clients/js/dist once for all the examples (their tests run at once).
 fn ready(root: &Path) -> bool {
     let ok = Path::new("/usr/bin/chromium").exists()
         && root
@@ -39,8 +41,24 @@ fn ready(root: &Path) -> bool {
             "CI must install chromium and the npm packages (see .ci/run)"
         );
         eprintln!("skipped: needs /usr/bin/chromium and the npm packages");
+        return false;
     }
-    ok
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let out = Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(root.join("clients/js"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    });
+    if let Err(err) = built {
+        panic!("client build failed: {err}");
+    }
+    true
 }
 
 /// Starts `python3 SCRIPT` with the hub's URL and a port, and waits for
