@@ -8,24 +8,6 @@ use serde_json::json;
 
 const FILLER_BYTES: usize = 60_000;
 
-/// Publishes numbered fillers on `t` until `stop` holds for the stats;
-/// returns how many were published.
-async fn publish_until(
-    hub: &HubProcess,
-    what: &str,
-    stop: impl Fn(&serde_json::Value) -> bool,
-) -> u64 {
-    let filler = "x".repeat(FILLER_BYTES);
-    for n in 0..5000u64 {
-        hub.publish_ok(json!({"topic": "t", "event": "fill", "data": format!("{n} {filler}")}))
-            .await;
-        if stop(&hub.stats().await) {
-            return n + 1;
-        }
-    }
-    panic!("{what} never happened");
-}
-
 fn filler_number(e: &SseEvent) -> u64 {
     e.data.split(' ').next().unwrap().parse().unwrap()
 }
@@ -40,9 +22,13 @@ async fn stalled_reader(hub: &HubProcess) -> SseClient {
 async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
     let hub = HubProcess::start(&["stream.queue_capacity=4"]);
     let mut slow = stalled_reader(&hub).await;
-    // A reader that keeps up, reading the whole time.
+    // A reader that keeps up: each filler is published only once it has
+    // read the one before, so however loaded the machine, its queue never
+    // holds more than one (a reader merely reading "at the same time" was
+    // starved on a busy CI machine and overflowed too).
     let mut fast = SseClient::connect(hub.addr, "/v1/events?topic=t").await;
     fast.expect_connected().await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let fast_reader = tokio::spawn(async move {
         let mut got = Vec::new();
         loop {
@@ -51,12 +37,23 @@ async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
                 return got;
             }
             got.push(filler_number(&e));
+            let _ = seen_tx.send(());
         }
     });
-    let published = publish_until(&hub, "an overflow disconnect", |s| {
-        s["overflow_disconnects"].as_u64() >= Some(1)
-    })
-    .await;
+    let filler = "x".repeat(FILLER_BYTES);
+    let mut published = 0;
+    loop {
+        hub.publish_ok(
+            json!({"topic": "t", "event": "fill", "data": format!("{published} {filler}")}),
+        )
+        .await;
+        published += 1;
+        seen.recv().await.expect("the fast reader is reading");
+        if hub.stats().await["overflow_disconnects"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(published < 5000, "an overflow disconnect never happened");
+    }
     // Gone from the books at once, although its socket is still stuck.
     assert_eq!(hub.stats().await["connections"], 1);
     let items = slow.read_to_end().await;
