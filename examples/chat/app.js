@@ -6,6 +6,7 @@ export class Chat {
     Object.assign(this, { HeraldClient, hub, rooms, doc });
     this.members = new Set();
     this.dmItems = new Map(); // dm id -> <li>
+    this.receipts = new Map(); // dm id -> who read it
     this.typingTimer = undefined;
     this.lastTypingSent = 0;
     this.$("login").onsubmit = (e) => {
@@ -108,13 +109,10 @@ export class Chat {
     });
     c.on("receipt", (e) => {
       const { id, by } = e.json();
-      const li = this.dmItems.get(id);
-      if (li && !li.querySelector(".receipt")) {
-        const mark = this.doc.createElement("span");
-        mark.className = "receipt";
-        mark.textContent = `✓ read by ${by}`;
-        li.append(mark);
-      }
+      // A receipt can overtake the copy of the message it is for (the
+      // reader may answer before the backend has published that copy).
+      this.receipts.set(id, by);
+      this.markRead(id);
     });
   }
 
@@ -139,6 +137,18 @@ export class Chat {
     li.textContent = `${who}: ${text}`;
     this.dmItems.set(id, li);
     this.$("dms").append(li);
+    this.markRead(id);
+  }
+
+  markRead(id) {
+    const li = this.dmItems.get(id);
+    const by = this.receipts.get(id);
+    if (li && by && !li.querySelector(".receipt")) {
+      const mark = this.doc.createElement("span");
+      mark.className = "receipt";
+      mark.textContent = `✓ read by ${by}`;
+      li.append(mark);
+    }
   }
 
   async refreshMembers() {
