@@ -124,7 +124,10 @@ impl Server {
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
                             .into_owned();
-                        let conn = watcher.watch(conn);
+                        // Boxed: hyper's connection is large, and the task
+                        // is as large as its largest branch; a subscriber's
+                        // task (the branch above) stays small.
+                        let conn = Box::pin(watcher.watch(conn));
                         tokio::select! {
                             result = conn => if let Err(err) = result {
                                 tracing::debug!(%addr, %err, "connection ended with an error");

@@ -56,14 +56,41 @@ pub(super) async fn serve(
     max_head: usize,
     head_timeout: Duration,
 ) -> io::Result<()> {
-    let request = match tokio::time::timeout(head_timeout, read_head(&mut stream, max_head)).await {
-        Err(_) => return Ok(()),
+    // Boxed: reading the head, routing and writing the response head take
+    // far more state than streaming the body, and only for a moment; the
+    // connection's task keeps only what streaming needs.
+    let answered = Box::pin(answer(
+        &mut stream,
+        addr,
+        router,
+        handle,
+        max_head,
+        head_timeout,
+    ));
+    match answered.await? {
+        Some((body, chunked)) => stream_body(&mut stream, body, chunked).await,
+        None => Ok(()),
+    }
+}
+
+/// Reads the request head, takes the response from the router and writes
+/// its head; returns the body still to send, and whether it is chunked.
+async fn answer(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    router: axum::Router,
+    handle: CancellationToken,
+    max_head: usize,
+    head_timeout: Duration,
+) -> io::Result<Option<(Body, bool)>> {
+    let request = match tokio::time::timeout(head_timeout, read_head(stream, max_head)).await {
+        Err(_) => return Ok(None),
         Ok(Err(Bad(status))) => {
             let answer = Response::builder()
                 .status(status)
                 .body(Body::empty())
                 .expect("a status and no headers");
-            return write_response(&mut stream, answer, true).await;
+            return write_head(stream, answer, true).await.map(Some);
         }
         Ok(Ok(request)) => request,
     };
@@ -72,11 +99,11 @@ pub(super) async fn serve(
     let chunked = request.version() != axum::http::Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(addr));
     request.extensions_mut().insert(handle);
-    // Boxed: the router's future is large and only needed until the head.
-    let response = Box::pin(router.oneshot(request))
+    let response = router
+        .oneshot(request)
         .await
         .unwrap_or_else(|never| match never {});
-    write_response(&mut stream, response, chunked).await
+    write_head(stream, response, chunked).await.map(Some)
 }
 
 /// Why a request head was refused: answered with this status and closed.
@@ -135,14 +162,13 @@ fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Bad> {
     Ok(request)
 }
 
-/// Writes the response: its head, then its body as it comes (chunked when
-/// its length is not known and `chunked` allows), until it ends or the
-/// client leaves.
-async fn write_response(
+/// Writes the response head; returns its body and whether that goes out
+/// chunked (its length is not known and `chunked` allows).
+async fn write_head(
     stream: &mut TcpStream,
     response: Response<Body>,
     chunked: bool,
-) -> io::Result<()> {
+) -> io::Result<(Body, bool)> {
     let (parts, body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let mut head = BytesMut::with_capacity(256);
@@ -167,11 +193,13 @@ async fn write_response(
         None if chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
         None => {}
     }
-    let chunked = chunked && length.is_none();
     head.put_slice(b"connection: close\r\n\r\n");
     stream.write_all(&head).await?;
-    drop(head);
+    Ok((body, chunked && length.is_none()))
+}
 
+/// Sends the body as it comes, until it ends or the client leaves.
+async fn stream_body(stream: &mut TcpStream, body: Body, chunked: bool) -> io::Result<()> {
     let (mut reader, mut writer) = stream.split();
     let mut chunks = body.into_data_stream();
     let mut scrap = [0u8; 64];
