@@ -702,6 +702,10 @@ export class HeraldClient {
       case "state":
         this.applyState(m.data);
         break;
+      case "herald.reset":
+        // Events were missed: retained state may be stale. Fetch it again.
+        void this.resync();
+        break;
       default:
         break;
     }
@@ -760,6 +764,26 @@ export class HeraldClient {
       this.stateChanged({ kind: "set", topic, key, entry });
     } catch (e) {
       this.fail(new HeraldError(`could not refetch state ${topic} ${key}: ${e}`));
+    }
+  }
+
+  /** Fetches the retained state of every exact topic held or subscribed. */
+  private async resync(): Promise<void> {
+    const topics = new Set([
+      ...this.store.topicNames(),
+      ...this.options.topics.filter((t) => !t.includes("*")),
+    ]);
+    for (const topic of topics) {
+      try {
+        const path = topic.split("/").map(encodeURIComponent).join("/");
+        const r = await this.fetchFn(`${this.base}/v1/state/${path}`, { headers: this.headers() });
+        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        const body = (await r.json()) as { keys: Record<string, StateEntry> };
+        const keys = new Map(Object.entries(body.keys ?? {}));
+        for (const change of this.store.replaceTopic(topic, keys)) this.stateChanged(change);
+      } catch (e) {
+        this.fail(new HeraldError(`could not fetch the state of ${topic} again: ${e}`));
+      }
     }
   }
 

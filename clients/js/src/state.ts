@@ -89,6 +89,23 @@ export class StateStore {
     return { kind: "stale", topic, key };
   }
 
+  /** Replaces a topic's keys with an authoritative copy (a fetch after
+   * events were missed); returns what changed. */
+  replaceTopic(topic: string, keys: Map<string, StateEntry>): Applied[] {
+    const changes: Applied[] = [];
+    const held = this.topics.get(topic) ?? new Map<string, StateEntry>();
+    for (const key of held.keys()) {
+      if (!keys.has(key)) changes.push({ kind: "deleted", topic, key });
+    }
+    for (const [key, entry] of keys) {
+      const before = held.get(key);
+      if (!before || before.version !== entry.version) changes.push({ kind: "set", topic, key, entry });
+    }
+    if (keys.size > 0) this.topics.set(topic, new Map(keys));
+    else this.topics.delete(topic);
+    return changes;
+  }
+
   clear(): void {
     this.topics.clear();
   }

@@ -256,6 +256,25 @@ describe.skipIf(!BIN)("against a real hub", () => {
     expect(c.state("boards/1").get("score")?.value).toEqual({ home: 1, away: 0 });
   });
 
+  it("fetches retained state again after herald.reset", async () => {
+    const h = await hub(authed);
+    await h.admin("/v1/state/boards/2/score", { method: "PUT", body: JSON.stringify({ home: 3 }) });
+    const resets: HeraldEvent[] = [];
+    // An id this hub never issued: the stream starts with herald.reset and
+    // no snapshot, so only a fetch can fill the state.
+    const c = client(h, {
+      topics: ["boards/2"],
+      token: token({ sub: "eve", "herald.subscribe": ["boards/*"] }),
+      lastEventId: "12345",
+    });
+    c.on("herald.reset", (e) => {
+      resets.push(e);
+    });
+    await until(c, () => resets.length === 1, "herald.reset");
+    await until(c, () => c.state("boards/2").has("score"), "the state fetched again");
+    expect(c.state("boards/2").get("score")).toEqual({ version: 1, value: { home: 3 } });
+  });
+
   it("acknowledges the event types it is told to, once handlers return", async () => {
     const h = await hub(authed);
     const c = client(h, {

@@ -37,4 +37,22 @@ describe("StateStore", () => {
     expect(s.apply({ topic: "t", key: "k", version: 3, patch: { a: 1 } }).kind).toBe("stale");
     expect(s.get("t", "k")?.version).toBe(1);
   });
+
+  it("replaces a topic with a fetched copy and says what changed", () => {
+    const s = new StateStore();
+    s.apply({ topic: "t", key: "a", version: 1, value: 1 });
+    s.apply({ topic: "t", key: "b", version: 1, value: 1 });
+    const changes = s.replaceTopic(
+      "t",
+      new Map([
+        ["a", { version: 1, value: 1 }],
+        ["c", { version: 4, value: "new" }],
+      ]),
+    );
+    expect(changes.map((c) => [c.kind, c.key])).toEqual([
+      ["deleted", "b"],
+      ["set", "c"],
+    ]);
+    expect([...s.topic("t").keys()]).toEqual(["a", "c"]);
+  });
 });
