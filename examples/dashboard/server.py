@@ -10,28 +10,18 @@ Standard library only. The page uses herald-client (clients/js); this
 script builds it first if clients/js/dist is missing (npm ci, npm run build).
 HERALD_URL (default http://127.0.0.1:8080) names the hub.
 """
-import json
 import math
-import mimetypes
 import os
 import random
-import subprocess
+import sys
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENT = os.path.join(HERE, "..", "..", "clients", "js")
-HUB = os.environ.get("HERALD_URL", "http://127.0.0.1:8080").rstrip("/")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from examplekit import HUB, Handler, publish, serve  # noqa: E402
+
 PORT = int(os.environ.get("PORT", "8001"))
 TICK = float(os.environ.get("TICK_SECS", "0.05"))
-
-
-def publish(batch):
-    body = json.dumps(batch).encode()
-    req = urllib.request.Request(f"{HUB}/v1/publish", body, {"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 def metrics():
@@ -64,43 +54,10 @@ def metrics():
         time.sleep(TICK)
 
 
-class Files(BaseHTTPRequestHandler):
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path == "/":
-            path = "/index.html"
-        if path.startswith("/client/"):
-            root, rel = os.path.join(CLIENT, "dist"), path[len("/client/"):]
-        else:
-            root, rel = HERE, path.lstrip("/")
-        full = os.path.realpath(os.path.join(root, rel))
-        if not full.startswith(os.path.realpath(root)) or not os.path.isfile(full) or full.endswith(".py"):
-            self.send_error(404)
-            return
-        body = open(full, "rb").read()
-        if full.endswith("index.html"):
-            body = body.replace(b"{{HUB}}", HUB.encode())
-        self.send_response(200)
-        kind = "text/javascript" if full.endswith(".js") else mimetypes.guess_type(full)[0]
-        self.send_header("Content-Type", kind or "application/octet-stream")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def build_client():
-    if os.path.exists(os.path.join(CLIENT, "dist", "index.js")):
-        return
-    print("building herald-client (clients/js) ...")
-    if not os.path.isdir(os.path.join(CLIENT, "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CLIENT, check=True)
-    subprocess.run(["npm", "run", "build"], cwd=CLIENT, check=True)
+class Page(Handler):
+    folder = os.path.dirname(os.path.abspath(__file__))
 
 
 if __name__ == "__main__":
-    build_client()
     threading.Thread(target=metrics, daemon=True).start()
-    print(f"open http://127.0.0.1:{PORT}/ (hub: {HUB})", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", PORT), Files).serve_forever()
+    serve(Page, PORT)

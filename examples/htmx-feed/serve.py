@@ -10,22 +10,19 @@ Standard library only. HERALD_URL (default http://127.0.0.1:8080) names
 the hub; in dev mode it accepts publishes from loopback.
 """
 import html
-import http.server
-import json
 import os
+import sys
 import threading
 import time
-import urllib.request
 
-HUB = os.environ.get("HERALD_URL", "http://127.0.0.1:8080").rstrip("/")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from examplekit import HUB, Handler, publish, serve  # noqa: E402
+
 PORT = int(os.environ.get("PORT", "8000"))
-PAGE = open(os.path.join(os.path.dirname(__file__), "index.html")).read().replace("{{HUB}}", HUB)
 
 
-def publish(event, fragment):
-    body = json.dumps({"topic": "feed", "event": event, "data": fragment}).encode()
-    req = urllib.request.Request(f"{HUB}/v1/publish", body, {"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
+def fragment(event, html_text):
+    publish({"topic": "feed", "event": event, "data": html_text})
 
 
 def publisher():
@@ -34,22 +31,17 @@ def publisher():
         n += 1
         now = time.strftime("%H:%M:%S")
         try:
-            publish("item", f"<li>\n  <b>Item {n}</b> at {html.escape(now)}\n</li>")
-            publish("status", f"{n} items so far")
+            fragment("item", f"<li>\n  <b>Item {n}</b> at {html.escape(now)}\n</li>")
+            fragment("status", f"{n} items so far")
         except OSError as e:
             print(f"publish failed ({e}); is the hub running at {HUB}?")
         time.sleep(2)
 
 
-class Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.end_headers()
-        self.wfile.write(PAGE.encode())
+class Page(Handler):
+    folder = os.path.dirname(os.path.abspath(__file__))
 
 
 if __name__ == "__main__":
     threading.Thread(target=publisher, daemon=True).start()
-    print(f"open http://127.0.0.1:{PORT}/ (hub: {HUB})")
-    http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Page).serve_forever()
+    serve(Page, PORT, client=False)

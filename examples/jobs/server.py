@@ -11,22 +11,18 @@ browser share one connection. Actions are plain htmx posts to this backend.
 Standard library only. Builds herald-client (clients/js) first if needed.
 HERALD_URL (default http://127.0.0.1:8080) names the hub.
 """
-import json
 import os
 import random
 import re
-import subprocess
+import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENT = os.path.join(HERE, "..", "..", "clients", "js")
-HUB = os.environ.get("HERALD_URL", "http://127.0.0.1:8080").rstrip("/")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from examplekit import Handler, hub, serve  # noqa: E402
+
 PORT = int(os.environ.get("PORT", "8002"))
 STEP_SECS = float(os.environ.get("STEP_SECS", "0.3"))
 RUNNING_AT_ONCE = 2
@@ -38,9 +34,7 @@ jobs = {}  # id -> {"name", "status", "progress", "created"}
 def state(method, key, value):
     """Writes one job to the hub: PUT a whole value, PATCH a merge patch."""
     kind = "application/merge-patch+json" if method == "PATCH" else "application/json"
-    req = urllib.request.Request(f"{HUB}/v1/state/queue/{key}", json.dumps(value).encode(),
-                                 {"Content-Type": kind}, method=method)
-    urllib.request.urlopen(req, timeout=5).read()
+    hub(method, f"/v1/state/queue/{key}", value, content_type=kind)
 
 
 def change(job_id, **fields):
@@ -71,23 +65,8 @@ def worker():
             change(j, progress=progress, status="done" if progress == 100 else "running")
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path == "/":
-            path = "/index.html"
-        if path.startswith("/client/"):
-            root, rel = os.path.join(CLIENT, "dist"), path[len("/client/"):]
-        else:
-            root, rel = HERE, path.lstrip("/")
-        full = os.path.realpath(os.path.join(root, rel))
-        if not full.startswith(os.path.realpath(root)) or not os.path.isfile(full) or full.endswith(".py"):
-            return self.send_error(404)
-        body = open(full, "rb").read().replace(b"{{HUB}}", HUB.encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/javascript" if full.endswith(".js") else "text/html; charset=utf-8")
-        self.end_headers()
-        self.wfile.write(body)
+class Page(Handler):
+    folder = os.path.dirname(os.path.abspath(__file__))
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -117,21 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(text.encode())
 
-    def log_message(self, *args):
-        pass
-
-
-def build_client():
-    if os.path.exists(os.path.join(CLIENT, "dist", "index.js")):
-        return
-    print("building herald-client (clients/js) ...")
-    if not os.path.isdir(os.path.join(CLIENT, "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CLIENT, check=True)
-    subprocess.run(["npm", "run", "build"], cwd=CLIENT, check=True)
-
 
 if __name__ == "__main__":
-    build_client()
     threading.Thread(target=worker, daemon=True).start()
-    print(f"open http://127.0.0.1:{PORT}/ (hub: {HUB})", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+    serve(Page, PORT)

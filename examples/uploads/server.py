@@ -13,18 +13,15 @@ Standard library only. Builds herald-client (clients/js) first if needed.
 With auth on, the session would be the user (`sub`) and the token would
 grant `uploads/{sub}/**`.
 """
-import json
 import os
 import re
-import subprocess
+import sys
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CLIENT = os.path.join(HERE, "..", "..", "clients", "js")
-HUB = os.environ.get("HERALD_URL", "http://127.0.0.1:8080").rstrip("/")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from examplekit import Handler, publish, serve  # noqa: E402
+
 PORT = int(os.environ.get("PORT", "8003"))
 MAX_BYTES = 5 * 1024 * 1024
 PROCESS_SECS = float(os.environ.get("PROCESS_SECS", "2"))
@@ -43,9 +40,7 @@ def progress(session, file, **data):
              "ttl": 600}
     if not final:
         event["coalesce_key"] = f"{session}/{file}"
-    req = urllib.request.Request(f"{HUB}/v1/publish", json.dumps(event).encode(),
-                                 {"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
+    publish(event)
 
 
 def is_cancelled(session, file):
@@ -53,23 +48,8 @@ def is_cancelled(session, file):
         return (session, file) in cancelled
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path == "/":
-            path = "/index.html"
-        if path.startswith("/client/"):
-            root, rel = os.path.join(CLIENT, "dist"), path[len("/client/"):]
-        else:
-            root, rel = HERE, path.lstrip("/")
-        full = os.path.realpath(os.path.join(root, rel))
-        if not full.startswith(os.path.realpath(root)) or not os.path.isfile(full) or full.endswith(".py"):
-            return self.send_error(404)
-        body = open(full, "rb").read().replace(b"{{HUB}}", HUB.encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/javascript" if full.endswith(".js") else "text/html; charset=utf-8")
-        self.end_headers()
-        self.wfile.write(body)
+class Page(Handler):
+    folder = os.path.dirname(os.path.abspath(__file__))
 
     def do_POST(self):
         m = re.fullmatch(r"/uploads/([^/]+)/([^/]+)(/cancel)?", self.path.split("?")[0])
@@ -115,34 +95,10 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200, {"stored": file, "bytes": got})
 
     def answer(self, status, body):
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status >= 400:
-                # The body was not read: this connection cannot carry another request.
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page cancelled, or gave up on a refused upload
-
-    def log_message(self, *args):
-        pass
-
-
-def build_client():
-    if os.path.exists(os.path.join(CLIENT, "dist", "index.js")):
-        return
-    print("building herald-client (clients/js) ...")
-    if not os.path.isdir(os.path.join(CLIENT, "node_modules")):
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CLIENT, check=True)
-    subprocess.run(["npm", "run", "build"], cwd=CLIENT, check=True)
+        # A refused upload's body was not read: its connection cannot carry
+        # another request.
+        super().answer(status, body, close=status >= 400)
 
 
 if __name__ == "__main__":
-    build_client()
-    print(f"open http://127.0.0.1:{PORT}/ (hub: {HUB})", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+    serve(Page, PORT)

@@ -4,20 +4,11 @@
 // a late joiner gets the room's history.
 //
 // Usage: node chat.mjs HUB_URL PAGE_URL
-import { chromium } from "playwright-core";
+import { launch, until } from "./lib.mjs";
 
 const [, pageUrl] = process.argv.slice(2);
 
-async function until(what, cond, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 const errors = [];
 async function login(name) {
   const context = await browser.newContext({ viewport: { width: 1000, height: 650 } });

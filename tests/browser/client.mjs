@@ -4,9 +4,7 @@
 //
 // Usage: node client.mjs HUB_URL CLIENT_DIST_DIR
 import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch, serveDist, until } from "./lib.mjs";
 
 const [hub, dist] = process.argv.slice(2);
 const page = `<!doctype html><meta charset="utf-8"><title>client test</title>
@@ -32,31 +30,13 @@ const server = createServer(async (req, res) => {
     res.writeHead(200, { "content-type": "text/html" });
     return res.end(page);
   }
-  if (req.url.startsWith("/dist/") && !req.url.includes("..")) {
-    try {
-      const body = await readFile(join(dist, req.url.slice("/dist/".length)));
-      res.writeHead(200, { "content-type": "text/javascript" });
-      return res.end(body);
-    } catch {
-      // fall through to 404
-    }
-  }
+  if (await serveDist(res, dist, req.url)) return;
   res.writeHead(404);
   res.end();
 });
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const origin = `http://127.0.0.1:${server.address().port}`;
 
-const deadline = (ms) => Date.now() + ms;
-async function until(what, cond, ms = 15000) {
-  const end = deadline(ms);
-  for (;;) {
-    const value = await cond();
-    if (value) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 const stats = async () => (await fetch(`${hub}/v1/stats`)).json();
 async function publish(data) {
   const r = await fetch(`${hub}/v1/publish`, {
@@ -68,7 +48,7 @@ async function publish(data) {
 }
 const got = (p) => p.evaluate(() => window.got.slice());
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   const context = await browser.newContext();
   const errors = [];

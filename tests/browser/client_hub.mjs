@@ -7,34 +7,14 @@
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { freePort, launch, serveDist, until } from "./lib.mjs";
 
 const [binary, dist] = process.argv.slice(2);
 const SECRET = "browser-client-secret-long-enough-01234567";
 const API_KEY = "browser-client-api-key";
-
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function until(what, cond, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 class Hub {
   constructor(settings) {
@@ -112,15 +92,7 @@ const server = createServer(async (req, res) => {
     res.writeHead(200, { "content-type": "text/html" });
     return res.end(page(hub.url, url.searchParams.get("hub") === "auth"));
   }
-  if (url.pathname.startsWith("/dist/") && !url.pathname.includes("..")) {
-    try {
-      const body = await readFile(join(dist, url.pathname.slice("/dist/".length)));
-      res.writeHead(200, { "content-type": "text/javascript" });
-      return res.end(body);
-    } catch {
-      // 404 below
-    }
-  }
+  if (await serveDist(res, dist, url.pathname)) return;
   res.writeHead(404);
   res.end();
 });
@@ -134,7 +106,7 @@ hubs.auth = new Hub([
   `auth.api_keys=["${API_KEY}"]`,
   "auth.leeway_secs=0",
 ]);
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   await hubs.plain.start();
   await hubs.auth.start();

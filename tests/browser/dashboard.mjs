@@ -3,20 +3,11 @@
 // and when the hub drops the stream the page reconnects and goes on.
 //
 // Usage: node dashboard.mjs HUB_URL PAGE_URL
-import { chromium } from "playwright-core";
+import { launch, until } from "./lib.mjs";
 
 const [hub, pageUrl] = process.argv.slice(2);
 
-async function until(what, cond, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   const p = await browser.newPage({ viewport: { width: 1000, height: 600 } });
   const errors = [];

@@ -6,7 +6,7 @@ import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch, until } from "./lib.mjs";
 
 const [hub, pageFile, pagePort] = process.argv.slice(2);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -36,14 +36,6 @@ const server = createServer(async (req, res) => {
 });
 await new Promise((r) => server.listen(Number(pagePort), "127.0.0.1", r));
 
-async function until(what, cond, ms = 15000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 async function publish(event, data) {
   const r = await fetch(`${hub}/v1/publish`, {
     method: "POST",
@@ -53,7 +45,7 @@ async function publish(event, data) {
   if (!r.ok) throw new Error(`publish: ${r.status} ${await r.text()}`);
 }
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   const p = await browser.newPage();
   const errors = [];

@@ -6,21 +6,12 @@
 // Usage: node jobs.mjs HUB_URL PAGE_URL
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch, until } from "./lib.mjs";
 
 const [hub, pageUrl] = process.argv.slice(2);
 const modules = join(dirname(fileURLToPath(import.meta.url)), "node_modules");
 
-async function until(what, cond, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   const context = await browser.newContext({ viewport: { width: 900, height: 500 } });
   // The page loads htmx from its CDN; tests have no network.

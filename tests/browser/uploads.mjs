@@ -4,21 +4,13 @@
 // processing stops that file only.
 //
 // Usage: node uploads.mjs HUB_URL PAGE_URL
-import { chromium } from "playwright-core";
+import { launch, until } from "./lib.mjs";
 
 const [, pageUrl] = process.argv.slice(2);
 
-async function until(what, cond, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 const file = (name, kib) => ({ name, mimeType: "application/octet-stream", buffer: Buffer.alloc(kib * 1024, 7) });
 
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const browser = await launch();
 try {
   const p = await browser.newPage({ viewport: { width: 900, height: 400 } });
   const errors = [];

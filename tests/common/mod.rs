@@ -2,6 +2,8 @@
 //! SSE client over TCP, and a publisher over HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -532,7 +532,6 @@ export class HeraldClient {
         });
       }
       for (const m of messages) {
-        this.relay({ t: "event", m });
         const next = await this.handle(m, abort);
         if (next) return next;
       }
@@ -577,7 +576,6 @@ export class HeraldClient {
         // One at a time, in order, as the stream delivered them.
         chain = chain.then(async () => {
           if (settled) return;
-          this.relay({ t: "event", m });
           const next = await this.handle(m, abort);
           if (next) finish(next);
         });
@@ -649,7 +647,6 @@ export class HeraldClient {
         arm();
         parser.push(decoder.decode(value, { stream: true }));
         for (let m = queue.shift(); m; m = queue.shift()) {
-          this.relay({ t: "event", m });
           const next = await this.handle(m, abort);
           if (next) {
             outcome = next;
@@ -669,8 +666,11 @@ export class HeraldClient {
     return outcome;
   }
 
-  /** One event; returns an outcome when it ends this stream. */
+  /** One event from this tab's connection, whatever its transport (and
+   * relayed to tabs that share it); returns an outcome when it ends the
+   * connection. */
   private async handle(m: SseMessage, abort: AbortController): Promise<Outcome | undefined> {
+    this.relay({ t: "event", m });
     switch (m.type) {
       case "herald.connected": {
         const info = safeJson(m.data) as { connection_id?: string; heartbeat_secs?: number } | undefined;

@@ -305,10 +305,10 @@ impl Hub {
                 next_key: AtomicU64::new(1),
             }),
         };
-        if let (Some(rt), Some(changes)) = (&runtime, presence_changes) {
-            rt.spawn(announce_presence(Arc::downgrade(&hub.shared), changes));
-        }
         if let Some(rt) = &runtime {
+            if let Some(changes) = presence_changes {
+                rt.spawn(announce_presence(Arc::downgrade(&hub.shared), changes));
+            }
             let weak = Arc::downgrade(&hub.shared);
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -318,9 +318,7 @@ impl Hub {
                     shared.inboxes().sweep(crate::log::now_ms());
                 }
             });
-        }
-        if hub.shared.rates.is_active() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            if hub.shared.rates.is_active() {
                 let weak = Arc::downgrade(&hub.shared);
                 rt.spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(60));
