@@ -91,7 +91,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if config.memory {
             tracing::warn!("--memory: history is kept in memory only and lost on restart");
         }
-        let hub = herald::Hub::new(config)?;
+        let hub = herald::Hub::connect(config).await?;
         let server = herald::Server::bind(hub.clone()).await?;
         let addr = server.local_addr()?;
         tracing::info!(log = hub.log().kind(), "listening on http://{addr}");

@@ -101,7 +101,7 @@ fn bad_settings_stop_the_hub_with_a_clear_message() {
             &[("HERALD_LIMITS__MAX_EVENT_BYTES", "lots")],
             "max_event_bytes",
         ),
-        (&["--cluster", "redis://127.0.0.1:1"], &[], "cluster.url"),
+        (&["--cluster", "http://127.0.0.1:1"], &[], "cluster.url"),
         (
             &["--config", "/nonexistent/herald.toml"],
             &[],
@@ -116,6 +116,25 @@ fn bad_settings_stop_the_hub_with_a_clear_message() {
             assert!(stderr.to_lowercase().contains(needle), "{args:?}: {stderr}");
         }
     }
+    // An engine that cannot be reached stops the start once the connect
+    // timeout is over, saying where it looked.
+    let out = herald(
+        &[
+            "serve",
+            "--memory",
+            "--cluster",
+            "redis://127.0.0.1:1",
+            "--set",
+            "cluster.connect_timeout_secs=1",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not reach the cluster engine at redis://127.0.0.1:1"),
+        "{stderr}"
+    );
     let file = temp_file("unknown.toml", "[stream]\nheartbeat = 1\n");
     let out = herald(&["config", "--config", file.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));

@@ -194,11 +194,31 @@ pub struct CorsConfig {
 }
 
 /// `[cluster]`
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `redis://HOST:PORT` or `nats://HOST:PORT`. Default: none (one node).
     pub url: Option<String>,
+    /// Names this cluster's keys in the engine (`{herald}:log`…), so
+    /// several clusters can share one engine. Default `herald`.
+    pub name: String,
+    /// Most events the engine keeps, over all topics (0: no count limit,
+    /// `history.max_age_secs` still applies). Each node keeps its own
+    /// per-topic history under `[history]` limits. Default 1,000,000.
+    pub max_log_events: u64,
+    /// How long a start waits for the engine. Default 30.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            url: None,
+            name: "herald".into(),
+            max_log_events: 1_000_000,
+            connect_timeout_secs: 30,
+        }
+    }
 }
 
 impl Default for Config {
@@ -347,11 +367,31 @@ impl Config {
                 ));
             }
         }
-        if self.cluster.url.is_some() {
-            return Err(invalid(
-                "cluster.url",
-                "clustering is not supported by this version of Herald yet",
-            ));
+        if let Some(url) = &self.cluster.url {
+            if url.starts_with("nats://") {
+                return Err(invalid(
+                    "cluster.url",
+                    "NATS JetStream is not supported by this version of Herald yet; use redis://",
+                ));
+            }
+            if !url.starts_with("redis://") {
+                return Err(invalid(
+                    "cluster.url",
+                    format!("{url:?} is not redis://HOST:PORT"),
+                ));
+            }
+            let name = &self.cluster.name;
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "cluster.name",
+                    format!("{name:?} is not 1 to 64 characters of A-Z a-z 0-9 - _ ."),
+                ));
+            }
         }
         Ok(())
     }
@@ -397,8 +437,14 @@ mod tests {
         c.stream.queue_capacity = 0;
         assert_eq!(c.validate().unwrap_err().setting, "stream.queue_capacity");
         let mut c = Config::default();
-        c.cluster.url = Some("redis://x".into());
+        c.cluster.url = Some("nats://x".into());
         assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
+        c.cluster.url = Some("http://x".into());
+        assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
+        c.cluster.url = Some("redis://127.0.0.1:6379".into());
+        c.validate().unwrap();
+        c.cluster.name = "a b".into();
+        assert_eq!(c.validate().unwrap_err().setting, "cluster.name");
         let mut c = Config::default();
         c.presence.topics = vec!["rooms/*".into(), "bad topic".into()];
         assert_eq!(c.validate().unwrap_err().setting, "presence.topics");

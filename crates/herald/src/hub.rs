@@ -95,6 +95,10 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] crate::log::durable::OpenError),
+    #[error(transparent)]
+    Cluster(#[from] crate::log::redis::ConnectError),
+    #[error("cluster.url is set: a clustered hub is started with Hub::connect, which reaches the engine first")]
+    NeedsConnect,
 }
 
 /// A registered connection and where its backlog starts.
@@ -193,6 +197,17 @@ async fn announce_presence(
     }
 }
 
+/// The history retention `[history]` asks for.
+fn history_settings(config: &Config) -> MemoryLogSettings {
+    let h = &config.history;
+    MemoryLogSettings {
+        max_events_per_topic: h.max_events_per_topic,
+        max_age: (h.max_age_secs != 0).then(|| Duration::from_secs(h.max_age_secs)),
+        idempotency_window: Duration::from_secs(h.idempotency_window_secs),
+        max_idempotency_keys: h.max_idempotency_keys,
+    }
+}
+
 /// The event type of join and leave events on presence topics.
 pub const PRESENCE_EVENT: &str = "herald.presence";
 
@@ -201,13 +216,11 @@ impl Hub {
     /// in `data_dir`, or memory only with `memory = true`.
     pub fn new(config: Config) -> Result<Hub, StartError> {
         config.validate()?;
+        if config.cluster.url.is_some() {
+            return Err(StartError::NeedsConnect);
+        }
         let h = &config.history;
-        let settings = MemoryLogSettings {
-            max_events_per_topic: h.max_events_per_topic,
-            max_age: (h.max_age_secs != 0).then(|| Duration::from_secs(h.max_age_secs)),
-            idempotency_window: Duration::from_secs(h.idempotency_window_secs),
-            max_idempotency_keys: h.max_idempotency_keys,
-        };
+        let settings = history_settings(&config);
         let log: Arc<dyn EventLog> = if config.memory {
             Arc::new(MemoryLog::new(settings))
         } else {
@@ -231,6 +244,26 @@ impl Hub {
         Ok(Hub::with_log(config, log)?)
     }
 
+    /// A hub as its configuration asks, clustered or not: with
+    /// `cluster.url` it joins the cluster's log on the engine (waiting up
+    /// to `cluster.connect_timeout_secs` for it); otherwise as [`Hub::new`].
+    pub async fn connect(config: Config) -> Result<Hub, StartError> {
+        config.validate()?;
+        let Some(url) = config.cluster.url.clone() else {
+            return Hub::new(config);
+        };
+        let c = &config.cluster;
+        let options = crate::log::redis::ClusterOptions {
+            name: c.name.clone(),
+            max_log_events: c.max_log_events,
+            connect_timeout: Duration::from_secs(c.connect_timeout_secs),
+            apply_timeout: Duration::from_secs(5),
+        };
+        let log =
+            crate::log::redis::RedisLog::connect(&url, history_settings(&config), options).await?;
+        Ok(Hub::with_log(config, Arc::new(log))?)
+    }
+
     /// A hub on any implementation of the log seam.
     pub fn with_log(config: Config, log: Arc<dyn EventLog>) -> Result<Hub, ConfigError> {
         config.validate()?;
@@ -246,6 +279,10 @@ impl Hub {
         let inboxes = match config.memory {
             true => Inboxes::in_memory(inbox_settings),
             false => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| ConfigError {
+                    setting: "data_dir".into(),
+                    reason: format!("cannot create {}: {e}", config.data_dir.display()),
+                })?;
                 let path = config.data_dir.join("inbox.log");
                 Inboxes::open(&path, inbox_settings).map_err(|e| ConfigError {
                     setting: "data_dir".into(),
@@ -289,7 +326,12 @@ impl Hub {
             reason: format!("cannot read the state file: {e}"),
         })?;
         let metrics = Arc::new(Metrics::new());
-        let registry = crate::metrics::registry(fanout.clone(), limiter.clone(), metrics.clone());
+        let registry = crate::metrics::registry(
+            fanout.clone(),
+            limiter.clone(),
+            metrics.clone(),
+            log.clone(),
+        );
         let hub = Hub {
             shared: Arc::new(Shared {
                 config,
@@ -505,6 +547,14 @@ impl Hub {
         conn.rights = identity.subscribe.clone();
         conn.announces_presence = !request.long_poll;
         let conn = Arc::new(conn);
+        if let Some(after) = request
+            .last_event_id
+            .as_deref()
+            .and_then(parse_last_event_id)
+        {
+            // Clustered, the id may come from a node ahead of this one.
+            self.shared.log.catch_up(after).await;
+        }
         let head = self.shared.fanout.register(conn.clone());
         // From here on the writer owns the registration: dropping it (on any
         // error below too) unregisters the connection.

@@ -128,6 +128,7 @@ struct HubCollector {
     fanout: Arc<Fanout>,
     limiter: ConnectionLimiter,
     metrics: Arc<Metrics>,
+    log: Arc<dyn crate::log::EventLog>,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -164,6 +165,20 @@ impl Collector for HubCollector {
         let f = self.fanout.stats();
         let m = &self.metrics;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        if let Some(engine) = self.log.engine() {
+            gauge(
+                &mut encoder,
+                "herald_cluster_engine_up",
+                "1 while this node reads the cluster engine, 0 while it reconnects",
+                engine.connected as i64,
+            )?;
+            counter(
+                &mut encoder,
+                "herald_cluster_reconnects",
+                "Attempts to reconnect to the cluster engine",
+                engine.reconnects,
+            )?;
+        }
         {
             let mut family = encoder.encode_descriptor(
                 "herald_connections",
@@ -334,12 +349,14 @@ pub fn registry(
     fanout: Arc<Fanout>,
     limiter: ConnectionLimiter,
     metrics: Arc<Metrics>,
+    log: Arc<dyn crate::log::EventLog>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(HubCollector {
         fanout,
         limiter,
         metrics,
+        log,
     }));
     registry
 }

@@ -91,8 +91,6 @@ struct StateMap {
     through: u64,
     #[serde(default)]
     topics: BTreeMap<String, BTreeMap<String, Entry>>,
-    #[serde(skip)]
-    reconciled: bool,
 }
 
 /// The retained state of a hub.
@@ -177,12 +175,10 @@ fn apply(map: &mut StateMap, data: &Value) {
 }
 
 impl Hub {
-    /// Applies `state` events the file does not include yet (once).
+    /// Applies the `state` events the map does not include yet: after a
+    /// restart, those the file missed; clustered, those other nodes
+    /// published. Reads only what was logged since the last call.
     async fn reconcile(&self, map: &mut StateMap) {
-        if map.reconciled {
-            return;
-        }
-        map.reconciled = true;
         let selector = Selector {
             connection_id: "state".into(),
             patterns: vec![Pattern::parse("**").expect("valid")],
@@ -191,6 +187,9 @@ impl Hub {
             meta: Default::default(),
         };
         let until = self.fanout().head();
+        if map.through >= until.0 {
+            return;
+        }
         let mut after = EventId(map.through);
         loop {
             let request = ReadRequest {
@@ -200,7 +199,7 @@ impl Hub {
                 selector: &selector,
             };
             let Ok(page) = self.log().read(request).await else {
-                break;
+                return;
             };
             let Some(last) = page.last() else { break };
             after = last.id;
@@ -209,8 +208,8 @@ impl Hub {
                     apply(map, &data);
                 }
             }
-            map.through = after.0;
         }
+        map.through = until.0;
     }
 
     /// Changes one value, publishing its `state` event (SPEC §6). Needs the
@@ -265,7 +264,9 @@ impl Hub {
         };
         let id = self.publish_as(identity, vec![request]).await?[0];
         apply(&mut map, &data);
-        map.through = map.through.max(id.0);
+        // Takes in what other nodes changed meanwhile; the map then covers
+        // every state event up to (at least) this one.
+        self.reconcile(&mut map).await;
         store.persist(&map);
         Ok(Changed { version, id })
     }

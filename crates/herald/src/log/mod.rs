@@ -28,6 +28,8 @@
 pub mod durable;
 pub mod journal;
 pub mod memory;
+pub mod redis;
+mod replica;
 
 use std::sync::Arc;
 
@@ -131,8 +133,28 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Waits (briefly) until every event up to `id` is readable here. A
+    /// clustered node may not have read an id another node issued yet; a
+    /// stream resuming from it waits for that before it starts. Single
+    /// node logs have every id they issued already.
+    async fn catch_up(&self, _id: EventId) {}
+
+    /// The state of the connection to a cluster engine; `None` on one node.
+    fn engine(&self) -> Option<EngineStatus> {
+        None
+    }
+
     /// A short name for logs and health output (`memory`, `redb`, `redis`…).
     fn kind(&self) -> &'static str;
+}
+
+/// How a clustered log's engine connection stands (metrics, stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// The log is reading the engine now.
+    pub connected: bool,
+    /// Reconnect attempts since start.
+    pub reconnects: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,0 +1,702 @@
+//! The log on Redis Streams: many nodes, one ordered log.
+//!
+//! Keys (all in one hash slot through the `{name}` tag, so the layout is
+//! valid on Redis Cluster and a script may touch them together):
+//!
+//! * `{herald}:log` — the stream. One entry per event, field `d` holding
+//!   the draft as JSON. The entry id *is* the event id: Herald id `n` is
+//!   stream id `n / 1000 - n % 1000`, so the stream's own order is the
+//!   log's order and the millisecond part is the publish time.
+//! * `{herald}:seq` — the last id issued.
+//! * `{herald}:first` — the first id this log may issue, set once by the
+//!   first node that starts.
+//! * `{herald}:idem:<key>` — an idempotency key's first id, expiring after
+//!   the window.
+//!
+//! **Appends** run one Lua script: for each draft it answers a repeated
+//! idempotency key from its key, or takes the next id —
+//! `max(now in µs, last + 1)`, so ids are start-time-based like a single
+//! node's and strictly increasing — adds the entry, and remembers the key;
+//! then it trims the stream. Redis runs a script alone, so ids and entries
+//! are assigned in one order for every node. With `appendonly yes` and
+//! `appendfsync always` the script's writes are on disk before it returns.
+//!
+//! **Tailing**: each node reads the stream with `XREAD BLOCK` from the last
+//! id it applied and applies entries to its [`Replica`], which hands them to
+//! fan-out. A publisher's answer waits until its own node has applied the
+//! events. After a lost connection the tail reconnects with backoff and
+//! reads on from the same id: nothing is skipped or applied twice.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::memory::MemoryLogSettings;
+use super::replica::Replica;
+use super::{Appended, CommitSink, Coverage, EngineStatus, EventLog, LogError, ReadRequest};
+use crate::event::{Event, EventDraft, EventId, SharedEvent};
+use crate::selector::Selector;
+
+/// Entries one read takes at most.
+const PAGE: usize = 1000;
+/// How long one `XREAD` blocks before it asks again.
+const BLOCK_MS: u64 = 2000;
+
+/// Assigns ids and appends, atomically. KEYS: log, seq, then the
+/// idempotency keys. ARGV: window ms, max entries, max age ms, then per
+/// draft the index of its idempotency key in KEYS (0: none) and its JSON.
+/// Returns per draft `{id, duplicate}`.
+const APPEND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local window = tonumber(ARGV[1])
+local out = {}
+local n = (#ARGV - 3) / 2
+for i = 1, n do
+  local k = tonumber(ARGV[2 + 2 * i])
+  local seen = false
+  if k > 0 then seen = redis.call('GET', KEYS[k]) end
+  if seen then
+    out[i] = {seen, 1}
+  else
+    local id = math.max(now, last + 1)
+    last = id
+    local ms = math.floor(id / 1000)
+    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), 'd', ARGV[3 + 2 * i])
+    local ids = string.format('%d', id)
+    if k > 0 then redis.call('SET', KEYS[k], ids, 'PX', window) end
+    out[i] = {ids, 0}
+  end
+end
+redis.call('SET', KEYS[2], string.format('%d', last))
+local max_len = tonumber(ARGV[2])
+if max_len > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', max_len) end
+local max_age = tonumber(ARGV[3])
+if max_age > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.floor(now / 1000) - max_age))
+end
+return out
+"#;
+
+/// Fixes where ids start (once per log) and returns it. KEYS: first.
+const FIRST: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('SET', KEYS[1], string.format('%d', now), 'NX')
+return redis.call('GET', KEYS[1])
+"#;
+
+/// What a clustered log needs besides history retention.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Names the keys: `{name}:log`… Several clusters may share one Redis.
+    pub name: String,
+    /// Most entries the engine keeps (0: no limit but age).
+    pub max_log_events: u64,
+    /// How long a start waits for the engine before giving up.
+    pub connect_timeout: Duration,
+    /// How long a publish waits for its node to apply its own events.
+    pub apply_timeout: Duration,
+}
+
+/// Why a clustered log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cluster.url {0:?} is not a valid Redis URL: {1}")]
+    BadUrl(String, String),
+    #[error("could not reach the cluster engine at {url} within {secs} s: {last}")]
+    Unreachable {
+        url: String,
+        secs: u64,
+        last: String,
+    },
+    #[error("the cluster log holds an entry Herald cannot read ({id}): {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+struct Keys {
+    log: String,
+    seq: String,
+    first: String,
+    idem_prefix: String,
+}
+
+impl Keys {
+    fn new(name: &str) -> Keys {
+        Keys {
+            log: format!("{{{name}}}:log"),
+            seq: format!("{{{name}}}:seq"),
+            first: format!("{{{name}}}:first"),
+            idem_prefix: format!("{{{name}}}:idem:"),
+        }
+    }
+}
+
+/// The engine's connection state, for `/readyz`, metrics and logs.
+#[derive(Default)]
+struct Status {
+    /// Why the tail is not reading now; `None` while it is.
+    tail: Mutex<Option<String>>,
+    /// Why the last append failed; `None` once one succeeds.
+    write: Mutex<Option<String>>,
+    reconnects: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl Status {
+    fn set(slot: &Mutex<Option<String>>, value: Option<String>) -> bool {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = slot.is_some() != value.is_some();
+        *slot = value;
+        changed
+    }
+
+    fn get(slot: &Mutex<Option<String>>) -> Option<String> {
+        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub struct RedisLog {
+    client: Client,
+    url: String,
+    writer: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    replica: Arc<Replica>,
+    keys: Arc<Keys>,
+    options: ClusterOptions,
+    max_age_ms: u64,
+    idempotency_window_ms: u64,
+    append: redis::Script,
+    status: Arc<Status>,
+    stop: CancellationToken,
+}
+
+/// Herald id `n` as a stream id.
+fn stream_id(id: u64) -> String {
+    format!("{}-{}", id / 1000, id % 1000)
+}
+
+/// A stream id as a Herald id.
+fn herald_id(stream_id: &str) -> Option<u64> {
+    let (ms, seq) = stream_id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    (seq < 1000).then(|| ms * 1000 + seq)
+}
+
+fn writer_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+}
+
+fn tail_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 3000)))
+}
+
+/// An error that means the connection is gone (reconnect before the next
+/// command) rather than a refused command.
+fn connection_lost(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+}
+
+/// Decodes `XRANGE`/`XREAD` entries (`[[id, [field, value…]]…]`).
+fn decode_entries(value: Value) -> Result<Vec<SharedEvent>, ConnectError> {
+    let Value::Array(entries) = value else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let corrupt = |id: &str, reason: &str| ConnectError::Corrupt {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Value::Array(mut parts) = entry else {
+            return Err(corrupt("?", "an entry is not [id, fields]"));
+        };
+        if parts.len() != 2 {
+            return Err(corrupt("?", "an entry is not [id, fields]"));
+        }
+        let fields = parts.pop().expect("two parts");
+        let sid: String = redis::from_redis_value(parts.pop().expect("two parts"))
+            .map_err(|e| corrupt("?", &e.to_string()))?;
+        let id = herald_id(&sid).ok_or_else(|| corrupt(&sid, "not an id Herald issued"))?;
+        let Value::Array(fields) = fields else {
+            return Err(corrupt(&sid, "no fields"));
+        };
+        let mut draft = None;
+        for pair in fields.chunks(2) {
+            if let [Value::BulkString(name), Value::BulkString(data)] = pair {
+                if name == b"d" {
+                    draft = Some(
+                        serde_json::from_slice::<EventDraft>(data)
+                            .map_err(|e| corrupt(&sid, &e.to_string()))?,
+                    );
+                }
+            }
+        }
+        let draft = draft.ok_or_else(|| corrupt(&sid, "no field d"))?;
+        out.push(Arc::new(Event::commit(draft, EventId(id), id / 1000)));
+    }
+    Ok(out)
+}
+
+/// The `max-deleted-entry-id` of the stream as a Herald id (0: none, or
+/// no stream yet): entries at or below it were trimmed away.
+async fn trimmed_through(conn: &mut MultiplexedConnection, key: &str) -> Result<u64, RedisError> {
+    let info: Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(conn)
+        .await
+    {
+        Ok(info) => info,
+        // No such key: nothing appended yet.
+        Err(err) if !connection_lost(&err) => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    let pairs: Vec<(Value, Value)> = match info {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut pairs = Vec::new();
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        _ => return Ok(0),
+    };
+    for (k, v) in pairs {
+        if redis::from_redis_value::<String>(k).is_ok_and(|k| k == "max-deleted-entry-id") {
+            let sid: String = redis::from_redis_value(v).unwrap_or_default();
+            return Ok(herald_id(&sid).unwrap_or(0));
+        }
+    }
+    Ok(0)
+}
+
+impl RedisLog {
+    /// Connects (retrying until `options.connect_timeout`), fixes where
+    /// ids start, and reads the whole stream into this node's replica.
+    pub async fn connect(
+        url: &str,
+        settings: MemoryLogSettings,
+        options: ClusterOptions,
+    ) -> Result<RedisLog, ConnectError> {
+        let client =
+            Client::open(url).map_err(|e| ConnectError::BadUrl(url.to_owned(), e.to_string()))?;
+        let keys = Keys::new(&options.name);
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        let mut backoff = Backoff::new();
+        let (mut conn, first, floor) = loop {
+            let attempt = async {
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&writer_config())
+                    .await?;
+                let first: String = redis::Script::new(FIRST)
+                    .key(&keys.first)
+                    .invoke_async(&mut conn)
+                    .await?;
+                let floor = trimmed_through(&mut conn, &keys.log).await?;
+                Ok::<_, RedisError>((conn, first, floor))
+            };
+            match attempt.await {
+                Ok(found) => break found,
+                Err(err) if tokio::time::Instant::now() + backoff.peek() < deadline => {
+                    tracing::warn!(%err, url, "cluster engine not reachable yet; retrying");
+                    backoff.wait().await;
+                }
+                Err(err) => {
+                    return Err(ConnectError::Unreachable {
+                        url: url.to_owned(),
+                        secs: options.connect_timeout.as_secs(),
+                        last: err.to_string(),
+                    })
+                }
+            }
+        };
+        let first: u64 = first.parse().unwrap_or(1);
+        let replica = Replica::new(settings, first, floor);
+        let mut after = "-".to_owned();
+        let mut loaded = 0usize;
+        loop {
+            let page: Value = redis::cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(&after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| ConnectError::Unreachable {
+                    url: url.to_owned(),
+                    secs: 0,
+                    last: e.to_string(),
+                })?;
+            let events = decode_entries(page)?;
+            let Some(last) = events.last() else { break };
+            after = format!("({}", stream_id(last.id.0));
+            loaded += events.len();
+            let full = events.len() == PAGE;
+            replica.load(events);
+            if !full {
+                break;
+            }
+        }
+        tracing::info!(
+            url,
+            loaded,
+            retained = replica.len(),
+            head = replica.head(),
+            "joined the cluster log on Redis"
+        );
+        let h = settings;
+        Ok(RedisLog {
+            client,
+            url: url.to_owned(),
+            writer: tokio::sync::Mutex::new(Some(conn)),
+            replica: Arc::new(replica),
+            keys: Arc::new(keys),
+            max_age_ms: h.max_age.map_or(0, |a| a.as_millis() as u64),
+            idempotency_window_ms: h.idempotency_window.as_millis().max(1) as u64,
+            options,
+            append: redis::Script::new(APPEND),
+            status: Arc::new(Status {
+                connected: AtomicBool::new(true),
+                ..Status::default()
+            }),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    async fn writer(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut slot = self.writer.lock().await;
+        if let Some(conn) = &*slot {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&writer_config())
+            .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn run_append(&self, drafts: &[EventDraft]) -> Result<Vec<(String, i64)>, RedisError> {
+        let mut conn = self.writer().await?;
+        let mut invocation = self.append.prepare_invoke();
+        invocation.key(&self.keys.log).key(&self.keys.seq);
+        invocation
+            .arg(self.idempotency_window_ms)
+            .arg(self.options.max_log_events)
+            .arg(self.max_age_ms);
+        let mut next_key = 3;
+        for draft in drafts {
+            match &draft.idempotency_key {
+                Some(key) => {
+                    invocation.key(format!("{}{key}", self.keys.idem_prefix));
+                    invocation.arg(next_key);
+                    next_key += 1;
+                }
+                None => {
+                    invocation.arg(0);
+                }
+            }
+            invocation.arg(serde_json::to_vec(draft).expect("a draft serializes"));
+        }
+        let result = invocation.invoke_async(&mut conn).await;
+        if let Err(err) = &result {
+            if connection_lost(err) {
+                self.writer.lock().await.take();
+            }
+        }
+        result
+    }
+}
+
+/// Exponential backoff with full jitter, 50 ms to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(50),
+        }
+    }
+
+    fn peek(&self) -> Duration {
+        self.next
+    }
+
+    async fn wait(&mut self) {
+        let ms = fastrand::u64(self.next.as_millis() as u64 / 2..=self.next.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+/// Reads the stream from the replica's head on, for as long as the log
+/// lives, reconnecting with backoff.
+async fn tail(
+    client: Client,
+    url: String,
+    keys: Arc<Keys>,
+    replica: Arc<Replica>,
+    status: Arc<Status>,
+    stop: CancellationToken,
+) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = Backoff::new();
+    loop {
+        if conn.is_none() {
+            let connected = async {
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&tail_config())
+                    .await?;
+                let floor = trimmed_through(&mut c, &keys.log).await?;
+                Ok::<_, RedisError>((c, floor))
+            };
+            let connected = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = connected => c,
+            };
+            match connected {
+                Ok((c, floor)) => {
+                    if floor > replica.head() {
+                        tracing::error!(
+                            floor,
+                            head = replica.head(),
+                            "events were trimmed from the cluster log before this node read them; \
+                             resuming across them gives herald.reset"
+                        );
+                        replica.lost_through(floor);
+                    }
+                    conn = Some(c);
+                }
+                Err(err) => {
+                    if Status::set(&status.tail, Some(err.to_string())) {
+                        tracing::error!(%err, url, "lost the cluster engine; reconnecting");
+                    }
+                    status.connected.store(false, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = backoff.wait() => {}
+                    }
+                    status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let mut xread = redis::cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(PAGE)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&keys.log)
+            .arg(stream_id(replica.head()));
+        let read = xread.query_async::<Value>(c);
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = read => r,
+        };
+        match read {
+            Ok(reply) => {
+                backoff.reset();
+                if Status::set(&status.tail, None) {
+                    tracing::info!(url, head = replica.head(), "cluster engine reachable again");
+                    // Appends failed while it was away; the next one is
+                    // likely to succeed now, so stop refusing readiness.
+                    Status::set(&status.write, None);
+                }
+                status.connected.store(true, Ordering::Relaxed);
+                // `[[key, entries]]`, or nil when the block timed out.
+                let entries = match reply {
+                    Value::Array(mut streams) if !streams.is_empty() => {
+                        match streams.swap_remove(0) {
+                            Value::Array(mut kv) if kv.len() == 2 => kv.pop().expect("two"),
+                            _ => Value::Nil,
+                        }
+                    }
+                    Value::Map(mut streams) if !streams.is_empty() => streams.swap_remove(0).1,
+                    _ => Value::Nil,
+                };
+                match decode_entries(entries) {
+                    Ok(events) => replica.deliver(events),
+                    Err(err) => {
+                        // Skipping would leave a gap for every subscriber;
+                        // stopping here keeps the node honest: not ready.
+                        tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
+                        Status::set(&status.tail, Some(err.to_string()));
+                        status.connected.store(false, Ordering::Relaxed);
+                        stop.cancelled().await;
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                if Status::set(&status.tail, Some(err.to_string())) {
+                    tracing::error!(%err, url, "lost the cluster engine; reconnecting");
+                }
+                status.connected.store(false, Ordering::Relaxed);
+                if connection_lost(&err) {
+                    conn = None;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = backoff.wait() => {}
+                }
+                status.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for RedisLog {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl EventLog for RedisLog {
+    fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
+        let head = self.replica.attach(sink);
+        let task = tail(
+            self.client.clone(),
+            self.url.clone(),
+            self.keys.clone(),
+            self.replica.clone(),
+            self.status.clone(),
+            self.stop.clone(),
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(task);
+            }
+            Err(_) => tracing::error!("a clustered log needs a tokio runtime: not tailing"),
+        }
+        head
+    }
+
+    async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
+        let answers = match self.run_append(&drafts).await {
+            Ok(answers) => {
+                if Status::set(&self.status.write, None) {
+                    tracing::info!(url = %self.url, "cluster appends succeed again");
+                }
+                answers
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                if Status::set(&self.status.write, Some(reason.clone())) {
+                    tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
+                }
+                return Err(LogError::Unavailable(reason));
+            }
+        };
+        if answers.len() != drafts.len() {
+            return Err(LogError::Failed(format!(
+                "the append script answered {} of {} drafts",
+                answers.len(),
+                drafts.len()
+            )));
+        }
+        let mut appended = Vec::with_capacity(answers.len());
+        for (id, duplicate) in answers {
+            let id = id
+                .parse()
+                .map_err(|_| LogError::Failed(format!("the append script gave the id {id:?}")))?;
+            appended.push(Appended {
+                id: EventId(id),
+                duplicate: duplicate != 0,
+            });
+        }
+        let last = appended.iter().map(|a| a.id.0).max().unwrap_or(0);
+        if !self
+            .replica
+            .wait_for(last, self.options.apply_timeout)
+            .await
+        {
+            // Durable in the engine: acknowledged. This node's streams get
+            // the events once its tail reads again.
+            tracing::warn!(
+                id = last,
+                "published, but this node has not read its own event back yet"
+            );
+        }
+        Ok(appended)
+    }
+
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+        Ok(self.replica.read(&request))
+    }
+
+    async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
+        Ok(self.replica.coverage(after, selector))
+    }
+
+    async fn catch_up(&self, id: EventId) {
+        if id.0 > self.replica.head() {
+            self.replica
+                .wait_for(id.0, self.options.apply_timeout)
+                .await;
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if let Some(err) = Status::get(&self.status.tail) {
+            return Err(format!("the cluster engine is unreachable: {err}"));
+        }
+        if let Some(err) = Status::get(&self.status.write) {
+            return Err(format!("the last cluster append failed: {err}"));
+        }
+        Ok(())
+    }
+
+    fn engine(&self) -> Option<EngineStatus> {
+        Some(EngineStatus {
+            connected: self.status.connected.load(Ordering::Relaxed),
+            reconnects: self.status.reconnects.load(Ordering::Relaxed),
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_to_stream_ids_and_back() {
+        for id in [1, 999, 1000, 1_764_000_000_123_456, u64::MAX / 1000 * 1000] {
+            assert_eq!(herald_id(&stream_id(id)), Some(id), "{id}");
+        }
+        assert_eq!(herald_id("12-1000"), None);
+        assert_eq!(herald_id("12"), None);
+        assert_eq!(herald_id("a-1"), None);
+    }
+}

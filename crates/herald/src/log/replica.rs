@@ -1,0 +1,115 @@
+//! A node's copy of a clustered log: the in-memory index of `memory.rs`,
+//! filled only by the engine's tail.
+//!
+//! An engine (Redis Streams, NATS JetStream) holds the one ordered log and
+//! assigns ids; every node reads all of it back in order and applies it
+//! here, through the same retention as a single node. Reads, replays and
+//! coverage are then answered from memory, and fan-out hears of every
+//! event — this node's or another's — from one place, [`Replica::deliver`],
+//! in id order. A publisher is answered once its events are durable in the
+//! engine *and* applied here, so a stream this node opens right after the
+//! answer can replay them.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::memory::{lock, Inner, MemoryLogSettings};
+use super::{now_ms, CommitSink, Coverage, ReadRequest};
+use crate::event::{EventId, SharedEvent};
+use crate::selector::Selector;
+
+pub(crate) struct Replica {
+    inner: Arc<Mutex<Inner>>,
+    sink: OnceLock<Arc<dyn CommitSink>>,
+    /// The highest id applied: appends and resumes wait on it.
+    head: watch::Sender<u64>,
+}
+
+impl Replica {
+    /// An empty replica of a log whose ids start at `first_id`, with
+    /// everything at or below `floor` already gone from the engine.
+    pub fn new(settings: MemoryLogSettings, first_id: u64, floor: u64) -> Replica {
+        let mut inner = Inner::new(settings, first_id.max(1));
+        inner.set_floor(floor);
+        let head = inner.head();
+        Replica {
+            inner: Arc::new(Mutex::new(inner)),
+            sink: OnceLock::new(),
+            head: watch::channel(head).0,
+        }
+    }
+
+    /// Loads events read at start (no one listens yet), in id order.
+    pub fn load(&self, events: impl IntoIterator<Item = SharedEvent>) {
+        let mut inner = lock(&self.inner);
+        for event in events {
+            if event.id.0 > inner.head() {
+                inner.restore(event);
+            }
+        }
+        inner.sweep(now_ms());
+        self.head.send_replace(inner.head());
+    }
+
+    /// Connects fan-out; returns the head it starts after.
+    pub fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
+        if self.sink.set(sink).is_err() {
+            panic!("a clustered log was attached twice");
+        }
+        super::memory::spawn_sweeper(Arc::downgrade(&self.inner));
+        EventId(self.head())
+    }
+
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Applies events the tail read, in id order, and hands the new ones to
+    /// fan-out. Events at or below the head (read again after a reconnect)
+    /// are skipped, so each reaches fan-out exactly once.
+    pub fn deliver(&self, events: Vec<SharedEvent>) {
+        let mut inner = lock(&self.inner);
+        let head = inner.head();
+        let fresh: Vec<SharedEvent> = events.into_iter().filter(|e| e.id.0 > head).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        inner.sweep(now_ms());
+        for event in &fresh {
+            inner.restore(event.clone());
+        }
+        if let Some(sink) = self.sink.get() {
+            sink.committed(&fresh);
+        }
+        self.head.send_replace(inner.head());
+    }
+
+    /// Events up to `floor` left the engine before this node read them (it
+    /// was away longer than the engine keeps them): resuming across them
+    /// is no longer possible.
+    pub fn lost_through(&self, floor: u64) {
+        lock(&self.inner).set_floor(floor);
+    }
+
+    /// Waits until every event up to `id` is applied, at most `timeout`.
+    /// True when it is.
+    pub async fn wait_for(&self, id: u64, timeout: Duration) -> bool {
+        let mut head = self.head.subscribe();
+        let reached = tokio::time::timeout(timeout, head.wait_for(|&h| h >= id)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    pub fn read(&self, request: &ReadRequest<'_>) -> Vec<SharedEvent> {
+        lock(&self.inner).read(request, now_ms())
+    }
+
+    pub fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
+        lock(&self.inner).coverage(after, selector)
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.inner).len()
+    }
+}

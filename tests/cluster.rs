@@ -1,0 +1,365 @@
+//! Many nodes on one log: real `herald` processes clustered on a real
+//! engine started on a free port. Every scenario is one function taking
+//! the engine, run once per engine by the tests at the bottom.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::engine::{Engine, Kind};
+use common::{HubProcess, SseClient, PATIENCE};
+use serde_json::{json, Value};
+
+/// Reads `n` events of type `message`: (id, data) in arrival order.
+async fn messages(client: &mut SseClient, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = tokio::time::timeout(PATIENCE, client.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events arrived", out.len()));
+        if e.event == "message" {
+            out.push((e.id.expect("an id"), e.data));
+        }
+    }
+    out
+}
+
+/// Reads messages up to and including the one with data `marker`.
+async fn messages_until(client: &mut SseClient, marker: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    loop {
+        let (id, data) = messages(client, 1).await.remove(0);
+        let done = data == marker;
+        out.push((id, data));
+        if done {
+            return out;
+        }
+    }
+}
+
+async fn subscribe(node: &HubProcess, query: &str) -> SseClient {
+    let mut client = SseClient::connect(node.addr, &format!("/v1/events?{query}")).await;
+    client.expect_connected().await;
+    client
+}
+
+async fn resume(node: &HubProcess, query: &str, last_event_id: &str) -> SseClient {
+    let mut client = SseClient::connect_with(
+        node.addr,
+        &format!("/v1/events?{query}"),
+        &[("Last-Event-ID", last_event_id)],
+        None,
+    )
+    .await;
+    client.expect_connected().await;
+    client
+}
+
+fn numeric(id: &str) -> u64 {
+    id.parse().expect("a numeric id")
+}
+
+/// Polls `/readyz` until it answers `status` (an awaited condition).
+async fn wait_ready(node: &HubProcess, status: u16) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (got, body) = node.get_json("/readyz").await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {got} ({body}), expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn publish_anywhere_receive_everywhere(kind: Kind) {
+    let engine = Engine::start(kind);
+    let nodes = [engine.node(&[]), engine.node(&[]), engine.node(&[])];
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        subscribers.push(subscribe(node, "topic=chat/*").await);
+    }
+    // One after another, round the nodes: everyone sees publish order.
+    let mut published = Vec::new();
+    for i in 0..30 {
+        let data = format!("m{i}");
+        let id = nodes[i % 3]
+            .publish_ok(json!({"topic": "chat/room", "data": data}))
+            .await;
+        published.push((id, data));
+    }
+    for sub in &mut subscribers {
+        assert_eq!(messages(sub, 30).await, published);
+    }
+    // All at once from every node: one order, the same on every node.
+    let bursts = nodes.iter().enumerate().map(|(n, node)| async move {
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(
+                node.publish_ok(json!({"topic": "chat/room", "data": format!("n{n}-{i}")}))
+                    .await,
+            );
+        }
+        ids
+    });
+    let acked: HashSet<String> = futures_util::future::join_all(bursts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(acked.len(), 60, "every publish got its own id");
+    let mut seen = Vec::new();
+    for sub in &mut subscribers {
+        seen.push(messages(sub, 60).await);
+    }
+    assert_eq!(seen[0], seen[1], "nodes A and B delivered different orders");
+    assert_eq!(seen[0], seen[2], "nodes A and C delivered different orders");
+    let ids: Vec<u64> = seen[0].iter().map(|(id, _)| numeric(id)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise: {ids:?}");
+    let got: HashSet<String> = seen[0].iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got, acked);
+}
+
+async fn resume_on_another_node(kind: Kind) {
+    let engine = Engine::start(kind);
+    let a = engine.node(&[]);
+    let mut on_a = subscribe(&a, "topic=jobs/1").await;
+    let mut published = Vec::new();
+    for i in 0..10 {
+        let data = format!("e{i}");
+        published.push((
+            a.publish_ok(json!({"topic": "jobs/1", "data": data})).await,
+            data,
+        ));
+    }
+    assert_eq!(messages(&mut on_a, 5).await, published[..5]);
+    let left_at = published[4].0.clone();
+    drop(on_a);
+    // A node that joins later reads the log the others wrote.
+    let b = engine.node(&[]);
+    let c = engine.node(&[]);
+    for i in 10..15 {
+        let data = format!("e{i}");
+        published.push((
+            c.publish_ok(json!({"topic": "jobs/1", "data": data})).await,
+            data,
+        ));
+    }
+    let mut on_b = resume(&b, "topic=jobs/1", &left_at).await;
+    assert_eq!(messages(&mut on_b, 10).await, published[5..]);
+    // Exactly once: the next thing is what comes next, nothing replayed.
+    let marker = a
+        .publish_ok(json!({"topic": "jobs/1", "data": "marker"}))
+        .await;
+    assert_eq!(
+        messages(&mut on_b, 1).await,
+        [(marker, "marker".to_string())]
+    );
+    // History on the late node holds what the first one published.
+    let mut history = subscribe(&b, "topic=jobs/1&history=3").await;
+    let last3: Vec<String> = messages(&mut history, 3)
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(last3, ["e13", "e14", "marker"]);
+}
+
+async fn idempotency_across_nodes(kind: Kind) {
+    let engine = Engine::start(kind);
+    let nodes = [engine.node(&[]), engine.node(&[]), engine.node(&[])];
+    let mut sub = subscribe(&nodes[2], "topic=orders").await;
+    let body = json!({"topic": "orders", "data": "paid", "idempotency_key": "order-7-paid"});
+    let first = nodes[0].publish_ok(body.clone()).await;
+    for node in &nodes {
+        assert_eq!(node.publish_ok(body.clone()).await, first);
+    }
+    nodes[1]
+        .publish_ok(json!({"topic": "orders", "data": "marker"}))
+        .await;
+    let got = messages_until(&mut sub, "marker").await;
+    assert_eq!(got.len(), 2, "one event per key, then the marker: {got:?}");
+    assert_eq!(got[0], (first, "paid".to_string()));
+}
+
+async fn state_across_nodes(kind: Kind) {
+    let engine = Engine::start(kind);
+    let a = engine.node(&[]);
+    let b = engine.node(&[]);
+    let http = reqwest::Client::new();
+    let put = http
+        .put(a.url("/v1/state/boards/1/title"))
+        .json(&json!({"text": "Q4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    // A stream opened on the other node starts with the retained value.
+    let mut fresh = SseClient::connect(b.addr, "/v1/events?topic=boards/1").await;
+    fresh.expect_connected().await;
+    let snapshot = fresh.expect_event("state").await.json();
+    assert_eq!(snapshot["value"], json!({"text": "Q4"}));
+    assert_eq!(snapshot["version"], 1);
+    // A change made on B is the next version, and A reads it.
+    let patch = http
+        .patch(b.url("/v1/state/boards/1/title"))
+        .header("content-type", "application/merge-patch+json")
+        .json(&json!({"color": "red"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 200);
+    let (status, body) = a.get_json("/v1/state/boards/1/title").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+    assert_eq!(body["value"], json!({"text": "Q4", "color": "red"}));
+}
+
+async fn node_killed_mid_stream_loses_nothing_acknowledged(kind: Kind) {
+    let engine = Engine::start(kind);
+    let mut a = engine.node(&[]);
+    let b = engine.node(&[]);
+    let mut sub = subscribe(&b, "topic=feed").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let url = a.url("/v1/publish");
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let (tx, url) = (tx.clone(), url.clone());
+        publishers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0.. {
+                let sent = http
+                    .post(&url)
+                    .json(&json!({"topic": "feed", "data": format!("p{p}-{i}")}))
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { break };
+                if resp.status() != 200 {
+                    break;
+                }
+                let Ok(answer) = resp.json::<Value>().await else {
+                    break; // killed between the head and the body
+                };
+                let _ = tx.send(answer["id"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    drop(tx);
+    let mut acked = HashSet::new();
+    while acked.len() < 200 {
+        acked.insert(rx.recv().await.expect("publishers still running"));
+    }
+    a.kill9();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    while let Some(id) = rx.recv().await {
+        acked.insert(id);
+    }
+    b.publish_ok(json!({"topic": "feed", "data": "marker"}))
+        .await;
+    let got = messages_until(&mut sub, "marker").await;
+    let ids: Vec<u64> = got.iter().map(|(id, _)| numeric(id)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    let delivered: HashSet<String> = got.into_iter().map(|(id, _)| id).collect();
+    let lost: Vec<&String> = acked.difference(&delivered).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {lost:?}"
+    );
+}
+
+async fn engine_restart_loses_nothing(kind: Kind) {
+    let mut engine = Engine::start(kind);
+    let a = engine.node(&[]);
+    let b = engine.node(&[]);
+    let mut subs = [
+        subscribe(&a, "topic=ticks").await,
+        subscribe(&b, "topic=ticks").await,
+    ];
+    let mut published = Vec::new();
+    for i in 0..20 {
+        let data = format!("t{i}");
+        published.push((
+            a.publish_ok(json!({"topic": "ticks", "data": data})).await,
+            data,
+        ));
+    }
+    for sub in &mut subs {
+        assert_eq!(messages(sub, 20).await, published);
+    }
+    engine.kill9();
+    // Down: not ready, and publishes refused, never acknowledged.
+    for node in [&a, &b] {
+        let body = wait_ready(node, 503).await;
+        assert!(
+            body["reason"].as_str().unwrap().contains("cluster"),
+            "{body}"
+        );
+        let (status, answer) = node
+            .publish(json!({"topic": "ticks", "data": "while down"}))
+            .await;
+        assert_eq!(status, 503, "{answer}");
+        assert_eq!(answer["error"], "unavailable", "{answer}");
+    }
+    let metrics = reqwest::get(b.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("herald_cluster_engine_up 0"), "{metrics}");
+    engine.restart();
+    for node in [&a, &b] {
+        wait_ready(node, 200).await;
+    }
+    for i in 20..30 {
+        let data = format!("t{i}");
+        published.push((
+            b.publish_ok(json!({"topic": "ticks", "data": data})).await,
+            data,
+        ));
+    }
+    // The streams stayed open across the outage and carry on exactly once.
+    for sub in &mut subs {
+        assert_eq!(messages(sub, 10).await, published[20..]);
+    }
+    // Everything acknowledged before the crash is still in the log.
+    let c = engine.node(&[]);
+    let mut history = subscribe(&c, "topic=ticks&history=100").await;
+    assert_eq!(messages(&mut history, 30).await, published);
+}
+
+#[tokio::test]
+async fn redis_publish_anywhere_receive_everywhere() {
+    publish_anywhere_receive_everywhere(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_resume_on_another_node() {
+    resume_on_another_node(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_idempotency_across_nodes() {
+    idempotency_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_state_across_nodes() {
+    state_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_node_killed_mid_stream_loses_nothing_acknowledged() {
+    node_killed_mid_stream_loses_nothing_acknowledged(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_engine_restart_loses_nothing() {
+    engine_restart_loses_nothing(Kind::Redis).await;
+}

@@ -1,0 +1,131 @@
+//! Cluster engines for the end-to-end tests: a real `redis-server` on a
+//! free loopback port, with its files in a temporary directory, that a test
+//! can kill and start again on the same port and files.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::browser::free_port;
+use super::{HubProcess, PATIENCE};
+
+/// A number no other call in this process returned.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The engines a cluster runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+}
+
+pub struct Engine {
+    kind: Kind,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Engine {
+    /// Starts an engine with durable writes: Redis with `appendonly yes`
+    /// and `appendfsync always`.
+    pub fn start(kind: Kind) -> Engine {
+        let dir =
+            std::env::temp_dir().join(format!("herald-engine-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).expect("engine dir");
+        let mut engine = Engine {
+            kind,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        engine.restart();
+        engine
+    }
+
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Starts the engine again on the same port and files (after
+    /// [`Engine::kill9`]); returns once it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the engine is running");
+        let child = match self.kind {
+            Kind::Redis => Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(self.port.to_string())
+                .arg("--dir")
+                .arg(&self.dir)
+                .args([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                    "--protected-mode",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server (apt-get install redis-server)"),
+        };
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.ping() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{:?} did not start", self.kind);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True when the engine answers a ping (and has loaded its data).
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// `kill -9`: what was acknowledged is on disk, nothing else is done.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// A hub node on this engine, with its own data directory.
+    pub fn node(&self, settings: &[&str]) -> HubProcess {
+        let dir = self.dir.join(format!("node-{}", unique()));
+        let url = self.url();
+        HubProcess::spawn(Some(&dir), settings, &["--cluster", &url], &[])
+            .unwrap_or_else(|logs| panic!("the node did not start:\n{logs}"))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
