@@ -9,7 +9,69 @@ use std::time::{Duration, Instant};
 
 use common::engine::{Engine, Kind};
 use common::{HubProcess, SseClient, PATIENCE};
+use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
+
+const SECRET: &str = "cluster-test-secret-long-enough-0123456789";
+const API_KEY: &str = "cluster-test-api-key";
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = json!({"sub": user, "exp": exp, "herald.subscribe": ["news"]});
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    encode(&Header::default(), &claims, &key).unwrap()
+}
+
+/// A node with auth on, whose stats calls use the API key.
+fn secured_node(engine: &Engine) -> HubProcess {
+    let secret = format!("auth.jwt_secret=\"{SECRET}\"");
+    let keys = format!("auth.api_keys=[\"{API_KEY}\"]");
+    let mut node = engine.node(&[&secret, &keys]);
+    node.admin_key = Some(API_KEY.into());
+    node
+}
+
+async fn post(node: &HubProcess, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(node.url(path))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn publish_direct(node: &HubProcess, user: &str, data: &str, require_ack: bool) -> String {
+    let body = json!({"to": {"users": [user]}, "data": data, "require_ack": require_ack});
+    let (status, answer) = post(node, "/v1/publish", API_KEY, body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+/// A stream of `user` (topic `news`), past its opening.
+async fn user_stream(node: &HubProcess, user: &str) -> SseClient {
+    let bearer = format!("Bearer {}", token(user));
+    let mut client = SseClient::connect_with(
+        node.addr,
+        "/v1/events?topic=news",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    client.expect_connected().await;
+    client
+}
+
+async fn wait_inbox_empty(node: &HubProcess) {
+    node.wait_for_stats("an empty inbox", |s| s["inbox"]["waiting"] == 0)
+        .await;
+}
 
 /// Reads `n` events of type `message`: (id, data) in arrival order.
 async fn messages(client: &mut SseClient, n: usize) -> Vec<(String, String)> {
@@ -82,6 +144,20 @@ async fn publish_anywhere_receive_everywhere(kind: Kind) {
     let mut subscribers = Vec::new();
     for node in &nodes {
         subscribers.push(subscribe(node, "topic=chat/*").await);
+    }
+    // Any node's /v1/stats counts every node's streams, and each node's own.
+    let stats = nodes[0]
+        .wait_for_stats("three nodes with a stream each", |s| {
+            s["cluster"]["totals"]["connections"] == 3 && s["cluster"]["totals"]["nodes"] == 3
+        })
+        .await;
+    assert_eq!(stats["connections"], 1, "{stats}");
+    for node in stats["cluster"]["nodes"].as_array().unwrap() {
+        assert_eq!(node["connections"], 1, "{stats}");
+        assert!(
+            node["node"].as_str().unwrap().starts_with("node-"),
+            "{stats}"
+        );
     }
     // One after another, round the nodes: everyone sees publish order.
     let mut published = Vec::new();
@@ -262,6 +338,11 @@ async fn node_killed_mid_stream_loses_nothing_acknowledged(kind: Kind) {
     }
     b.publish_ok(json!({"topic": "feed", "data": "marker"}))
         .await;
+    // The killed node leaves the cluster's numbers once its report is stale.
+    b.wait_for_stats("the killed node gone from the stats", |s| {
+        s["cluster"]["totals"]["nodes"] == 1
+    })
+    .await;
     let got = messages_until(&mut sub, "marker").await;
     let ids: Vec<u64> = got.iter().map(|(id, _)| numeric(id)).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
@@ -332,6 +413,67 @@ async fn engine_restart_loses_nothing(kind: Kind) {
     let c = engine.node(&[]);
     let mut history = subscribe(&c, "topic=ticks&history=100").await;
     assert_eq!(messages(&mut history, 30).await, published);
+}
+
+async fn inboxes_and_acks_across_nodes(kind: Kind) {
+    let engine = Engine::start(kind);
+    let [a, b, c] = [
+        secured_node(&engine),
+        secured_node(&engine),
+        secured_node(&engine),
+    ];
+    // Offline everywhere: the message waits on every node; the first
+    // stream, on B, gets it, and then it waits nowhere.
+    let hello = publish_direct(&a, "ann", "hello ann", false).await;
+    let mut on_b = user_stream(&b, "ann").await;
+    assert_eq!(messages(&mut on_b, 1).await, [(hello, "hello ann".into())]);
+    drop(on_b);
+    wait_inbox_empty(&c).await;
+    wait_inbox_empty(&a).await;
+    let mut on_c = user_stream(&c, "ann").await;
+    publish_direct(&a, "ann", "marker 1", false).await;
+    assert_eq!(messages(&mut on_c, 1).await[0].1, "marker 1");
+    // Awaiting an acknowledgement: every new stream gets it until the user
+    // acknowledges it, on any node; then no node has it.
+    let sign = publish_direct(&c, "ann", "sign", true).await;
+    assert_eq!(messages(&mut on_c, 1).await[0].1, "sign");
+    let mut on_a = user_stream(&a, "ann").await;
+    assert_eq!(
+        messages(&mut on_a, 1).await,
+        [(sign.clone(), "sign".into())]
+    );
+    let (status, answer) = post(&a, "/v1/ack", &token("ann"), json!({"ids": [sign]})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["acked"], json!([sign]), "{answer}");
+    drop(on_a);
+    wait_inbox_empty(&b).await;
+    let mut on_b = user_stream(&b, "ann").await;
+    publish_direct(&b, "ann", "marker 2", false).await;
+    assert_eq!(messages(&mut on_b, 1).await[0].1, "marker 2");
+    assert_eq!(messages(&mut on_c, 1).await[0].1, "marker 2");
+    drop(on_b);
+    // Delivered live on C only: A and B, where Ann has no stream, hold it
+    // until C's word arrives.
+    publish_direct(&a, "ann", "live", false).await;
+    assert_eq!(messages(&mut on_c, 1).await[0].1, "live");
+    wait_inbox_empty(&a).await;
+    wait_inbox_empty(&b).await;
+    // A node that starts now rebuilds the same inboxes from the log:
+    // nothing for Ann, Bob's message for Bob.
+    let for_bob = publish_direct(&a, "bob", "for bob", false).await;
+    let d = secured_node(&engine);
+    let stats = d.stats().await;
+    assert_eq!(stats["inbox"]["waiting"], 1, "{stats}");
+    let mut bob = user_stream(&d, "bob").await;
+    assert_eq!(messages(&mut bob, 1).await, [(for_bob, "for bob".into())]);
+    let mut ann = user_stream(&d, "ann").await;
+    publish_direct(&d, "ann", "marker 3", false).await;
+    assert_eq!(messages(&mut ann, 1).await[0].1, "marker 3");
+}
+
+#[tokio::test]
+async fn redis_inboxes_and_acks_across_nodes() {
+    inboxes_and_acks_across_nodes(Kind::Redis).await;
 }
 
 #[tokio::test]

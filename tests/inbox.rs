@@ -435,3 +435,25 @@ async fn what_waits_survives_kill_9() {
     drop((c, hub));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_resuming_stream_skips_direct_messages_at_or_below_its_last_event_id() {
+    let hub = hub(&[]);
+    let seen = publish(&hub, json!({"to": {"users": ["dan"]}, "data": "seen"})).await;
+    publish(&hub, json!({"to": {"users": ["dan"]}, "data": "newer"})).await;
+    publish(
+        &hub,
+        json!({"to": {"users": ["dan"]}, "data": "sign", "require_ack": true}),
+    )
+    .await;
+    // The client says it has `seen` (another stream of its own, or, in a
+    // cluster, another node, delivered it): it gets what came after, and
+    // what awaits an acknowledgement whatever its id.
+    let auth = format!("Bearer {}", token("dan"));
+    let headers = [("Authorization", auth.as_str()), ("Last-Event-ID", &seen)];
+    let mut c = SseClient::connect_with(hub.addr, "/v1/events?topic=news", &headers, None).await;
+    c.expect_connected().await;
+    mark(&hub, "dan").await;
+    let got = read_until(&mut c, "end").await;
+    assert_eq!(datas(&got), ["newer", "sign", "end"], "{got:?}");
+}

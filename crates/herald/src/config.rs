@@ -208,6 +208,9 @@ pub struct ClusterConfig {
     pub max_log_events: u64,
     /// How long a start waits for the engine. Default 30.
     pub connect_timeout_secs: u64,
+    /// This node's name in `/v1/stats`. Default: `node-` and 8 random hex
+    /// digits, new at every start.
+    pub node_name: String,
 }
 
 impl Default for ClusterConfig {
@@ -217,6 +220,7 @@ impl Default for ClusterConfig {
             name: "herald".into(),
             max_log_events: 1_000_000,
             connect_timeout_secs: 30,
+            node_name: String::new(),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::connection::{Connection, Offered};
 use crate::event::{EventId, SharedEvent};
 use crate::inbox::Inboxes;
 use crate::index::SubscriptionIndex;
-use crate::log::CommitSink;
+use crate::log::{CommitSink, Control, Entry};
 use crate::pattern::Pattern;
 use crate::topic::Topic;
 
@@ -41,6 +41,10 @@ pub struct Fanout {
     /// Announces joins and leaves on presence topics; `None` when none are
     /// configured.
     presence: Option<PresenceTracker>,
+    /// Clustered: where to report direct messages this node delivered live
+    /// (user, id), so that other nodes, where the user had no stream, stop
+    /// holding them.
+    delivered_live: Option<tokio::sync::mpsc::UnboundedSender<(Box<str>, EventId)>>,
 }
 
 /// A user's first stream subscribed to a presence topic (`joined`), or
@@ -87,7 +91,9 @@ pub struct Presence {
 }
 
 /// A snapshot of fan-out's numbers.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct FanoutStats {
     pub connections: usize,
     pub subscriptions: usize,
@@ -97,6 +103,19 @@ pub struct FanoutStats {
     pub deliveries_queued: u64,
     pub deliveries_dropped: u64,
     pub overflow_disconnects: u64,
+}
+
+impl FanoutStats {
+    /// Adds another node's numbers to these.
+    pub fn add(&mut self, other: &FanoutStats) {
+        self.connections += other.connections;
+        self.subscriptions += other.subscriptions;
+        self.queued_now += other.queued_now;
+        self.events_dispatched += other.events_dispatched;
+        self.deliveries_queued += other.deliveries_queued;
+        self.deliveries_dropped += other.deliveries_dropped;
+        self.overflow_disconnects += other.overflow_disconnects;
+    }
 }
 
 impl Fanout {
@@ -122,6 +141,16 @@ impl Fanout {
         changes: tokio::sync::mpsc::UnboundedSender<PresenceChange>,
     ) -> Fanout {
         self.presence = Some(PresenceTracker { patterns, changes });
+        self
+    }
+
+    /// Reports every direct message delivered live to a user with a stream
+    /// here (clustered: see [`crate::log::Control::Delivered`]).
+    pub fn report_live_deliveries(
+        mut self,
+        reports: tokio::sync::mpsc::UnboundedSender<(Box<str>, EventId)>,
+    ) -> Fanout {
+        self.delivered_live = Some(reports);
         self
     }
 
@@ -397,6 +426,13 @@ impl Fanout {
         if let Some(inboxes) = &self.inboxes {
             if !event.target.users.is_empty() && !event.target.broadcast {
                 inboxes.offer(event, |user| reg.by_user.contains_key(user));
+                if let (Some(reports), false) = (&self.delivered_live, event.require_ack) {
+                    for user in &event.target.users {
+                        if reg.by_user.contains_key(user.as_str()) {
+                            let _ = reports.send((user.as_str().into(), event.id));
+                        }
+                    }
+                }
             }
         }
         let c = &self.counters;
@@ -450,6 +486,29 @@ impl CommitSink for Fanout {
         // runs: a stalled socket may keep it from ever running.
         for key in closed {
             self.unregister(key);
+        }
+    }
+
+    fn control(&self, record: &Control) {
+        let Some(inboxes) = &self.inboxes else { return };
+        let written = match record {
+            Control::Delivered { user, ids } => inboxes.delivered(user, ids),
+            Control::Acked { user, ids } => inboxes.ack(user, ids).map(|_| ()),
+        };
+        if let Err(err) = written {
+            tracing::error!(%err, "could not write the inbox file");
+        }
+    }
+
+    fn recovered(&self, entries: &[Entry]) {
+        let Some(inboxes) = &self.inboxes else { return };
+        for entry in entries {
+            match entry {
+                // Nobody was connected to this node then: every addressed
+                // event waits, until a record says it was delivered.
+                Entry::Event(event) => inboxes.offer_at(event, |_| false, event.published_at_ms),
+                Entry::Control { record, .. } => self.control(record),
+            }
         }
     }
 }

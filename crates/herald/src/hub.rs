@@ -61,6 +61,8 @@ struct Shared {
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
     next_key: AtomicU64,
+    /// Clustered: this node's name.
+    node: Option<String>,
 }
 
 /// Why a change of an open stream's subscriptions was refused.
@@ -86,6 +88,9 @@ pub enum AckError {
     TooMany(usize),
     #[error("the inbox store failed: {0}")]
     Store(String),
+    /// Clustered: the engine could not take the acknowledgement.
+    #[error("acknowledgements cannot be recorded now: {0}")]
+    Unavailable(String),
 }
 
 /// Why a hub could not start.
@@ -152,6 +157,42 @@ pub struct HubStats {
     #[serde(flatten)]
     pub fanout: FanoutStats,
     pub inbox: InboxTotals,
+    /// Clustered: this node's name (`cluster.node_name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Clustered: every live node's numbers and their sums. The numbers
+    /// above are this node's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// The nodes of a cluster, as they last reported (every 2 s).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterStats {
+    /// Sums over `nodes`.
+    pub totals: NodeTotals,
+    /// Nodes that reported in the last 10 s, by name.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node's numbers, as it reported them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeStats {
+    pub node: String,
+    pub reported_at_ms: u64,
+    pub head: String,
+    pub addresses: usize,
+    #[serde(flatten)]
+    pub fanout: FanoutStats,
+}
+
+/// Sums over the nodes of a cluster.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeTotals {
+    pub nodes: usize,
+    pub addresses: usize,
+    #[serde(flatten)]
+    pub fanout: FanoutStats,
 }
 
 impl Shared {
@@ -207,6 +248,37 @@ fn history_settings(config: &Config) -> MemoryLogSettings {
         max_idempotency_keys: h.max_idempotency_keys,
     }
 }
+
+/// Clustered: tells every node which direct messages this one delivered
+/// live, so that nodes where the user had no stream stop holding them.
+/// As many as have piled up go in one append, a record per user.
+async fn report_live_deliveries(
+    log: Arc<dyn EventLog>,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<(Box<str>, EventId)>,
+) {
+    let mut batch = Vec::new();
+    while reports.recv_many(&mut batch, 4096).await > 0 {
+        let mut by_user: std::collections::BTreeMap<Box<str>, Vec<EventId>> = Default::default();
+        for (user, id) in batch.drain(..) {
+            by_user.entry(user).or_default().push(id);
+        }
+        let records = by_user
+            .into_iter()
+            .map(|(user, ids)| crate::log::Control::Delivered {
+                user: user.into(),
+                ids,
+            })
+            .collect();
+        if let Err(err) = log.append_control(records).await {
+            // The other nodes keep the messages: the user may get them again
+            // there (at least once, never lost).
+            tracing::warn!(%err, "could not tell the cluster about messages delivered here");
+        }
+    }
+}
+
+/// How often a clustered node reports its numbers to the others.
+const NODE_REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// The event type of join and leave events on presence topics.
 pub const PRESENCE_EVENT: &str = "herald.presence";
@@ -276,7 +348,9 @@ impl Hub {
             max_age_ms: config.inbox.max_age_secs.saturating_mul(1000),
             sync: config.history.fsync != crate::config::Fsync::Never,
         };
-        let inboxes = match config.memory {
+        // Clustered, every node rebuilds the inboxes from the shared log at
+        // start (see `CommitSink::recovered`): no file of its own.
+        let inboxes = match config.memory || log.clustered() {
             true => Inboxes::in_memory(inbox_settings),
             false => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|e| ConfigError {
@@ -311,6 +385,12 @@ impl Hub {
                 ),
             }
         }
+        let mut live_deliveries = None;
+        if log.clustered() && runtime.is_some() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            fanout = fanout.report_live_deliveries(tx);
+            live_deliveries = Some(rx);
+        }
         let fanout = Arc::new(fanout);
         fanout.start_at(log.attach(fanout.clone()));
         let limits = &config.limits;
@@ -325,6 +405,13 @@ impl Hub {
             setting: "data_dir".into(),
             reason: format!("cannot read the state file: {e}"),
         })?;
+        let node = log.clustered().then(|| match &config.cluster.node_name {
+            name if !name.is_empty() => name.clone(),
+            _ => format!("node-{:08x}", fastrand::u32(..)),
+        });
+        if let Some(node) = &node {
+            tracing::info!(node, "this node's name in the cluster");
+        }
         let metrics = Arc::new(Metrics::new());
         let registry = crate::metrics::registry(
             fanout.clone(),
@@ -345,11 +432,33 @@ impl Hub {
                 state,
                 shutdown: CancellationToken::new(),
                 next_key: AtomicU64::new(1),
+                node,
             }),
         };
         if let Some(rt) = &runtime {
             if let Some(changes) = presence_changes {
                 rt.spawn(announce_presence(Arc::downgrade(&hub.shared), changes));
+            }
+            if hub.shared.node.is_some() {
+                let weak = Arc::downgrade(&hub.shared);
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(NODE_REPORT_EVERY);
+                    loop {
+                        tick.tick().await;
+                        let Some(shared) = weak.upgrade() else { break };
+                        let hub = Hub { shared };
+                        let stats = hub.node_stats();
+                        let Ok(json) = serde_json::to_value(&stats) else {
+                            continue;
+                        };
+                        if let Err(err) = hub.shared.log.report_node(&stats.node, json).await {
+                            tracing::debug!(%err, "could not report this node's numbers");
+                        }
+                    }
+                });
+            }
+            if let Some(reports) = live_deliveries {
+                rt.spawn(report_live_deliveries(hub.shared.log.clone(), reports));
             }
             let weak = Arc::downgrade(&hub.shared);
             rt.spawn(async move {
@@ -583,11 +692,25 @@ impl Hub {
             None => self.state_snapshot(&conn.selector).await,
             Some(_) => bytes::Bytes::new(),
         };
+        let resumed_after = request
+            .last_event_id
+            .as_deref()
+            .and_then(parse_last_event_id);
         let waiting = match &conn.selector.user {
-            Some(user) => self
-                .shared
-                .inboxes()
-                .waiting_for(user, &conn.selector, head),
+            Some(user) => {
+                let mut waiting = self
+                    .shared
+                    .inboxes()
+                    .waiting_for(user, &conn.selector, head);
+                // A direct message at or below the id a client resumes from
+                // reached it already (on another stream, or another node
+                // whose word has not arrived yet); one awaiting an
+                // acknowledgement comes again until it is acknowledged.
+                if let Some(after) = resumed_after {
+                    waiting.retain(|e| e.require_ack || e.id > after);
+                }
+                waiting
+            }
             None => Vec::new(),
         };
         let position = match start {
@@ -654,7 +777,7 @@ impl Hub {
 
     /// `identity`'s user acknowledges events (SPEC §7): they stop waiting
     /// for that user. Other users' acknowledgements are their own.
-    pub fn ack(&self, identity: &Identity, ids: &[EventId]) -> Result<AckOutcome, AckError> {
+    pub async fn ack(&self, identity: &Identity, ids: &[EventId]) -> Result<AckOutcome, AckError> {
         let Some(user) = identity.user.as_deref() else {
             return Err(match identity.proof {
                 Proof::Anonymous => AckError::Auth(AuthError::Missing(
@@ -667,6 +790,28 @@ impl Hub {
         };
         if ids.len() > MAX_ACK_IDS {
             return Err(AckError::TooMany(ids.len()));
+        }
+        if self.shared.log.clustered() {
+            // Every node holds the user's inbox: the acknowledgement goes
+            // through the log, and this node has applied it on return.
+            let acked = self.shared.inboxes().held(user, ids);
+            let unknown = ids
+                .iter()
+                .filter(|id| !acked.contains(id))
+                .copied()
+                .collect();
+            let record = crate::log::Control::Acked {
+                user: user.to_owned(),
+                ids: acked.clone(),
+            };
+            if !acked.is_empty() {
+                self.shared
+                    .log
+                    .append_control(vec![record])
+                    .await
+                    .map_err(|e| AckError::Unavailable(e.to_string()))?;
+            }
+            return Ok(AckOutcome { acked, unknown });
         }
         self.shared.inboxes().ack(user, ids).map_err(|e| {
             tracing::error!(err = %e, "could not write the inbox file");
@@ -686,6 +831,20 @@ impl Hub {
             return;
         };
         let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+        if self.shared.log.clustered() {
+            let record = crate::log::Control::Delivered {
+                user: user.to_owned(),
+                ids: ids.clone(),
+            };
+            let log = self.shared.log.clone();
+            tokio::spawn(async move {
+                if let Err(err) = log.append_control(vec![record]).await {
+                    // Other nodes keep the messages: the user may get them
+                    // again there (at least once, never lost).
+                    tracing::warn!(%err, "could not tell the cluster that waiting messages were delivered");
+                }
+            });
+        }
         if let Err(err) = self.shared.inboxes().delivered(user, &ids) {
             tracing::error!(%err, "could not write the inbox file");
         }
@@ -827,7 +986,53 @@ impl Hub {
             addresses: self.shared.limiter.addresses(),
             fanout: self.shared.fanout.stats(),
             inbox: self.shared.inboxes().totals(),
+            node: self.shared.node.clone(),
+            cluster: None,
         }
+    }
+
+    /// This node's numbers as the other nodes read them.
+    fn node_stats(&self) -> NodeStats {
+        NodeStats {
+            node: self.shared.node.clone().unwrap_or_default(),
+            reported_at_ms: crate::log::now_ms(),
+            head: self.shared.fanout.head().to_string(),
+            addresses: self.shared.limiter.addresses(),
+            fanout: self.shared.fanout.stats(),
+        }
+    }
+
+    /// [`Hub::stats`], and clustered, every live node's numbers with their
+    /// sums. When the engine cannot be read, `cluster` holds this node only.
+    pub async fn cluster_stats(&self) -> HubStats {
+        let mut stats = self.stats();
+        if !self.shared.log.clustered() {
+            return stats;
+        }
+        let own = self.node_stats();
+        let mut nodes: Vec<NodeStats> = match self.shared.log.nodes().await {
+            Ok(reports) => reports
+                .into_iter()
+                .filter_map(|r| serde_json::from_value::<NodeStats>(r).ok())
+                .filter(|n| n.node != own.node)
+                .collect(),
+            Err(err) => {
+                tracing::warn!(%err, "could not read the other nodes' numbers");
+                Vec::new()
+            }
+        };
+        nodes.push(own);
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let mut totals = NodeTotals {
+            nodes: nodes.len(),
+            ..NodeTotals::default()
+        };
+        for n in &nodes {
+            totals.addresses += n.addresses;
+            totals.fanout.add(&n.fanout);
+        }
+        stats.cluster = Some(ClusterStats { totals, nodes });
+        stats
     }
 
     /// Whether a peer may use publish and admin calls in dev mode.

@@ -297,8 +297,14 @@ impl Inboxes {
     /// Fan-out's hook, called for each dispatched event addressed to users
     /// (under the registry lock): holds it for each user it must wait for.
     pub fn offer(&self, event: &SharedEvent, online: impl Fn(&str) -> bool) {
-        let now = now_ms();
-        if event.is_expired(now) {
+        self.offer_at(event, online, now_ms());
+    }
+
+    /// [`Inboxes::offer`] of an event that started waiting at `since_ms`
+    /// (a clustered node rebuilding its inboxes from the log at start).
+    pub fn offer_at(&self, event: &SharedEvent, online: impl Fn(&str) -> bool, since_ms: u64) {
+        let now = since_ms;
+        if event.is_expired(now_ms()) {
             return;
         }
         let mut state = self.state.lock();
@@ -342,6 +348,19 @@ impl Inboxes {
             state.totals.delivered += removed.len() as u64;
         }
         self.flush()
+    }
+
+    /// Which of `ids` wait for `user` now (what an ack of them would
+    /// remove).
+    pub fn held(&self, user: &str, ids: &[EventId]) -> Vec<EventId> {
+        let state = self.state.lock();
+        let Some(inbox) = state.users.get(user) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter(|id| inbox.entries.contains_key(id))
+            .copied()
+            .collect()
     }
 
     /// `user` acknowledges these events.

@@ -67,7 +67,7 @@ pub async fn ack(
             id.ok_or_else(|| ApiError::BadBody(format!("{v} is not an event id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let outcome = hub.ack(&caller.identity, &ids)?;
+    let outcome = hub.ack(&caller.identity, &ids).await?;
     let text = |ids: Vec<EventId>| ids.into_iter().map(|id| id.to_string()).collect();
     Ok(Json(AckAnswer {
         acked: text(outcome.acked),

@@ -73,7 +73,9 @@ impl ApiError {
             ApiError::Ack(e) => match e {
                 crate::hub::AckError::Auth(a) => auth_parts(a),
                 crate::hub::AckError::TooMany(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
-                crate::hub::AckError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                crate::hub::AckError::Store(_) | crate::hub::AckError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
             },
             ApiError::Subscribe(S::BadPattern(..)) => (StatusCode::BAD_REQUEST, "invalid_topic"),
             ApiError::Subscribe(S::TooManyTopics { .. }) => {

@@ -252,7 +252,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         TopicName, PatternText, EventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
-        Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo,
+        Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo, crate::hub::ClusterStats, crate::hub::NodeStats, crate::hub::NodeTotals,
         Presence, super::ops::TopicCount, EventIdText, super::ack::AckRequest, super::ack::AckAnswer,
         crate::inbox::InboxTotals, crate::inbox::UserInboxCounts,
     )),

@@ -49,7 +49,7 @@ pub async fn stats(
     require_admin(&hub, &caller)?;
     let value = match query.user {
         Some(user) => serde_json::to_value(hub.user(&user)),
-        None => serde_json::to_value(hub.stats()),
+        None => serde_json::to_value(hub.cluster_stats().await),
     };
     Ok(Json(value.expect("stats serialize")))
 }

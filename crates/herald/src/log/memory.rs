@@ -214,6 +214,12 @@ impl Inner {
         self.store(event);
     }
 
+    /// Moves the head past an id that holds no event (a clustered log's
+    /// control record).
+    pub(crate) fn advance(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id + 1);
+    }
+
     /// Everything at or below `floor` left history before this run (its
     /// files are gone): a Last-Event-ID below it cannot be covered.
     pub(crate) fn set_floor(&mut self, floor: u64) {

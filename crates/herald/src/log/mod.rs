@@ -45,6 +45,43 @@ pub use memory::MemoryLog;
 /// block (it is called with the log's ordering lock held).
 pub trait CommitSink: Send + Sync + 'static {
     fn committed(&self, events: &[SharedEvent]);
+
+    /// Clustered: a control record, in its place among the events.
+    fn control(&self, _record: &Control) {}
+
+    /// Clustered, once at attach: what the engine's log holds that bears on
+    /// users' inboxes (events addressed to users, control records), in log
+    /// order, so that a node that starts rebuilds the same inboxes as
+    /// every other node.
+    fn recovered(&self, _entries: &[Entry]) {}
+}
+
+/// A record of a clustered log that is not an event: what one node tells
+/// every other about a user's inbox (SPEC §7). Never sent to a client.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// A connection of `user` received these events: direct messages that
+    /// waited for the user stop waiting on every node.
+    Delivered { user: String, ids: Vec<EventId> },
+    /// `user` acknowledged these events.
+    Acked { user: String, ids: Vec<EventId> },
+}
+
+/// One record of a clustered log.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Event(SharedEvent),
+    Control { id: EventId, record: Control },
+}
+
+impl Entry {
+    pub fn id(&self) -> EventId {
+        match self {
+            Entry::Event(e) => e.id,
+            Entry::Control { id, .. } => *id,
+        }
+    }
 }
 
 /// Where a read starts.
@@ -138,6 +175,29 @@ pub trait EventLog: Send + Sync + 'static {
     /// stream resuming from it waits for that before it starts. Single
     /// node logs have every id they issued already.
     async fn catch_up(&self, _id: EventId) {}
+
+    /// Clustered: appends control records for every node to apply (in
+    /// their place in the log, through [`CommitSink::control`]), and
+    /// returns once this node has applied them. One node: nothing to tell.
+    async fn append_control(&self, _records: Vec<Control>) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    /// Clustered: publishes this node's numbers (a JSON object) where the
+    /// other nodes read them; they expire unless reported again.
+    async fn report_node(&self, _node: &str, _stats: serde_json::Value) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    /// Clustered: the numbers every live node reported last.
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
+        Ok(Vec::new())
+    }
+
+    /// True when other nodes share this log.
+    fn clustered(&self) -> bool {
+        self.engine().is_some()
+    }
 
     /// The state of the connection to a cluster engine; `None` on one node.
     fn engine(&self) -> Option<EngineStatus> {

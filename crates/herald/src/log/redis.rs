@@ -4,7 +4,8 @@
 //! valid on Redis Cluster and a script may touch them together):
 //!
 //! * `{herald}:log` — the stream. One entry per event, field `d` holding
-//!   the draft as JSON. The entry id *is* the event id: Herald id `n` is
+//!   the draft as JSON, or per control record (inbox changes every node
+//!   applies), field `c`. The entry id *is* the event id: Herald id `n` is
 //!   stream id `n / 1000 - n % 1000`, so the stream's own order is the
 //!   log's order and the millisecond part is the publish time.
 //! * `{herald}:seq` — the last id issued.
@@ -12,6 +13,9 @@
 //!   first node that starts.
 //! * `{herald}:idem:<key>` — an idempotency key's first id, expiring after
 //!   the window.
+//! * `{herald}:nodes` — a hash of each node's last reported numbers, for
+//!   cluster-wide `/v1/stats`; entries older than [`NODE_STALE_MS`] are
+//!   ignored and removed.
 //!
 //! **Appends** run one Lua script: for each draft it answers a repeated
 //! idempotency key from its key, or takes the next id —
@@ -38,9 +42,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
-use super::{Appended, CommitSink, Coverage, EngineStatus, EventLog, LogError, ReadRequest};
+use super::{
+    Appended, CommitSink, Control, Coverage, EngineStatus, Entry, EventLog, LogError, ReadRequest,
+};
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
+
+/// A node's report older than this is from a node that is gone.
+pub const NODE_STALE_MS: u64 = 10_000;
 
 /// Entries one read takes at most.
 const PAGE: usize = 1000;
@@ -49,17 +58,18 @@ const BLOCK_MS: u64 = 2000;
 
 /// Assigns ids and appends, atomically. KEYS: log, seq, then the
 /// idempotency keys. ARGV: window ms, max entries, max age ms, then per
-/// draft the index of its idempotency key in KEYS (0: none) and its JSON.
-/// Returns per draft `{id, duplicate}`.
+/// record the index of its idempotency key in KEYS (0: none), its field
+/// (`d` for an event's draft, `c` for a control record) and its JSON.
+/// Returns per record `{id, duplicate}`.
 const APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local window = tonumber(ARGV[1])
 local out = {}
-local n = (#ARGV - 3) / 2
+local n = (#ARGV - 3) / 3
 for i = 1, n do
-  local k = tonumber(ARGV[2 + 2 * i])
+  local k = tonumber(ARGV[1 + 3 * i])
   local seen = false
   if k > 0 then seen = redis.call('GET', KEYS[k]) end
   if seen then
@@ -68,7 +78,7 @@ for i = 1, n do
     local id = math.max(now, last + 1)
     last = id
     local ms = math.floor(id / 1000)
-    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), 'd', ARGV[3 + 2 * i])
+    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[2 + 3 * i], ARGV[3 + 3 * i])
     local ids = string.format('%d', id)
     if k > 0 then redis.call('SET', KEYS[k], ids, 'PX', window) end
     out[i] = {ids, 0}
@@ -125,6 +135,7 @@ struct Keys {
     seq: String,
     first: String,
     idem_prefix: String,
+    nodes: String,
 }
 
 impl Keys {
@@ -134,6 +145,7 @@ impl Keys {
             seq: format!("{{{name}}}:seq"),
             first: format!("{{{name}}}:first"),
             idem_prefix: format!("{{{name}}}:idem:"),
+            nodes: format!("{{{name}}}:nodes"),
         }
     }
 }
@@ -210,7 +222,7 @@ fn connection_lost(err: &RedisError) -> bool {
 }
 
 /// Decodes `XRANGE`/`XREAD` entries (`[[id, [field, value…]]…]`).
-fn decode_entries(value: Value) -> Result<Vec<SharedEvent>, ConnectError> {
+fn decode_entries(value: Value) -> Result<Vec<Entry>, ConnectError> {
     let Value::Array(entries) = value else {
         return Ok(Vec::new());
     };
@@ -233,19 +245,29 @@ fn decode_entries(value: Value) -> Result<Vec<SharedEvent>, ConnectError> {
         let Value::Array(fields) = fields else {
             return Err(corrupt(&sid, "no fields"));
         };
-        let mut draft = None;
+        let mut decoded = None;
         for pair in fields.chunks(2) {
-            if let [Value::BulkString(name), Value::BulkString(data)] = pair {
-                if name == b"d" {
-                    draft = Some(
-                        serde_json::from_slice::<EventDraft>(data)
-                            .map_err(|e| corrupt(&sid, &e.to_string()))?,
-                    );
+            let [Value::BulkString(name), Value::BulkString(data)] = pair else {
+                continue;
+            };
+            let bad = |e: serde_json::Error| corrupt(&sid, &e.to_string());
+            decoded = match &name[..] {
+                b"d" => {
+                    let draft = serde_json::from_slice::<EventDraft>(data).map_err(bad)?;
+                    Some(Entry::Event(Arc::new(Event::commit(
+                        draft,
+                        EventId(id),
+                        id / 1000,
+                    ))))
                 }
-            }
+                b"c" => Some(Entry::Control {
+                    id: EventId(id),
+                    record: serde_json::from_slice::<Control>(data).map_err(bad)?,
+                }),
+                _ => continue,
+            };
         }
-        let draft = draft.ok_or_else(|| corrupt(&sid, "no field d"))?;
-        out.push(Arc::new(Event::commit(draft, EventId(id), id / 1000)));
+        out.push(decoded.ok_or_else(|| corrupt(&sid, "neither field d nor c"))?);
     }
     Ok(out)
 }
@@ -345,7 +367,7 @@ impl RedisLog {
                 })?;
             let events = decode_entries(page)?;
             let Some(last) = events.last() else { break };
-            after = format!("({}", stream_id(last.id.0));
+            after = format!("({}", stream_id(last.id().0));
             loaded += events.len();
             let full = events.len() == PAGE;
             replica.load(events);
@@ -392,7 +414,55 @@ impl RedisLog {
         Ok(conn)
     }
 
-    async fn run_append(&self, drafts: &[EventDraft]) -> Result<Vec<(String, i64)>, RedisError> {
+    /// Appends, then waits until this node has applied what it appended;
+    /// returns `(id, duplicate)` per record.
+    async fn append_records(&self, records: &[Record<'_>]) -> Result<Vec<(u64, bool)>, LogError> {
+        let answers = match self.run_append(records).await {
+            Ok(answers) => {
+                if Status::set(&self.status.write, None) {
+                    tracing::info!(url = %self.url, "cluster appends succeed again");
+                }
+                answers
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                if Status::set(&self.status.write, Some(reason.clone())) {
+                    tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
+                }
+                return Err(LogError::Unavailable(reason));
+            }
+        };
+        if answers.len() != records.len() {
+            return Err(LogError::Failed(format!(
+                "the append script answered {} of {} records",
+                answers.len(),
+                records.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for (id, duplicate) in answers {
+            let id = id
+                .parse()
+                .map_err(|_| LogError::Failed(format!("the append script gave the id {id:?}")))?;
+            out.push((id, duplicate != 0));
+        }
+        let last = out.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        if !self
+            .replica
+            .wait_for(last, self.options.apply_timeout)
+            .await
+        {
+            // Durable in the engine: acknowledged. This node applies it
+            // once its tail reads again.
+            tracing::warn!(
+                id = last,
+                "appended, but this node has not read its own record back yet"
+            );
+        }
+        Ok(out)
+    }
+
+    async fn run_append(&self, records: &[Record<'_>]) -> Result<Vec<(String, i64)>, RedisError> {
         let mut conn = self.writer().await?;
         let mut invocation = self.append.prepare_invoke();
         invocation.key(&self.keys.log).key(&self.keys.seq);
@@ -401,8 +471,12 @@ impl RedisLog {
             .arg(self.options.max_log_events)
             .arg(self.max_age_ms);
         let mut next_key = 3;
-        for draft in drafts {
-            match &draft.idempotency_key {
+        for record in records {
+            let key = match record {
+                Record::Event(draft) => draft.idempotency_key.as_deref(),
+                Record::Control(_) => None,
+            };
+            match key {
                 Some(key) => {
                     invocation.key(format!("{}{key}", self.keys.idem_prefix));
                     invocation.arg(next_key);
@@ -412,7 +486,14 @@ impl RedisLog {
                     invocation.arg(0);
                 }
             }
-            invocation.arg(serde_json::to_vec(draft).expect("a draft serializes"));
+            match record {
+                Record::Event(draft) => invocation
+                    .arg("d")
+                    .arg(serde_json::to_vec(draft).expect("a draft serializes")),
+                Record::Control(control) => invocation
+                    .arg("c")
+                    .arg(serde_json::to_vec(control).expect("a control record serializes")),
+            };
         }
         let result = invocation.invoke_async(&mut conn).await;
         if let Err(err) = &result {
@@ -422,6 +503,12 @@ impl RedisLog {
         }
         result
     }
+}
+
+/// What one append writes.
+enum Record<'a> {
+    Event(&'a EventDraft),
+    Control(&'a Control),
 }
 
 /// Exponential backoff with full jitter, 50 ms to 5 s.
@@ -600,52 +687,21 @@ impl EventLog for RedisLog {
     }
 
     async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
-        let answers = match self.run_append(&drafts).await {
-            Ok(answers) => {
-                if Status::set(&self.status.write, None) {
-                    tracing::info!(url = %self.url, "cluster appends succeed again");
-                }
-                answers
-            }
-            Err(err) => {
-                let reason = err.to_string();
-                if Status::set(&self.status.write, Some(reason.clone())) {
-                    tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
-                }
-                return Err(LogError::Unavailable(reason));
-            }
-        };
-        if answers.len() != drafts.len() {
-            return Err(LogError::Failed(format!(
-                "the append script answered {} of {} drafts",
-                answers.len(),
-                drafts.len()
-            )));
-        }
+        let records: Vec<Record> = drafts.iter().map(Record::Event).collect();
+        let answers = self.append_records(&records).await?;
         let mut appended = Vec::with_capacity(answers.len());
         for (id, duplicate) in answers {
-            let id = id
-                .parse()
-                .map_err(|_| LogError::Failed(format!("the append script gave the id {id:?}")))?;
             appended.push(Appended {
                 id: EventId(id),
-                duplicate: duplicate != 0,
+                duplicate,
             });
         }
-        let last = appended.iter().map(|a| a.id.0).max().unwrap_or(0);
-        if !self
-            .replica
-            .wait_for(last, self.options.apply_timeout)
-            .await
-        {
-            // Durable in the engine: acknowledged. This node's streams get
-            // the events once its tail reads again.
-            tracing::warn!(
-                id = last,
-                "published, but this node has not read its own event back yet"
-            );
-        }
         Ok(appended)
+    }
+
+    async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError> {
+        let records: Vec<Record> = records.iter().map(Record::Control).collect();
+        self.append_records(&records).await.map(|_| ())
     }
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
@@ -672,6 +728,53 @@ impl EventLog for RedisLog {
             return Err(format!("the last cluster append failed: {err}"));
         }
         Ok(())
+    }
+
+    async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
+        let mut conn = self
+            .writer()
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let _: () = redis::cmd("HSET")
+            .arg(&self.keys.nodes)
+            .arg(node)
+            .arg(stats.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
+        let mut conn = self
+            .writer()
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&self.keys.nodes)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let now = super::now_ms();
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for (node, json) in all {
+            let stats: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let at = stats["reported_at_ms"].as_u64().unwrap_or(0);
+            if at + NODE_STALE_MS < now {
+                gone.push(node);
+            } else {
+                live.push(stats);
+            }
+        }
+        if !gone.is_empty() {
+            let _: Result<(), _> = redis::cmd("HDEL")
+                .arg(&self.keys.nodes)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await;
+        }
+        Ok(live)
     }
 
     fn engine(&self) -> Option<EngineStatus> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::memory::{lock, Inner, MemoryLogSettings};
-use super::{now_ms, CommitSink, Coverage, ReadRequest};
+use super::{now_ms, CommitSink, Coverage, Entry, ReadRequest};
 use crate::event::{EventId, SharedEvent};
 use crate::selector::Selector;
 
@@ -25,6 +25,17 @@ pub(crate) struct Replica {
     sink: OnceLock<Arc<dyn CommitSink>>,
     /// The highest id applied: appends and resumes wait on it.
     head: watch::Sender<u64>,
+    /// What [`Replica::load`] read that bears on inboxes, handed to the
+    /// sink at attach.
+    recovered: Mutex<Vec<Entry>>,
+}
+
+/// Whether an entry read at start matters to inboxes.
+fn bears_on_inboxes(entry: &Entry) -> bool {
+    match entry {
+        Entry::Event(e) => !e.target.users.is_empty() && !e.target.broadcast,
+        Entry::Control { .. } => true,
+    }
 }
 
 impl Replica {
@@ -38,23 +49,36 @@ impl Replica {
             inner: Arc::new(Mutex::new(inner)),
             sink: OnceLock::new(),
             head: watch::channel(head).0,
+            recovered: Mutex::new(Vec::new()),
         }
     }
 
-    /// Loads events read at start (no one listens yet), in id order.
-    pub fn load(&self, events: impl IntoIterator<Item = SharedEvent>) {
+    /// Loads entries read at start (no one listens yet), in id order.
+    pub fn load(&self, entries: Vec<Entry>) {
         let mut inner = lock(&self.inner);
-        for event in events {
-            if event.id.0 > inner.head() {
-                inner.restore(event);
+        let mut recovered = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in entries {
+            if entry.id().0 <= inner.head() {
+                continue;
+            }
+            if bears_on_inboxes(&entry) {
+                recovered.push(entry.clone());
+            }
+            match entry {
+                Entry::Event(event) => inner.restore(event),
+                Entry::Control { id, .. } => inner.advance(id.0),
             }
         }
         inner.sweep(now_ms());
         self.head.send_replace(inner.head());
     }
 
-    /// Connects fan-out; returns the head it starts after.
+    /// Connects fan-out, handing it what start read for inboxes; returns
+    /// the head it starts after.
     pub fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
+        let recovered =
+            std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()));
+        sink.recovered(&recovered);
         if self.sink.set(sink).is_err() {
             panic!("a clustered log was attached twice");
         }
@@ -66,22 +90,40 @@ impl Replica {
         *self.head.borrow()
     }
 
-    /// Applies events the tail read, in id order, and hands the new ones to
-    /// fan-out. Events at or below the head (read again after a reconnect)
+    /// Applies entries the tail read, in id order, and hands the new ones
+    /// to fan-out: runs of events together, control records in their
+    /// place. Entries at or below the head (read again after a reconnect)
     /// are skipped, so each reaches fan-out exactly once.
-    pub fn deliver(&self, events: Vec<SharedEvent>) {
+    pub fn deliver(&self, entries: Vec<Entry>) {
         let mut inner = lock(&self.inner);
         let head = inner.head();
-        let fresh: Vec<SharedEvent> = events.into_iter().filter(|e| e.id.0 > head).collect();
-        if fresh.is_empty() {
+        let mut fresh = entries.into_iter().filter(|e| e.id().0 > head).peekable();
+        if fresh.peek().is_none() {
             return;
         }
         inner.sweep(now_ms());
-        for event in &fresh {
-            inner.restore(event.clone());
+        let sink = self.sink.get();
+        let mut run: Vec<SharedEvent> = Vec::new();
+        for entry in fresh {
+            match entry {
+                Entry::Event(event) => {
+                    inner.restore(event.clone());
+                    run.push(event);
+                }
+                Entry::Control { id, record } => {
+                    if let Some(sink) = sink {
+                        if !run.is_empty() {
+                            sink.committed(&std::mem::take(&mut run));
+                        }
+                        sink.control(&record);
+                    }
+                    run.clear();
+                    inner.advance(id.0);
+                }
+            }
         }
-        if let Some(sink) = self.sink.get() {
-            sink.committed(&fresh);
+        if let (Some(sink), false) = (sink, run.is_empty()) {
+            sink.committed(&run);
         }
         self.head.send_replace(inner.head());
     }
