@@ -400,7 +400,9 @@ impl Hub {
             limits.max_connections_per_user,
         );
         let rates = RateLimits::new(limits.publish_rate_per_sec, limits.connect_rate_per_ip);
-        let state_file = (!config.memory).then(|| config.data_dir.join("state.json"));
+        // Clustered, retained state lives in the engine.
+        let state_file =
+            (!config.memory && !log.clustered()).then(|| config.data_dir.join("state.json"));
         let state = crate::state::StateStore::open(state_file).map_err(|e| ConfigError {
             setting: "data_dir".into(),
             reason: format!("cannot read the state file: {e}"),
@@ -562,6 +564,35 @@ impl Hub {
         );
         Metrics::add(&self.shared.metrics.publish_duplicates, duplicates);
         Ok(appended.into_iter().map(|a| a.id).collect())
+    }
+
+    /// Publishes one event that changes a retained value, only if the
+    /// value's version is still the one `guard` expects (see
+    /// [`EventLog::append_guarded`]).
+    pub(crate) async fn publish_guarded(
+        &self,
+        identity: &Identity,
+        request: PublishRequest,
+        guard: crate::log::StateGuard,
+    ) -> Result<Result<EventId, crate::log::Conflict>, PublishError> {
+        let mut drafts = validate_batch(vec![request], &self.shared.config.limits)?;
+        check_rights(identity, &drafts[0]).map_err(PublishError::Auth)?;
+        match self
+            .shared
+            .log
+            .append_guarded(drafts.remove(0), guard)
+            .await
+        {
+            Ok(Ok(appended)) => {
+                Metrics::add(&self.shared.metrics.published, 1);
+                Ok(Ok(appended.id))
+            }
+            Ok(Err(conflict)) => Ok(Err(conflict)),
+            Err(err) => {
+                Metrics::add(&self.shared.metrics.log_errors, 1);
+                Err(err.into())
+            }
+        }
     }
 
     /// Opens a stream, or says why not (see SPEC §3).

@@ -19,6 +19,13 @@
 //! applied, which repairs a crash between a change's append and its file
 //! write. Every change rewrites the file: fine for the small per-key
 //! records state is for, not a database.
+//!
+//! Clustered, the engine holds every value beside the log and checks each
+//! change's version in the same atomic step as its append
+//! ([`crate::log::EventLog::append_guarded`]): a change that lost a race
+//! to another node's reads the winner's and decides again (a few times),
+//! so versions and `If-Match` mean the same on every node. A node reads the
+//! engine's values once, then follows the log; it keeps no file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,7 +37,10 @@ use serde_json::{json, Value};
 use crate::auth::{AuthError, Identity, Proof};
 use crate::event::EventId;
 use crate::hub::Hub;
-use crate::log::{ReadFrom, ReadRequest};
+use crate::log::{ReadFrom, ReadRequest, StateGuard};
+
+/// Tries of one change that keeps losing races to other nodes' changes.
+const MAX_ATTEMPTS: usize = 5;
 use crate::pattern::Pattern;
 use crate::publish::{PublishError, PublishRequest};
 use crate::selector::Selector;
@@ -91,6 +101,9 @@ struct StateMap {
     through: u64,
     #[serde(default)]
     topics: BTreeMap<String, BTreeMap<String, Entry>>,
+    /// Clustered: the engine's retained state was read.
+    #[serde(skip)]
+    loaded: bool,
 }
 
 /// The retained state of a hub.
@@ -179,6 +192,32 @@ impl Hub {
     /// restart, those the file missed; clustered, those other nodes
     /// published. Reads only what was logged since the last call.
     async fn reconcile(&self, map: &mut StateMap) {
+        if !map.loaded {
+            // Clustered, the engine holds every retained value; a node reads
+            // them once, then follows the log.
+            match self.log().retained_state().await {
+                Ok(None) => map.loaded = true,
+                Ok(Some((at, values))) => {
+                    map.topics.clear();
+                    for (slot, entry) in values {
+                        let (Some((topic, key)), Ok(entry)) =
+                            (slot.split_once('\n'), serde_json::from_str::<Entry>(&entry))
+                        else {
+                            tracing::warn!(slot, "a retained value in the engine is unreadable");
+                            continue;
+                        };
+                        map.topics
+                            .entry(topic.to_owned())
+                            .or_default()
+                            .insert(key.to_owned(), entry);
+                    }
+                    map.through = at.0;
+                    map.loaded = true;
+                }
+                // Tried again next time; the log still brings changes.
+                Err(err) => tracing::warn!(%err, "could not read retained state from the engine"),
+            }
+        }
         let selector = Selector {
             connection_id: "state".into(),
             patterns: vec![Pattern::parse("**").expect("valid")],
@@ -226,49 +265,81 @@ impl Hub {
         check_key(key)?;
         let store = self.state_store();
         let mut map = store.map.lock().await;
-        self.reconcile(&mut map).await;
-        let current = map.topics.get(topic).and_then(|k| k.get(key)).cloned();
-        let matches = match if_match {
-            None => true,
-            Some(IfMatch::Any) => current.is_some(),
-            Some(IfMatch::Version(v)) => current.as_ref().is_some_and(|e| e.version == v),
-        };
-        if !matches {
-            return Err(StateError::VersionMismatch {
-                current: current.map(|e| e.version),
-            });
+        // Clustered, another node may change the value between this node's
+        // look at it and the append: the engine checks the version, and a
+        // lost race reads the winner's change and decides again.
+        let mut attempts = 0;
+        loop {
+            self.reconcile(&mut map).await;
+            let current = map.topics.get(topic).and_then(|k| k.get(key)).cloned();
+            let matches = match if_match {
+                None => true,
+                Some(IfMatch::Any) => current.is_some(),
+                Some(IfMatch::Version(v)) => current.as_ref().is_some_and(|e| e.version == v),
+            };
+            if !matches {
+                return Err(StateError::VersionMismatch {
+                    current: current.map(|e| e.version),
+                });
+            }
+            if matches!(change, Change::Delete) && current.is_none() {
+                return Err(StateError::NotFound {
+                    topic: topic.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            let version = current.as_ref().map_or(1, |e| e.version + 1);
+            let data = match &change {
+                Change::Put(value) => {
+                    json!({"topic": topic, "key": key, "version": version, "value": value})
+                }
+                Change::Patch(patch) => {
+                    json!({"topic": topic, "key": key, "version": version, "patch": patch})
+                }
+                Change::Delete => {
+                    json!({"topic": topic, "key": key, "version": version, "deleted": true})
+                }
+            };
+            let request = PublishRequest {
+                topic: Some(topic.to_owned()),
+                event: Some("state".into()),
+                data: Some(data.clone()),
+                ..Default::default()
+            };
+            let value = match &change {
+                Change::Put(value) => Some(value.clone()),
+                Change::Patch(patch) => {
+                    let mut value = current.as_ref().map_or(Value::Null, |e| e.value.clone());
+                    json_patch::merge(&mut value, patch);
+                    Some(value)
+                }
+                Change::Delete => None,
+            };
+            let guard = StateGuard {
+                slot: format!("{topic}\n{key}"),
+                expect: current.as_ref().map(|e| e.version),
+                entry: value.map(|value| json!({"version": version, "value": value}).to_string()),
+            };
+            match self.publish_guarded(identity, request, guard).await? {
+                Ok(id) => {
+                    apply(&mut map, &data);
+                    // Takes in what other nodes changed meanwhile; the map
+                    // then covers every state event up to (at least) this one.
+                    self.reconcile(&mut map).await;
+                    store.persist(&map);
+                    return Ok(Changed { version, id });
+                }
+                Err(conflict) => {
+                    attempts += 1;
+                    if attempts >= MAX_ATTEMPTS {
+                        return Err(StateError::VersionMismatch {
+                            current: conflict.current,
+                        });
+                    }
+                    self.log().catch_up(conflict.engine_head).await;
+                }
+            }
         }
-        if matches!(change, Change::Delete) && current.is_none() {
-            return Err(StateError::NotFound {
-                topic: topic.to_owned(),
-                key: key.to_owned(),
-            });
-        }
-        let version = current.as_ref().map_or(1, |e| e.version + 1);
-        let data = match &change {
-            Change::Put(value) => {
-                json!({"topic": topic, "key": key, "version": version, "value": value})
-            }
-            Change::Patch(patch) => {
-                json!({"topic": topic, "key": key, "version": version, "patch": patch})
-            }
-            Change::Delete => {
-                json!({"topic": topic, "key": key, "version": version, "deleted": true})
-            }
-        };
-        let request = PublishRequest {
-            topic: Some(topic.to_owned()),
-            event: Some("state".into()),
-            data: Some(data.clone()),
-            ..Default::default()
-        };
-        let id = self.publish_as(identity, vec![request]).await?[0];
-        apply(&mut map, &data);
-        // Takes in what other nodes changed meanwhile; the map then covers
-        // every state event up to (at least) this one.
-        self.reconcile(&mut map).await;
-        store.persist(&map);
-        Ok(Changed { version, id })
     }
 
     /// Every key of a topic. Needs the right to read the topic.

@@ -68,6 +68,27 @@ pub enum Control {
     Acked { user: String, ids: Vec<EventId> },
 }
 
+/// The version a retained value must have for a change to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateGuard {
+    /// Names the value: topic, newline, key.
+    pub slot: String,
+    /// `None`: there must be no value.
+    pub expect: Option<u64>,
+    /// What it becomes, `{"version", "value"}` as JSON; `None` for a delete.
+    pub entry: Option<String>,
+}
+
+/// A guarded change lost to another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict {
+    /// The value's version in the engine now.
+    pub current: Option<u64>,
+    /// The log's last id when the guard failed: the change that won is at
+    /// or below it.
+    pub engine_head: EventId,
+}
+
 /// One record of a clustered log.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -175,6 +196,27 @@ pub trait EventLog: Send + Sync + 'static {
     /// stream resuming from it waits for that before it starts. Single
     /// node logs have every id they issued already.
     async fn catch_up(&self, _id: EventId) {}
+
+    /// Appends a retained value's change (SPEC §6) only if the value's
+    /// version is still `guard.expect`. One node: the caller holds the
+    /// state lock, so nothing else can change it; clustered, the engine
+    /// checks, and a change made meanwhile through another node is a
+    /// [`Conflict`].
+    async fn append_guarded(
+        &self,
+        draft: EventDraft,
+        _guard: StateGuard,
+    ) -> Result<Result<Appended, Conflict>, LogError> {
+        Ok(Ok(self.append(vec![draft]).await?.remove(0)))
+    }
+
+    /// Clustered: every retained value as the engine holds it (`topic`
+    /// newline `key` → `{"version", "value"}` JSON), with the log's last
+    /// id at that instant: the state after every change up to that id.
+    /// One node: `None`, its own state file holds it.
+    async fn retained_state(&self) -> Result<Option<(EventId, Vec<(String, String)>)>, LogError> {
+        Ok(None)
+    }
 
     /// Clustered: appends control records for every node to apply (in
     /// their place in the log, through [`CommitSink::control`]), and

@@ -13,6 +13,11 @@
 //!   first node that starts.
 //! * `{herald}:idem:<key>` — an idempotency key's first id, expiring after
 //!   the window.
+//! * `{herald}:state` — a hash of every retained value (`topic` newline
+//!   `key` → `{version, value}`), changed in the same script as the log:
+//!   a change commits only on the version its writer saw, whichever node
+//!   it comes through, and a node that starts reads retained state here,
+//!   however much of the log has been trimmed.
 //! * `{herald}:nodes` — a hash of each node's last reported numbers, for
 //!   cluster-wide `/v1/stats`; entries older than [`NODE_STALE_MS`] are
 //!   ignored and removed.
@@ -43,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
-    Appended, CommitSink, Control, Coverage, EngineStatus, Entry, EventLog, LogError, ReadRequest,
+    Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
+    ReadRequest, StateGuard,
 };
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
@@ -56,20 +62,38 @@ const PAGE: usize = 1000;
 /// How long one `XREAD` blocks before it asks again.
 const BLOCK_MS: u64 = 2000;
 
-/// Assigns ids and appends, atomically. KEYS: log, seq, then the
-/// idempotency keys. ARGV: window ms, max entries, max age ms, then per
-/// record the index of its idempotency key in KEYS (0: none), its field
-/// (`d` for an event's draft, `c` for a control record) and its JSON.
-/// Returns per record `{id, duplicate}`.
+/// Assigns ids and appends, atomically. KEYS: log, seq, state versions,
+/// then the idempotency keys. ARGV: window ms, max entries, max age ms; a
+/// state guard (the field of a retained value, `""` for none), the version
+/// it must have (`""`: no value) and the value it gets (`{version, value}`
+/// as JSON; `""`: deleted);
+/// then per record the index of its idempotency key in KEYS (0: none), its
+/// field (`d` for an event's draft, `c` for a control record) and its JSON.
+/// Returns per record `{id, duplicate}`; when the guard fails, only
+/// `{"current:last id", -1}` and nothing is written.
 const APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local window = tonumber(ARGV[1])
+local guard = ARGV[4]
+if guard ~= '' then
+  local entry = redis.call('HGET', KEYS[3], guard)
+  local current = ''
+  if entry then current = string.format('%d', cjson.decode(entry).version) end
+  if current ~= ARGV[5] then
+    return {{current .. ':' .. string.format('%d', last), -1}}
+  end
+  if ARGV[6] == '' then
+    redis.call('HDEL', KEYS[3], guard)
+  else
+    redis.call('HSET', KEYS[3], guard, ARGV[6])
+  end
+end
 local out = {}
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 6) / 3
 for i = 1, n do
-  local k = tonumber(ARGV[1 + 3 * i])
+  local k = tonumber(ARGV[4 + 3 * i])
   local seen = false
   if k > 0 then seen = redis.call('GET', KEYS[k]) end
   if seen then
@@ -78,7 +102,7 @@ for i = 1, n do
     local id = math.max(now, last + 1)
     last = id
     local ms = math.floor(id / 1000)
-    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[2 + 3 * i], ARGV[3 + 3 * i])
+    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[5 + 3 * i], ARGV[6 + 3 * i])
     local ids = string.format('%d', id)
     if k > 0 then redis.call('SET', KEYS[k], ids, 'PX', window) end
     out[i] = {ids, 0}
@@ -92,6 +116,12 @@ if max_age > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.floor(now / 1000) - max_age))
 end
 return out
+"#;
+
+/// Every retained value and the log's last id, at one instant. KEYS: seq,
+/// state.
+const STATE: &str = r#"
+return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}
 "#;
 
 /// Fixes where ids start (once per log) and returns it. KEYS: first.
@@ -136,6 +166,7 @@ struct Keys {
     first: String,
     idem_prefix: String,
     nodes: String,
+    state: String,
 }
 
 impl Keys {
@@ -146,6 +177,7 @@ impl Keys {
             first: format!("{{{name}}}:first"),
             idem_prefix: format!("{{{name}}}:idem:"),
             nodes: format!("{{{name}}}:nodes"),
+            state: format!("{{{name}}}:state"),
         }
     }
 }
@@ -416,8 +448,12 @@ impl RedisLog {
 
     /// Appends, then waits until this node has applied what it appended;
     /// returns `(id, duplicate)` per record.
-    async fn append_records(&self, records: &[Record<'_>]) -> Result<Vec<(u64, bool)>, LogError> {
-        let answers = match self.run_append(records).await {
+    async fn append_records(
+        &self,
+        records: &[Record<'_>],
+        guard: Option<&StateGuard>,
+    ) -> Result<Result<Vec<(u64, bool)>, Conflict>, LogError> {
+        let answers = match self.run_append(records, guard).await {
             Ok(answers) => {
                 if Status::set(&self.status.write, None) {
                     tracing::info!(url = %self.url, "cluster appends succeed again");
@@ -432,6 +468,13 @@ impl RedisLog {
                 return Err(LogError::Unavailable(reason));
             }
         };
+        if let [(found, -1)] = &answers[..] {
+            let (current, last) = found.split_once(':').unwrap_or_default();
+            return Ok(Err(Conflict {
+                current: current.parse().ok(),
+                engine_head: EventId(last.parse().unwrap_or(0)),
+            }));
+        }
         if answers.len() != records.len() {
             return Err(LogError::Failed(format!(
                 "the append script answered {} of {} records",
@@ -459,18 +502,33 @@ impl RedisLog {
                 "appended, but this node has not read its own record back yet"
             );
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
-    async fn run_append(&self, records: &[Record<'_>]) -> Result<Vec<(String, i64)>, RedisError> {
+    async fn run_append(
+        &self,
+        records: &[Record<'_>],
+        guard: Option<&StateGuard>,
+    ) -> Result<Vec<(String, i64)>, RedisError> {
         let mut conn = self.writer().await?;
         let mut invocation = self.append.prepare_invoke();
-        invocation.key(&self.keys.log).key(&self.keys.seq);
+        invocation
+            .key(&self.keys.log)
+            .key(&self.keys.seq)
+            .key(&self.keys.state);
         invocation
             .arg(self.idempotency_window_ms)
             .arg(self.options.max_log_events)
             .arg(self.max_age_ms);
-        let mut next_key = 3;
+        let version = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        match guard {
+            Some(g) => invocation
+                .arg(&g.slot)
+                .arg(version(g.expect))
+                .arg(g.entry.as_deref().unwrap_or("")),
+            None => invocation.arg("").arg("").arg(""),
+        };
+        let mut next_key = 4;
         for record in records {
             let key = match record {
                 Record::Event(draft) => draft.idempotency_key.as_deref(),
@@ -688,7 +746,10 @@ impl EventLog for RedisLog {
 
     async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
         let records: Vec<Record> = drafts.iter().map(Record::Event).collect();
-        let answers = self.append_records(&records).await?;
+        let answers = self
+            .append_records(&records, None)
+            .await?
+            .map_err(|_| LogError::Failed("a conflict without a guard".into()))?;
         let mut appended = Vec::with_capacity(answers.len());
         for (id, duplicate) in answers {
             appended.push(Appended {
@@ -701,7 +762,22 @@ impl EventLog for RedisLog {
 
     async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError> {
         let records: Vec<Record> = records.iter().map(Record::Control).collect();
-        self.append_records(&records).await.map(|_| ())
+        self.append_records(&records, None).await.map(|_| ())
+    }
+
+    async fn append_guarded(
+        &self,
+        draft: EventDraft,
+        guard: StateGuard,
+    ) -> Result<Result<Appended, Conflict>, LogError> {
+        let records = [Record::Event(&draft)];
+        Ok(self
+            .append_records(&records, Some(&guard))
+            .await?
+            .map(|answers| Appended {
+                id: EventId(answers[0].0),
+                duplicate: answers[0].1,
+            }))
     }
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
@@ -775,6 +851,18 @@ impl EventLog for RedisLog {
                 .await;
         }
         Ok(live)
+    }
+
+    async fn retained_state(&self) -> Result<Option<(EventId, Vec<(String, String)>)>, LogError> {
+        let unavailable = |e: RedisError| LogError::Unavailable(e.to_string());
+        let mut conn = self.writer().await.map_err(unavailable)?;
+        let (seq, pairs): (String, Vec<(String, String)>) = redis::Script::new(STATE)
+            .key(&self.keys.seq)
+            .key(&self.keys.state)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some((EventId(seq.parse().unwrap_or(0)), pairs)))
     }
 
     fn engine(&self) -> Option<EngineStatus> {
