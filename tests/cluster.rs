@@ -21,16 +21,22 @@ fn token(user: &str) -> String {
         .unwrap()
         .as_secs()
         + 3600;
-    let claims = json!({"sub": user, "exp": exp, "herald.subscribe": ["news"]});
+    let claims = json!({"sub": user, "exp": exp, "herald.subscribe": ["news", "rooms/**"]});
     let key = EncodingKey::from_secret(SECRET.as_bytes());
     encode(&Header::default(), &claims, &key).unwrap()
 }
 
 /// A node with auth on, whose stats calls use the API key.
 fn secured_node(engine: &Engine) -> HubProcess {
+    secured_node_with(engine, &[])
+}
+
+fn secured_node_with(engine: &Engine, extra: &[&str]) -> HubProcess {
     let secret = format!("auth.jwt_secret=\"{SECRET}\"");
     let keys = format!("auth.api_keys=[\"{API_KEY}\"]");
-    let mut node = engine.node(&[&secret, &keys]);
+    let mut settings = vec![secret.as_str(), keys.as_str()];
+    settings.extend_from_slice(extra);
+    let mut node = engine.node(&settings);
     node.admin_key = Some(API_KEY.into());
     node
 }
@@ -56,10 +62,14 @@ async fn publish_direct(node: &HubProcess, user: &str, data: &str, require_ack: 
 
 /// A stream of `user` (topic `news`), past its opening.
 async fn user_stream(node: &HubProcess, user: &str) -> SseClient {
+    user_stream_on(node, user, "news").await
+}
+
+async fn user_stream_on(node: &HubProcess, user: &str, topic: &str) -> SseClient {
     let bearer = format!("Bearer {}", token(user));
     let mut client = SseClient::connect_with(
         node.addr,
-        "/v1/events?topic=news",
+        &format!("/v1/events?topic={topic}"),
         &[("Authorization", &bearer)],
         None,
     )
@@ -514,6 +524,90 @@ async fn inboxes_and_acks_across_nodes(kind: Kind) {
     let mut ann = user_stream(&d, "ann").await;
     publish_direct(&d, "ann", "marker 3", false).await;
     assert_eq!(messages(&mut ann, 1).await[0].1, "marker 3");
+}
+
+/// The next `herald.presence` or message event's (action or data, user).
+async fn next_announcement(observer: &mut SseClient) -> (String, String) {
+    loop {
+        let e = tokio::time::timeout(PATIENCE, observer.next_event())
+            .await
+            .expect("an announcement");
+        match e.event.as_str() {
+            "herald.presence" => {
+                let v = e.json();
+                return (
+                    v["action"].as_str().unwrap().to_owned(),
+                    v["user"].as_str().unwrap().to_owned(),
+                );
+            }
+            "message" => return (e.data, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+async fn marker(node: &HubProcess, text: &str) {
+    let body = json!({"topic": "rooms/1", "data": text});
+    let (status, answer) = post(node, "/v1/publish", API_KEY, body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+async fn presence_across_nodes(kind: Kind) {
+    let engine = Engine::start(kind);
+    let presence = "presence.topics=[\"rooms/*\"]";
+    let a = secured_node_with(&engine, &[presence]);
+    let mut b = secured_node_with(&engine, &[presence]);
+    let mut observer = user_stream_on(&a, "obs", "rooms/1").await;
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("join".into(), "obs".into())
+    );
+    // Ann's first stream anywhere joins; her second, on another node, not.
+    let ann_a = user_stream_on(&a, "ann", "rooms/1").await;
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("join".into(), "ann".into())
+    );
+    let ann_b = user_stream_on(&b, "ann", "rooms/1").await;
+    b.wait_for_stats("Ann's stream on B", |s| s["connections"] == 1)
+        .await;
+    marker(&b, "m1").await;
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("m1".into(), String::new())
+    );
+    // Her stream on A closes: she is still on B, no leave.
+    drop(ann_a);
+    a.wait_for_stats("Ann's stream on A closed", |s| s["connections"] == 1)
+        .await;
+    marker(&a, "m2").await;
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("m2".into(), String::new())
+    );
+    // Her last stream closes: she leaves.
+    drop(ann_b);
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("leave".into(), "ann".into())
+    );
+    // A node killed with its users on it: once its report is stale (10 s),
+    // another node notices on its own and the users leave.
+    let _bob = user_stream_on(&b, "bob", "rooms/1").await;
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("join".into(), "bob".into())
+    );
+    b.kill9();
+    assert_eq!(
+        next_announcement(&mut observer).await,
+        ("leave".into(), "bob".into())
+    );
+}
+
+#[tokio::test]
+async fn redis_presence_across_nodes() {
+    presence_across_nodes(Kind::Redis).await;
 }
 
 #[tokio::test]

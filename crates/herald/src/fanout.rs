@@ -144,6 +144,15 @@ impl Fanout {
         self
     }
 
+    /// The (topic, user) pairs with a stream here on a presence topic.
+    pub fn present_pairs(&self) -> Vec<(Topic, String)> {
+        let reg = self.registry.read();
+        reg.present
+            .keys()
+            .map(|(topic, user)| (topic.clone(), user.to_string()))
+            .collect()
+    }
+
     /// Reports every direct message delivered live to a user with a stream
     /// here (clustered: see [`crate::log::Control::Delivered`]).
     pub fn report_live_deliveries(

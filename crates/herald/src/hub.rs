@@ -16,7 +16,7 @@ use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::inbox::{AckOutcome, InboxTotals, Inboxes, UserInboxCounts};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
-use crate::log::{DurableLog, EventLog, MemoryLog, ReadFrom};
+use crate::log::{DurableLog, EventLog, MemoryLog, PresenceUpdate, ReadFrom};
 use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
@@ -203,33 +203,59 @@ impl Shared {
 
 /// Publishes `herald.presence` events for the joins and leaves fan-out
 /// reports, in the order they happened, as many as have piled up per append.
+/// Clustered, it also compares what the engine counts this node in with
+/// the streams here every few seconds, and announces the difference.
 /// Ends when the hub is gone.
 async fn announce_presence(
     shared: std::sync::Weak<Shared>,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::fanout::PresenceChange>,
+    clustered: bool,
 ) {
     let mut batch = Vec::new();
-    while changes.recv_many(&mut batch, 1000).await > 0 {
+    let mut sync = tokio::time::interval(NODE_REPORT_EVERY);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let updates: Vec<PresenceUpdate> = tokio::select! {
+            n = changes.recv_many(&mut batch, 1000) => {
+                if n == 0 {
+                    break;
+                }
+                batch
+                    .drain(..)
+                    .map(|c| PresenceUpdate::new(c.topic, c.user.into(), c.joined))
+                    .collect()
+            }
+            _ = sync.tick(), if clustered => {
+                let Some(shared) = shared.upgrade() else { break };
+                // The engine first, then the streams here: a change between
+                // the two is announced twice (harmless), never missed.
+                let counted = match shared.log.presence_here().await {
+                    Ok(Some(counted)) => counted,
+                    _ => continue,
+                };
+                let here = shared.fanout.present_pairs();
+                let counted_set: std::collections::HashSet<_> = counted.iter().cloned().collect();
+                let here_set: std::collections::HashSet<_> = here.iter().cloned().collect();
+                let joins = here
+                    .into_iter()
+                    .filter(|p| !counted_set.contains(p))
+                    .map(|(t, u)| PresenceUpdate::new(t, u, true));
+                let leaves = counted
+                    .into_iter()
+                    .filter(|p| !here_set.contains(p))
+                    .map(|(t, u)| PresenceUpdate::new(t, u, false));
+                joins.chain(leaves).collect()
+            }
+        };
+        if updates.is_empty() {
+            continue;
+        }
         let Some(shared) = shared.upgrade() else {
             break;
         };
-        let drafts: Vec<crate::event::EventDraft> = batch
-            .drain(..)
-            .map(|change| crate::event::EventDraft {
-                event_type: Some(PRESENCE_EVENT.into()),
-                data: serde_json::json!({
-                    "topic": change.topic.as_str(),
-                    "user": &*change.user,
-                    "action": if change.joined { "join" } else { "leave" },
-                })
-                .to_string(),
-                topics: vec![change.topic],
-                ..Default::default()
-            })
-            .collect();
-        let count = drafts.len() as u64;
-        match shared.log.append(drafts).await {
-            Ok(_) => Metrics::add(&shared.metrics.published, count),
+        let count = updates.len() as u64;
+        match shared.log.append_presence(updates).await {
+            Ok(()) => Metrics::add(&shared.metrics.published, count),
             Err(err) => {
                 Metrics::add(&shared.metrics.log_errors, 1);
                 tracing::warn!(%err, count, "could not publish presence events");
@@ -280,8 +306,7 @@ async fn report_live_deliveries(
 /// How often a clustered node reports its numbers to the others.
 const NODE_REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// The event type of join and leave events on presence topics.
-pub const PRESENCE_EVENT: &str = "herald.presence";
+pub use crate::log::PRESENCE_EVENT;
 
 impl Hub {
     /// A hub with the log its configuration asks for: the durable journal
@@ -330,7 +355,12 @@ impl Hub {
             max_log_events: c.max_log_events,
             connect_timeout: Duration::from_secs(c.connect_timeout_secs),
             apply_timeout: Duration::from_secs(5),
+            node: match &c.node_name {
+                name if !name.is_empty() => name.clone(),
+                _ => format!("node-{:08x}", fastrand::u32(..)),
+            },
         };
+        tracing::info!(node = options.node, "this node's name in the cluster");
         let log =
             crate::log::redis::RedisLog::connect(&url, history_settings(&config), options).await?;
         Ok(Hub::with_log(config, Arc::new(log))?)
@@ -407,13 +437,7 @@ impl Hub {
             setting: "data_dir".into(),
             reason: format!("cannot read the state file: {e}"),
         })?;
-        let node = log.clustered().then(|| match &config.cluster.node_name {
-            name if !name.is_empty() => name.clone(),
-            _ => format!("node-{:08x}", fastrand::u32(..)),
-        });
-        if let Some(node) = &node {
-            tracing::info!(node, "this node's name in the cluster");
-        }
+        let node = log.node().map(str::to_owned);
         let metrics = Arc::new(Metrics::new());
         let registry = crate::metrics::registry(
             fanout.clone(),
@@ -439,7 +463,12 @@ impl Hub {
         };
         if let Some(rt) = &runtime {
             if let Some(changes) = presence_changes {
-                rt.spawn(announce_presence(Arc::downgrade(&hub.shared), changes));
+                let clustered = hub.shared.log.clustered();
+                rt.spawn(announce_presence(
+                    Arc::downgrade(&hub.shared),
+                    changes,
+                    clustered,
+                ));
             }
             if hub.shared.node.is_some() {
                 let weak = Arc::downgrade(&hub.shared);
@@ -455,6 +484,11 @@ impl Hub {
                         };
                         if let Err(err) = hub.shared.log.report_node(&stats.node, json).await {
                             tracing::debug!(%err, "could not report this node's numbers");
+                        }
+                        // Reading every node's report also retires the nodes
+                        // that stopped reporting (and their presence).
+                        if let Err(err) = hub.shared.log.nodes().await {
+                            tracing::debug!(%err, "could not read the other nodes' numbers");
                         }
                     }
                 });

@@ -68,6 +68,42 @@ pub enum Control {
     Acked { user: String, ids: Vec<EventId> },
 }
 
+/// A user's first stream on a presence topic opened on this node
+/// (`joined`), or their last one here closed, with the `herald.presence`
+/// event that announces it.
+#[derive(Debug, Clone)]
+pub struct PresenceUpdate {
+    pub topic: crate::topic::Topic,
+    pub user: String,
+    pub joined: bool,
+    pub announcement: EventDraft,
+}
+
+impl PresenceUpdate {
+    pub fn new(topic: crate::topic::Topic, user: String, joined: bool) -> PresenceUpdate {
+        let announcement = EventDraft {
+            event_type: Some(PRESENCE_EVENT.into()),
+            data: serde_json::json!({
+                "topic": topic.as_str(),
+                "user": &user,
+                "action": if joined { "join" } else { "leave" },
+            })
+            .to_string(),
+            topics: vec![topic.clone()],
+            ..Default::default()
+        };
+        PresenceUpdate {
+            topic,
+            user,
+            joined,
+            announcement,
+        }
+    }
+}
+
+/// The event type of join and leave events on presence topics.
+pub const PRESENCE_EVENT: &str = "herald.presence";
+
 /// The version a retained value must have for a change to commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateGuard {
@@ -229,6 +265,27 @@ pub trait EventLog: Send + Sync + 'static {
     /// other nodes read them; they expire unless reported again.
     async fn report_node(&self, _node: &str, _stats: serde_json::Value) -> Result<(), LogError> {
         Ok(())
+    }
+
+    /// Clustered: the (topic, user) pairs the engine counts this node in.
+    /// A node compares them with its streams now and then and announces
+    /// the difference, which heals an announcement that failed or a node
+    /// the others took for gone. One node: `None`.
+    async fn presence_here(&self) -> Result<Option<Vec<(crate::topic::Topic, String)>>, LogError> {
+        Ok(None)
+    }
+
+    /// Publishes presence announcements. One node: each is an event (the
+    /// caller counts streams). Clustered: each is written only when it
+    /// changes whether the user is on the topic on *any* node.
+    async fn append_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), LogError> {
+        let drafts = updates.into_iter().map(|u| u.announcement).collect();
+        self.append(drafts).await.map(|_| ())
+    }
+
+    /// Clustered: this node's name.
+    fn node(&self) -> Option<&str> {
+        None
     }
 
     /// Clustered: the numbers every live node reported last.

@@ -18,6 +18,12 @@
 //!   a change commits only on the version its writer saw, whichever node
 //!   it comes through, and a node that starts reads retained state here,
 //!   however much of the log has been trimmed.
+//! * `{herald}:presence:<topic>\n<user>` — the nodes where the user has a
+//!   stream on a presence topic, and `{herald}:node-presence:<node>` — the
+//!   sets a node is in. A `herald.presence` join is written only by the
+//!   append that makes a set non-empty, a leave only by the one that
+//!   empties it; the sets of a node that stopped reporting are emptied by
+//!   whichever node notices.
 //! * `{herald}:nodes` — a hash of each node's last reported numbers, for
 //!   cluster-wide `/v1/stats`; entries older than [`NODE_STALE_MS`] are
 //!   ignored and removed.
@@ -49,10 +55,11 @@ use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
     Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
-    ReadRequest, StateGuard,
+    PresenceUpdate, ReadRequest, StateGuard,
 };
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
+use crate::topic::Topic;
 
 /// A node's report older than this is from a node that is gone.
 pub const NODE_STALE_MS: u64 = 10_000;
@@ -62,15 +69,20 @@ const PAGE: usize = 1000;
 /// How long one `XREAD` blocks before it asks again.
 const BLOCK_MS: u64 = 2000;
 
-/// Assigns ids and appends, atomically. KEYS: log, seq, state versions,
-/// then the idempotency keys. ARGV: window ms, max entries, max age ms; a
-/// state guard (the field of a retained value, `""` for none), the version
-/// it must have (`""`: no value) and the value it gets (`{version, value}`
-/// as JSON; `""`: deleted);
-/// then per record the index of its idempotency key in KEYS (0: none), its
-/// field (`d` for an event's draft, `c` for a control record) and its JSON.
-/// Returns per record `{id, duplicate}`; when the guard fails, only
-/// `{"current:last id", -1}` and nothing is written.
+/// Assigns ids and appends, atomically. KEYS: log, seq, state values, the
+/// presence set of the node named in ARGV[7], then keys records name.
+/// ARGV: window ms, max entries, max age ms; a state guard (the field of a
+/// retained value, `""` for none), the version it must have (`""`: no
+/// value) and the value it gets (`{version, value}` as JSON; `""`:
+/// deleted); a node name; then four per record: the index in KEYS of its
+/// idempotency key (0: none), a presence condition (`""`, or `+K`/`-K`:
+/// the node joins/leaves the set KEYS[K], and the record is written only
+/// when the set was empty before/is empty after), its field (`d` for an
+/// event's draft, `c` for a control record) and its JSON.
+/// Returns per record `{id, 0}`, `{first id, 1}` for a repeated
+/// idempotency key, `{"0", 2}` for a record whose condition did not hold;
+/// when the guard fails, only `{"current:last id", -1}` and nothing is
+/// written.
 const APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -90,19 +102,35 @@ if guard ~= '' then
     redis.call('HSET', KEYS[3], guard, ARGV[6])
   end
 end
+local node = ARGV[7]
 local out = {}
-local n = (#ARGV - 6) / 3
+local n = (#ARGV - 7) / 4
 for i = 1, n do
-  local k = tonumber(ARGV[4 + 3 * i])
+  local base = 4 + 4 * i
+  local k = tonumber(ARGV[base])
+  local cond = ARGV[base + 1]
+  local skip = false
+  if cond ~= '' then
+    local set = KEYS[tonumber(string.sub(cond, 2))]
+    if string.sub(cond, 1, 1) == '+' then
+      redis.call('SADD', KEYS[4], set)
+      skip = redis.call('SADD', set, node) == 0 or redis.call('SCARD', set) > 1
+    else
+      redis.call('SREM', KEYS[4], set)
+      skip = redis.call('SREM', set, node) == 0 or redis.call('SCARD', set) > 0
+    end
+  end
   local seen = false
   if k > 0 then seen = redis.call('GET', KEYS[k]) end
-  if seen then
+  if skip then
+    out[i] = {'0', 2}
+  elseif seen then
     out[i] = {seen, 1}
   else
     local id = math.max(now, last + 1)
     last = id
     local ms = math.floor(id / 1000)
-    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[5 + 3 * i], ARGV[6 + 3 * i])
+    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[base + 2], ARGV[base + 3])
     local ids = string.format('%d', id)
     if k > 0 then redis.call('SET', KEYS[k], ids, 'PX', window) end
     out[i] = {ids, 0}
@@ -143,6 +171,8 @@ pub struct ClusterOptions {
     pub connect_timeout: Duration,
     /// How long a publish waits for its node to apply its own events.
     pub apply_timeout: Duration,
+    /// This node's name (`/v1/stats`, presence).
+    pub node: String,
 }
 
 /// Why a clustered log could not start.
@@ -167,9 +197,27 @@ struct Keys {
     idem_prefix: String,
     nodes: String,
     state: String,
+    presence_prefix: String,
+    node_presence_prefix: String,
 }
 
 impl Keys {
+    /// The set of nodes where `user` has a stream on presence topic `topic`.
+    fn presence(&self, topic: &str, user: &str) -> String {
+        format!("{}{topic}\n{user}", self.presence_prefix)
+    }
+
+    /// The (topic, user) of a presence set's key.
+    fn pair(&self, set: &str) -> Option<(Topic, String)> {
+        let (topic, user) = set.strip_prefix(&self.presence_prefix)?.split_once('\n')?;
+        Some((Topic::new(topic).ok()?, user.to_owned()))
+    }
+
+    /// The presence sets a node is in.
+    fn node_presence(&self, node: &str) -> String {
+        format!("{}{node}", self.node_presence_prefix)
+    }
+
     fn new(name: &str) -> Keys {
         Keys {
             log: format!("{{{name}}}:log"),
@@ -178,6 +226,8 @@ impl Keys {
             idem_prefix: format!("{{{name}}}:idem:"),
             nodes: format!("{{{name}}}:nodes"),
             state: format!("{{{name}}}:state"),
+            presence_prefix: format!("{{{name}}}:presence:"),
+            node_presence_prefix: format!("{{{name}}}:node-presence:"),
         }
     }
 }
@@ -452,8 +502,9 @@ impl RedisLog {
         &self,
         records: &[Record<'_>],
         guard: Option<&StateGuard>,
+        node: &str,
     ) -> Result<Result<Vec<(u64, bool)>, Conflict>, LogError> {
-        let answers = match self.run_append(records, guard).await {
+        let answers = match self.run_append(records, guard, node).await {
             Ok(answers) => {
                 if Status::set(&self.status.write, None) {
                     tracing::info!(url = %self.url, "cluster appends succeed again");
@@ -487,7 +538,7 @@ impl RedisLog {
             let id = id
                 .parse()
                 .map_err(|_| LogError::Failed(format!("the append script gave the id {id:?}")))?;
-            out.push((id, duplicate != 0));
+            out.push((id, duplicate == 1));
         }
         let last = out.iter().map(|(id, _)| *id).max().unwrap_or(0);
         if !self
@@ -505,17 +556,58 @@ impl RedisLog {
         Ok(Ok(out))
     }
 
+    /// A node stopped reporting: it leaves every presence set it was in
+    /// (announcing the leaves that empties), then its report goes.
+    async fn reap(&self, conn: &mut MultiplexedConnection, node: &str) -> Result<(), LogError> {
+        let unavailable = |e: RedisError| LogError::Unavailable(e.to_string());
+        let sets: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_presence(node))
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        let updates: Vec<PresenceUpdate> = sets
+            .iter()
+            .filter_map(|set| self.keys.pair(set))
+            .map(|(topic, user)| PresenceUpdate::new(topic, user, false))
+            .collect();
+        if !updates.is_empty() {
+            tracing::info!(
+                node,
+                leaves = updates.len(),
+                "a node stopped reporting; its users leave"
+            );
+            let records: Vec<Record> = updates
+                .iter()
+                .map(|u| Record::Presence {
+                    joined: false,
+                    set: self.keys.presence(u.topic.as_str(), &u.user),
+                    draft: &u.announcement,
+                })
+                .collect();
+            self.append_records(&records, None, node).await?.ok();
+        }
+        let _: i64 = redis::cmd("HDEL")
+            .arg(&self.keys.nodes)
+            .arg(node)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn run_append(
         &self,
         records: &[Record<'_>],
         guard: Option<&StateGuard>,
+        node: &str,
     ) -> Result<Vec<(String, i64)>, RedisError> {
         let mut conn = self.writer().await?;
         let mut invocation = self.append.prepare_invoke();
         invocation
             .key(&self.keys.log)
             .key(&self.keys.seq)
-            .key(&self.keys.state);
+            .key(&self.keys.state)
+            .key(self.keys.node_presence(node));
         invocation
             .arg(self.idempotency_window_ms)
             .arg(self.options.max_log_events)
@@ -528,11 +620,12 @@ impl RedisLog {
                 .arg(g.entry.as_deref().unwrap_or("")),
             None => invocation.arg("").arg("").arg(""),
         };
-        let mut next_key = 4;
+        invocation.arg(node);
+        let mut next_key = 5;
         for record in records {
             let key = match record {
                 Record::Event(draft) => draft.idempotency_key.as_deref(),
-                Record::Control(_) => None,
+                Record::Control(_) | Record::Presence { .. } => None,
             };
             match key {
                 Some(key) => {
@@ -545,7 +638,17 @@ impl RedisLog {
                 }
             }
             match record {
-                Record::Event(draft) => invocation
+                Record::Presence { joined, set, .. } => {
+                    invocation.key(set);
+                    invocation.arg(format!("{}{next_key}", if *joined { '+' } else { '-' }));
+                    next_key += 1;
+                }
+                _ => {
+                    invocation.arg("");
+                }
+            }
+            match record {
+                Record::Event(draft) | Record::Presence { draft, .. } => invocation
                     .arg("d")
                     .arg(serde_json::to_vec(draft).expect("a draft serializes")),
                 Record::Control(control) => invocation
@@ -567,6 +670,14 @@ impl RedisLog {
 enum Record<'a> {
     Event(&'a EventDraft),
     Control(&'a Control),
+    /// A presence announcement, written only if the node's joining (or
+    /// leaving) the set of nodes where the user is on the topic makes the
+    /// set non-empty (or empty).
+    Presence {
+        joined: bool,
+        set: String,
+        draft: &'a EventDraft,
+    },
 }
 
 /// Exponential backoff with full jitter, 50 ms to 5 s.
@@ -747,7 +858,7 @@ impl EventLog for RedisLog {
     async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError> {
         let records: Vec<Record> = drafts.iter().map(Record::Event).collect();
         let answers = self
-            .append_records(&records, None)
+            .append_records(&records, None, &self.options.node)
             .await?
             .map_err(|_| LogError::Failed("a conflict without a guard".into()))?;
         let mut appended = Vec::with_capacity(answers.len());
@@ -762,7 +873,9 @@ impl EventLog for RedisLog {
 
     async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError> {
         let records: Vec<Record> = records.iter().map(Record::Control).collect();
-        self.append_records(&records, None).await.map(|_| ())
+        self.append_records(&records, None, &self.options.node)
+            .await
+            .map(|_| ())
     }
 
     async fn append_guarded(
@@ -772,7 +885,7 @@ impl EventLog for RedisLog {
     ) -> Result<Result<Appended, Conflict>, LogError> {
         let records = [Record::Event(&draft)];
         Ok(self
-            .append_records(&records, Some(&guard))
+            .append_records(&records, Some(&guard), &self.options.node)
             .await?
             .map(|answers| Appended {
                 id: EventId(answers[0].0),
@@ -811,7 +924,7 @@ impl EventLog for RedisLog {
             .writer()
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))?;
-        let _: () = redis::cmd("HSET")
+        let _: i64 = redis::cmd("HSET")
             .arg(&self.keys.nodes)
             .arg(node)
             .arg(stats.to_string())
@@ -819,6 +932,39 @@ impl EventLog for RedisLog {
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))?;
         Ok(())
+    }
+
+    async fn presence_here(&self) -> Result<Option<Vec<(Topic, String)>>, LogError> {
+        let mut conn = self
+            .writer()
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let sets: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_presence(&self.options.node))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(Some(
+            sets.iter().filter_map(|set| self.keys.pair(set)).collect(),
+        ))
+    }
+
+    async fn append_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), LogError> {
+        let records: Vec<Record> = updates
+            .iter()
+            .map(|u| Record::Presence {
+                joined: u.joined,
+                set: self.keys.presence(u.topic.as_str(), &u.user),
+                draft: &u.announcement,
+            })
+            .collect();
+        self.append_records(&records, None, &self.options.node)
+            .await
+            .map(|_| ())
+    }
+
+    fn node(&self) -> Option<&str> {
+        Some(&self.options.node)
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
@@ -843,12 +989,8 @@ impl EventLog for RedisLog {
                 live.push(stats);
             }
         }
-        if !gone.is_empty() {
-            let _: Result<(), _> = redis::cmd("HDEL")
-                .arg(&self.keys.nodes)
-                .arg(&gone)
-                .query_async(&mut conn)
-                .await;
+        for node in gone {
+            self.reap(&mut conn, &node).await?;
         }
         Ok(live)
     }
