@@ -101,7 +101,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::log::durable::OpenError),
     #[error(transparent)]
-    Cluster(#[from] crate::log::redis::ConnectError),
+    Cluster(#[from] crate::log::engine::ConnectError),
     #[error("cluster.url is set: a clustered hub is started with Hub::connect, which reaches the engine first")]
     NeedsConnect,
 }
@@ -350,7 +350,7 @@ impl Hub {
             return Hub::new(config);
         };
         let c = &config.cluster;
-        let options = crate::log::redis::ClusterOptions {
+        let options = crate::log::engine::ClusterOptions {
             name: c.name.clone(),
             max_log_events: c.max_log_events,
             connect_timeout: Duration::from_secs(c.connect_timeout_secs),

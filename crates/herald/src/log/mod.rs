@@ -26,6 +26,7 @@
 //!   again; its first id is returned with `duplicate: true`.
 
 pub mod durable;
+pub mod engine;
 pub mod journal;
 pub mod memory;
 pub mod redis;

@@ -42,8 +42,8 @@
 //! events. After a lost connection the tail reconnects with backoff and
 //! reads on from the same id: nothing is skipped or applied twice.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +51,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::engine::{Backoff, ClusterOptions, ConnectError, Status};
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
@@ -160,36 +161,6 @@ redis.call('SET', KEYS[1], string.format('%d', now), 'NX')
 return redis.call('GET', KEYS[1])
 "#;
 
-/// What a clustered log needs besides history retention.
-#[derive(Debug, Clone)]
-pub struct ClusterOptions {
-    /// Names the keys: `{name}:log`… Several clusters may share one Redis.
-    pub name: String,
-    /// Most entries the engine keeps (0: no limit but age).
-    pub max_log_events: u64,
-    /// How long a start waits for the engine before giving up.
-    pub connect_timeout: Duration,
-    /// How long a publish waits for its node to apply its own events.
-    pub apply_timeout: Duration,
-    /// This node's name (`/v1/stats`, presence).
-    pub node: String,
-}
-
-/// Why a clustered log could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cluster.url {0:?} is not a valid Redis URL: {1}")]
-    BadUrl(String, String),
-    #[error("could not reach the cluster engine at {url} within {secs} s: {last}")]
-    Unreachable {
-        url: String,
-        secs: u64,
-        last: String,
-    },
-    #[error("the cluster log holds an entry Herald cannot read ({id}): {reason}")]
-    Corrupt { id: String, reason: String },
-}
-
 struct Keys {
     log: String,
     seq: String,
@@ -229,30 +200,6 @@ impl Keys {
             presence_prefix: format!("{{{name}}}:presence:"),
             node_presence_prefix: format!("{{{name}}}:node-presence:"),
         }
-    }
-}
-
-/// The engine's connection state, for `/readyz`, metrics and logs.
-#[derive(Default)]
-struct Status {
-    /// Why the tail is not reading now; `None` while it is.
-    tail: Mutex<Option<String>>,
-    /// Why the last append failed; `None` once one succeeds.
-    write: Mutex<Option<String>>,
-    reconnects: AtomicU64,
-    connected: AtomicBool,
-}
-
-impl Status {
-    fn set(slot: &Mutex<Option<String>>, value: Option<String>) -> bool {
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = slot.is_some() != value.is_some();
-        *slot = value;
-        changed
-    }
-
-    fn get(slot: &Mutex<Option<String>>) -> Option<String> {
-        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -678,35 +625,6 @@ enum Record<'a> {
         set: String,
         draft: &'a EventDraft,
     },
-}
-
-/// Exponential backoff with full jitter, 50 ms to 5 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Backoff {
-        Backoff {
-            next: Duration::from_millis(50),
-        }
-    }
-
-    fn peek(&self) -> Duration {
-        self.next
-    }
-
-    async fn wait(&mut self) {
-        let ms = fastrand::u64(self.next.as_millis() as u64 / 2..=self.next.as_millis() as u64);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        self.next = (self.next * 2).min(Self::MAX);
-    }
-
-    fn reset(&mut self) {
-        *self = Backoff::new();
-    }
 }
 
 /// Reads the stream from the replica's head on, for as long as the log
