@@ -644,3 +644,28 @@ async fn redis_node_killed_mid_stream_loses_nothing_acknowledged() {
 async fn redis_engine_restart_loses_nothing() {
     engine_restart_loses_nothing(Kind::Redis).await;
 }
+
+#[tokio::test]
+async fn nats_inboxes_and_acks_across_nodes() {
+    inboxes_and_acks_across_nodes(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_resume_on_another_node() {
+    resume_on_another_node(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_idempotency_across_nodes() {
+    idempotency_across_nodes(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_node_killed_mid_stream_loses_nothing_acknowledged() {
+    node_killed_mid_stream_loses_nothing_acknowledged(Kind::Nats).await;
+}
+
+#[tokio::test]
+async fn nats_engine_restart_loses_nothing() {
+    engine_restart_loses_nothing(Kind::Nats).await;
+}

@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 use super::browser::free_port;
 use super::{HubProcess, PATIENCE};
 
+/// Debian installs nats-server in /usr/sbin, which a user's PATH may lack.
+fn nats_server() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
+}
+
 /// A number no other call in this process returned.
 fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -21,6 +30,7 @@ fn unique() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Redis,
+    Nats,
 }
 
 pub struct Engine {
@@ -50,6 +60,7 @@ impl Engine {
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
 
@@ -77,6 +88,15 @@ impl Engine {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start redis-server (apt-get install redis-server)"),
+            Kind::Nats => Command::new(nats_server())
+                .args(["-a", "127.0.0.1", "-p"])
+                .arg(self.port.to_string())
+                .args(["-js", "-sd"])
+                .arg(self.dir.join("jetstream"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server (apt-get install nats-server)"),
         };
         self.child = Some(child);
         self.wait_ready();
@@ -99,11 +119,20 @@ impl Engine {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
+        match self.kind {
+            Kind::Redis => {
+                if s.write_all(b"PING\r\n").is_err() {
+                    return false;
+                }
+                let mut buf = [0u8; 64];
+                matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+            }
+            // NATS greets every client with INFO once it serves.
+            Kind::Nats => {
+                let mut buf = [0u8; 4];
+                matches!(s.read_exact(&mut buf), Ok(()) if &buf == b"INFO")
+            }
         }
-        let mut buf = [0u8; 64];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
     }
 
     /// `kill -9`: what was acknowledged is on disk, nothing else is done.

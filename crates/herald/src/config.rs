@@ -372,16 +372,18 @@ impl Config {
             }
         }
         if let Some(url) = &self.cluster.url {
-            if url.starts_with("nats://") {
+            let nats = url.starts_with("nats://");
+            if !nats && !url.starts_with("redis://") {
                 return Err(invalid(
                     "cluster.url",
-                    "NATS JetStream is not supported by this version of Herald yet; use redis://",
+                    format!("{url:?} is neither redis://HOST:PORT nor nats://HOST:PORT"),
                 ));
             }
-            if !url.starts_with("redis://") {
+            let most = crate::log::nats::MAX_RECORDS;
+            if nats && self.limits.max_batch > most {
                 return Err(invalid(
-                    "cluster.url",
-                    format!("{url:?} is not redis://HOST:PORT"),
+                    "limits.max_batch",
+                    format!("on NATS a batch is one message of at most {most} events"),
                 ));
             }
             let name = &self.cluster.name;
@@ -442,7 +444,9 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().setting, "stream.queue_capacity");
         let mut c = Config::default();
         c.cluster.url = Some("nats://x".into());
-        assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
+        c.limits.max_batch = 2000;
+        assert_eq!(c.validate().unwrap_err().setting, "limits.max_batch");
+        c.limits.max_batch = 1000;
         c.cluster.url = Some("http://x".into());
         assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
         c.cluster.url = Some("redis://127.0.0.1:6379".into());

@@ -361,9 +361,13 @@ impl Hub {
             },
         };
         tracing::info!(node = options.node, "this node's name in the cluster");
-        let log =
-            crate::log::redis::RedisLog::connect(&url, history_settings(&config), options).await?;
-        Ok(Hub::with_log(config, Arc::new(log))?)
+        let settings = history_settings(&config);
+        let log: Arc<dyn EventLog> = if url.starts_with("nats://") {
+            Arc::new(crate::log::nats::NatsLog::connect(&url, settings, options).await?)
+        } else {
+            Arc::new(crate::log::redis::RedisLog::connect(&url, settings, options).await?)
+        };
+        Ok(Hub::with_log(config, log)?)
     }
 
     /// A hub on any implementation of the log seam.

@@ -29,6 +29,7 @@ pub mod durable;
 pub mod engine;
 pub mod journal;
 pub mod memory;
+pub mod nats;
 pub mod redis;
 mod replica;
 
