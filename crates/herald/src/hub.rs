@@ -489,11 +489,7 @@ impl Hub {
                         if let Err(err) = hub.shared.log.report_node(&stats.node, json).await {
                             tracing::debug!(%err, "could not report this node's numbers");
                         }
-                        // Reading every node's report also retires the nodes
-                        // that stopped reporting (and their presence).
-                        if let Err(err) = hub.shared.log.nodes().await {
-                            tracing::debug!(%err, "could not read the other nodes' numbers");
-                        }
+                        hub.shared.log.maintain().await;
                     }
                 });
             }

@@ -39,8 +39,9 @@ use crate::event::EventId;
 use crate::hub::Hub;
 use crate::log::{ReadFrom, ReadRequest, StateGuard};
 
-/// Tries of one change that keeps losing races to other nodes' changes.
-const MAX_ATTEMPTS: usize = 5;
+/// Tries of one change that keeps losing races to other nodes' changes
+/// (each after a random pause that grows, so racing writers fall apart).
+const MAX_ATTEMPTS: u64 = 16;
 use crate::pattern::Pattern;
 use crate::publish::{PublishError, PublishRequest};
 use crate::selector::Selector;
@@ -337,6 +338,8 @@ impl Hub {
                         });
                     }
                     self.log().catch_up(conflict.engine_head).await;
+                    let pause = fastrand::u64(0..=attempts * 2);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
             }
         }

@@ -290,6 +290,10 @@ pub trait EventLog: Send + Sync + 'static {
         None
     }
 
+    /// Clustered: upkeep every node runs every few seconds (trimming the
+    /// engine's log, retiring nodes that stopped reporting).
+    async fn maintain(&self) {}
+
     /// Clustered: the numbers every live node reported last.
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
         Ok(Vec::new())

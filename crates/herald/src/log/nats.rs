@@ -42,13 +42,23 @@ use super::engine::{Backoff, ClusterOptions, ConnectError, Status};
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
-    Appended, CommitSink, Control, Coverage, EngineStatus, Entry, EventLog, LogError, ReadRequest,
+    Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
+    PresenceUpdate, ReadRequest, StateGuard,
 };
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
+use crate::topic::Topic;
 
 /// Records one message holds at most: the id step between messages.
 pub const MAX_RECORDS: usize = 1024;
+
+/// A node's report older than this is from a node that is gone.
+const NODE_STALE_MS: u64 = super::redis::NODE_STALE_MS;
+
+/// The version in a retained value's `{version, value}` JSON.
+fn entry_version(entry: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(entry).ok()?["version"].as_u64()
+}
 
 /// The header naming the node that published a message.
 const NODE_HEADER: &str = "Herald-Node";
@@ -76,9 +86,112 @@ struct Decoder {
     last_ms: u64,
     /// What this node's own appends came to, by sequence, until read.
     outcomes: BTreeMap<u64, Vec<Appended>>,
+    /// Subject names.
+    subjects: Subjects,
+    /// Sequence and publish time of the log messages still in the stream.
+    log_seqs: VecDeque<(u64, u64)>,
+    /// Everything up to this sequence left the log subject (0: nothing).
+    floor_seq: u64,
+    /// A floor the replica has not been told of yet.
+    new_floor: Option<u64>,
+    /// Retained values: slot → (sequence of its last change, `{version,
+    /// value}` JSON or `None` once deleted).
+    state: HashMap<String, (u64, Option<String>)>,
+    /// Presence: (topic, user) → (sequence of its last change, nodes).
+    presence: HashMap<(String, String), (u64, Vec<String>)>,
+    /// Every node's last report, with the local time it was read.
+    nodes: HashMap<String, serde_json::Value>,
+}
+
+/// The subjects of a cluster's stream.
+#[derive(Debug, Clone)]
+struct Subjects {
+    /// `{name}.log`: events and control records.
+    log: String,
+    /// `{name}.floor`: how far the log subject was trimmed.
+    floor: String,
+    /// `{name}.state.<hex of topic\nkey>`: the last change of a value.
+    state: String,
+    /// `{name}.pres.<hex of topic\nuser>`: the nodes where a user is on a
+    /// presence topic.
+    presence: String,
+    /// `{name}.node.<node>`: a node's last report.
+    node: String,
+}
+
+impl Subjects {
+    fn new(name: &str) -> Subjects {
+        Subjects {
+            log: format!("{name}.log"),
+            floor: format!("{name}.floor"),
+            state: format!("{name}.state."),
+            presence: format!("{name}.pres."),
+            node: format!("{name}.node."),
+        }
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// A change of a retained value (subject `…state.<slot>`).
+#[derive(Debug, Serialize, Deserialize)]
+struct StateChange {
+    event: EventDraft,
+    /// `{version, value}` as JSON; `None`: deleted.
+    entry: Option<String>,
+}
+
+/// The nodes where a user is on a presence topic (subject `…pres.<pair>`),
+/// with the announcement the change makes, if any.
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceSet {
+    nodes: Vec<String>,
+    announcement: Option<EventDraft>,
+}
+
+/// `…floor`: the log subject holds nothing at or below this sequence.
+#[derive(Debug, Serialize, Deserialize)]
+struct Floor {
+    through: u64,
 }
 
 impl Decoder {
+    fn new(
+        base: u64,
+        settings: &MemoryLogSettings,
+        options: &ClusterOptions,
+        last_seq: u64,
+    ) -> Decoder {
+        Decoder {
+            base,
+            window_ms: settings.idempotency_window.as_millis().max(1) as u64,
+            max_keys: settings.max_idempotency_keys,
+            node: options.node.clone(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+            last_seq,
+            last_ms: 0,
+            outcomes: BTreeMap::new(),
+            subjects: Subjects::new(&options.name),
+            log_seqs: VecDeque::new(),
+            floor_seq: 0,
+            new_floor: None,
+            state: HashMap::new(),
+            presence: HashMap::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
     fn id(&self, seq: u64, index: usize) -> u64 {
         self.base + seq * MAX_RECORDS as u64 + index as u64
     }
@@ -95,12 +208,84 @@ impl Decoder {
         }
     }
 
-    /// The entries of the message at `seq`. Idempotency is judged by log
-    /// time, never the local clock, so every node judges alike.
+    /// The entries of the message at `seq` on `subject`. Everything is
+    /// judged by the log alone (idempotency by log time, never the local
+    /// clock), so every node judges alike.
     fn decode(
         &mut self,
         seq: u64,
         published_ms: u64,
+        subject: &str,
+        from: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Vec<Entry>, String> {
+        let ts = published_ms.max(self.last_ms);
+        self.last_ms = ts;
+        self.last_seq = seq;
+        let bad = |e: serde_json::Error| e.to_string();
+        if subject == self.subjects.log {
+            self.log_seqs.push_back((seq, ts));
+            return self.decode_batch(seq, ts, from, payload);
+        }
+        if subject == self.subjects.floor {
+            let floor: Floor = serde_json::from_slice(payload).map_err(bad)?;
+            if floor.through > self.floor_seq {
+                self.floor_seq = floor.through;
+                while self
+                    .log_seqs
+                    .front()
+                    .is_some_and(|(s, _)| *s <= floor.through)
+                {
+                    self.log_seqs.pop_front();
+                }
+                self.new_floor = Some(self.id(floor.through, MAX_RECORDS - 1));
+            }
+            return Ok(Vec::new());
+        }
+        if let Some(slot) = subject.strip_prefix(&self.subjects.state) {
+            let slot = unhex(slot).ok_or("a state subject that is not hex")?;
+            let change: StateChange = serde_json::from_slice(payload).map_err(bad)?;
+            self.state.insert(slot, (seq, change.entry));
+            let id = EventId(self.id(seq, 0));
+            return Ok(vec![Entry::Event(Arc::new(Event::commit(
+                change.event,
+                id,
+                ts,
+            )))]);
+        }
+        if let Some(pair) = subject.strip_prefix(&self.subjects.presence) {
+            let pair = unhex(pair).ok_or("a presence subject that is not hex")?;
+            let (topic, user) = pair
+                .split_once('\n')
+                .ok_or("a presence pair without user")?;
+            let set: PresenceSet = serde_json::from_slice(payload).map_err(bad)?;
+            self.presence
+                .insert((topic.to_owned(), user.to_owned()), (seq, set.nodes));
+            let id = EventId(self.id(seq, 0));
+            return Ok(set
+                .announcement
+                .map(|draft| Entry::Event(Arc::new(Event::commit(draft, id, ts))))
+                .into_iter()
+                .collect());
+        }
+        if let Some(node) = subject.strip_prefix(&self.subjects.node) {
+            match serde_json::from_slice::<serde_json::Value>(payload) {
+                Ok(report) if report.is_object() => {
+                    self.nodes.insert(node.to_owned(), report);
+                }
+                _ => {
+                    self.nodes.remove(node);
+                }
+            }
+            return Ok(Vec::new());
+        }
+        Ok(Vec::new())
+    }
+
+    fn decode_batch(
+        &mut self,
+        seq: u64,
+        ts: u64,
         from: Option<&str>,
         payload: &[u8],
     ) -> Result<Vec<Entry>, String> {
@@ -108,9 +293,6 @@ impl Decoder {
         if batch.events.len() + batch.controls.len() > MAX_RECORDS {
             return Err(format!("more than {MAX_RECORDS} records in one message"));
         }
-        let ts = published_ms.max(self.last_ms);
-        self.last_ms = ts;
-        self.last_seq = seq;
         self.forget_keys(ts);
         let mut entries = Vec::with_capacity(batch.events.len() + batch.controls.len());
         let mut outcome = Vec::with_capacity(batch.events.len());
@@ -164,12 +346,13 @@ pub struct NatsLog {
     js: jetstream::Context,
     url: String,
     stream: String,
-    subject: String,
+    subjects: Subjects,
     replica: Arc<Replica>,
     decoder: Arc<Mutex<Decoder>>,
     /// The last sequence applied: publishers wait on it.
     applied: Arc<watch::Sender<u64>>,
     options: ClusterOptions,
+    max_age: Option<Duration>,
     status: Arc<Status>,
     /// Woken when the connection to the server is made again.
     reconnected: Arc<tokio::sync::Notify>,
@@ -200,6 +383,7 @@ fn apply(
 ) -> Result<(), String> {
     let mut entries = Vec::new();
     let mut last = None;
+    let floor;
     {
         let mut decoder = lock(decoder);
         for message in &messages {
@@ -217,6 +401,7 @@ fn apply(
                 .decode(
                     seq,
                     unix_ms(info.published),
+                    message.subject.as_str(),
                     from.as_deref(),
                     &message.payload,
                 )
@@ -224,11 +409,18 @@ fn apply(
             entries.extend(decoded);
             last = Some(seq);
         }
+        floor = decoder.new_floor.take();
+    }
+    if let (Some(floor), true) = (floor, loading) {
+        replica.lost_through(floor);
     }
     if loading {
         replica.load(entries);
     } else {
         replica.deliver(entries);
+        if let Some(floor) = floor {
+            replica.lost_through(floor);
+        }
     }
     if let Some(seq) = last {
         applied.send_replace(seq);
@@ -283,15 +475,12 @@ impl NatsLog {
             last,
         };
         let name = stream_name(&options.name);
-        let subject = format!("{}.log", options.name);
+        // No stream-wide limits: retained values and presence must outlive
+        // any number of events. The log subject is trimmed by the nodes.
         let config = stream::Config {
             name: name.clone(),
-            subjects: vec![subject.clone()],
-            max_messages: match options.max_log_events {
-                0 => -1,
-                n => n as i64,
-            },
-            max_age: settings.max_age.unwrap_or_default(),
+            subjects: vec![format!("{}.>", options.name)],
+            allow_rollup: true,
             storage: stream::StorageType::File,
             ..Default::default()
         };
@@ -332,17 +521,12 @@ impl NatsLog {
             false => 0,
         };
         let replica = Arc::new(Replica::new(settings, base + step, floor));
-        let decoder = Arc::new(Mutex::new(Decoder {
+        let decoder = Arc::new(Mutex::new(Decoder::new(
             base,
-            window_ms: settings.idempotency_window.as_millis().max(1) as u64,
-            max_keys: settings.max_idempotency_keys,
-            node: options.node.clone(),
-            keys: HashMap::new(),
-            key_order: VecDeque::new(),
-            last_seq: first_seq.saturating_sub(1),
-            last_ms: 0,
-            outcomes: BTreeMap::new(),
-        }));
+            &settings,
+            &options,
+            first_seq.saturating_sub(1),
+        )));
         let applied = Arc::new(watch::channel(first_seq.saturating_sub(1)).0);
         let mut loaded = 0;
         if info.state.messages > 0 {
@@ -380,11 +564,12 @@ impl NatsLog {
             js,
             url: url.to_owned(),
             stream: name,
-            subject,
+            subjects: Subjects::new(&options.name),
             replica,
             decoder,
             applied,
             options,
+            max_age: settings.max_age,
             status,
             reconnected,
             stop: CancellationToken::new(),
@@ -394,23 +579,44 @@ impl NatsLog {
     /// Publishes one message; returns its sequence once this node has
     /// applied it (or the wait ran out: `false`).
     async fn publish(&self, batch: &Batch) -> Result<(u64, bool), LogError> {
+        let payload = serde_json::to_vec(batch).expect("a batch serializes");
+        match self
+            .publish_to(self.subjects.log.clone(), payload, None)
+            .await?
+        {
+            Ok(published) => Ok(published),
+            Err(WrongLast) => Err(LogError::Failed(
+                "a condition on an unconditional append".into(),
+            )),
+        }
+    }
+
+    /// Publishes one message on `subject`; with `last`, only if the last
+    /// message on the subject is still at that sequence (0: none), and then
+    /// it replaces every earlier one there (a roll-up). Returns its sequence
+    /// once this node has applied it (or the wait ran out: `false`).
+    async fn publish_to(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        last: Option<u64>,
+    ) -> Result<Result<(u64, bool), WrongLast>, LogError> {
+        use async_nats::jetstream::context::PublishErrorKind;
         if !self.status.connected.load(Ordering::Relaxed) {
             // Refused now rather than after the publish timeout.
             return Err(LogError::Unavailable(
                 "the cluster engine is unreachable".into(),
             ));
         }
-        let payload = serde_json::to_vec(batch).expect("a batch serializes");
-        let message = jetstream::message::PublishMessage::build()
+        let mut message = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .header(NODE_HEADER, self.options.node.as_str());
-        let acked = async {
-            self.js
-                .send_publish(self.subject.clone(), message)
-                .await?
-                .await
+        if let Some(last) = last {
+            message = message
+                .expected_last_subject_sequence(last)
+                .header("Nats-Rollup", "sub");
         }
-        .await;
+        let acked = async { self.js.send_publish(subject, message).await?.await }.await;
         let ack = match acked {
             Ok(ack) => {
                 if Status::set(&self.status.write, None) {
@@ -418,13 +624,15 @@ impl NatsLog {
                 }
                 ack
             }
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                return Ok(Err(WrongLast));
+            }
+            Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                return Err(LogError::Failed(
+                    "the batch is larger than the NATS server's max_payload".into(),
+                ));
+            }
             Err(err) => {
-                use async_nats::jetstream::context::PublishErrorKind;
-                if err.kind() == PublishErrorKind::MaxPayloadExceeded {
-                    return Err(LogError::Failed(
-                        "the batch is larger than the NATS server's max_payload".into(),
-                    ));
-                }
                 let reason = err.to_string();
                 if Status::set(&self.status.write, Some(reason.clone())) {
                     tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
@@ -433,12 +641,142 @@ impl NatsLog {
             }
         };
         let seq = ack.sequence;
+        Ok(Ok((seq, self.wait_applied(seq).await)))
+    }
+
+    /// Waits until this node has applied the message at `seq`, at most the
+    /// apply timeout. True when it has.
+    async fn wait_applied(&self, seq: u64) -> bool {
         let mut applied = self.applied.subscribe();
         let reached =
             tokio::time::timeout(self.options.apply_timeout, applied.wait_for(|&a| a >= seq)).await;
-        Ok((seq, matches!(reached, Ok(Ok(_)))))
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// The stream's last sequence now.
+    async fn engine_last_seq(&self) -> Result<u64, LogError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// `node` joins or leaves the set of nodes where `user` is on `topic`,
+    /// announcing it when that fills or empties the set. Retried when
+    /// another node changed the set meanwhile.
+    async fn change_presence(
+        &self,
+        node: &str,
+        topic: &crate::topic::Topic,
+        user: &str,
+        joined: bool,
+    ) -> Result<(), LogError> {
+        let key = (topic.as_str().to_owned(), user.to_owned());
+        let subject = format!(
+            "{}{}",
+            self.subjects.presence,
+            hex(&format!("{}\n{user}", key.0))
+        );
+        for _ in 0..MAX_TRIES {
+            let (last, mut nodes) = lock(&self.decoder)
+                .presence
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            let was_empty = nodes.is_empty();
+            let had = nodes.iter().any(|n| n == node);
+            if had == joined {
+                return Ok(());
+            }
+            if joined {
+                nodes.push(node.to_owned());
+                nodes.sort();
+            } else {
+                nodes.retain(|n| n != node);
+            }
+            let announcement = (was_empty != nodes.is_empty())
+                .then(|| PresenceUpdate::new(topic.clone(), user.to_owned(), joined).announcement);
+            let set = PresenceSet {
+                nodes,
+                announcement,
+            };
+            let payload = serde_json::to_vec(&set).expect("a presence set serializes");
+            match self
+                .publish_to(subject.clone(), payload, Some(last))
+                .await?
+            {
+                Ok(_) => return Ok(()),
+                Err(WrongLast) => {
+                    let last = self.engine_last_seq().await?;
+                    self.wait_applied(last).await;
+                }
+            }
+        }
+        Err(LogError::Unavailable(
+            "presence kept changing on other nodes".into(),
+        ))
+    }
+
+    /// Trims the log subject to `cluster.max_log_events` messages and
+    /// `max_age`, then records how far (the floor every node applies).
+    async fn trim(&self, max_age: Option<Duration>) -> Result<(), LogError> {
+        let through = {
+            let decoder = lock(&self.decoder);
+            let seqs = &decoder.log_seqs;
+            let max = self.options.max_log_events as usize;
+            let mut through = 0;
+            if max > 0 && seqs.len() > max {
+                through = seqs[seqs.len() - max - 1].0;
+            }
+            if let Some(age) = max_age {
+                let oldest = super::now_ms().saturating_sub(age.as_millis() as u64);
+                if let Some((seq, _)) = seqs.iter().take_while(|(_, ts)| *ts < oldest).last() {
+                    through = through.max(*seq);
+                }
+            }
+            through
+        };
+        if through == 0 {
+            return Ok(());
+        }
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        stream
+            .purge()
+            .filter(self.subjects.log.clone())
+            .sequence(through + 1)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        let payload = serde_json::to_vec(&Floor { through }).expect("a floor serializes");
+        self.js
+            .send_publish(
+                self.subjects.floor.clone(),
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .header("Nats-Rollup", "sub"),
+            )
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(())
     }
 }
+
+/// Another node changed the subject first.
+struct WrongLast;
+
+/// Tries of a conditional publish that keeps losing to other nodes.
+const MAX_TRIES: usize = 5;
 
 /// An ordered consumer of the whole stream from `start`.
 async fn consumer_from(
@@ -627,6 +965,157 @@ impl EventLog for NatsLog {
         Ok(())
     }
 
+    async fn append_guarded(
+        &self,
+        draft: EventDraft,
+        guard: StateGuard,
+    ) -> Result<Result<Appended, Conflict>, LogError> {
+        let (last, current) = {
+            let decoder = lock(&self.decoder);
+            let (last, entry) = decoder.state.get(&guard.slot).cloned().unwrap_or_default();
+            (last, entry.as_deref().and_then(entry_version))
+        };
+        let lost = |current| async move {
+            let last = self.engine_last_seq().await?;
+            let engine_head = EventId(lock(&self.decoder).id(last, MAX_RECORDS - 1));
+            Ok(Err(Conflict {
+                current,
+                engine_head,
+            }))
+        };
+        if current != guard.expect {
+            // This node has not read the change that made it so yet, or
+            // the writer is behind: the engine decides nothing new.
+            return lost(current).await;
+        }
+        let subject = format!("{}{}", self.subjects.state, hex(&guard.slot));
+        let change = StateChange {
+            event: draft,
+            entry: guard.entry,
+        };
+        let payload = serde_json::to_vec(&change).expect("a state change serializes");
+        match self.publish_to(subject, payload, Some(last)).await? {
+            Ok((seq, _)) => Ok(Ok(Appended {
+                id: EventId(lock(&self.decoder).id(seq, 0)),
+                duplicate: false,
+            })),
+            Err(WrongLast) => lost(current).await,
+        }
+    }
+
+    async fn retained_state(&self) -> Result<Option<(EventId, Vec<(String, String)>)>, LogError> {
+        let decoder = lock(&self.decoder);
+        let values = decoder
+            .state
+            .iter()
+            .filter_map(|(slot, (_, entry))| Some((slot.clone(), entry.clone()?)))
+            .collect();
+        Ok(Some((EventId(self.replica.head()), values)))
+    }
+
+    async fn append_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), LogError> {
+        for update in updates {
+            self.change_presence(
+                &self.options.node,
+                &update.topic,
+                &update.user,
+                update.joined,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn presence_here(&self) -> Result<Option<Vec<(Topic, String)>>, LogError> {
+        let decoder = lock(&self.decoder);
+        let node = &self.options.node;
+        Ok(Some(
+            decoder
+                .presence
+                .iter()
+                .filter(|(_, (_, nodes))| nodes.contains(node))
+                .filter_map(|((topic, user), _)| Some((Topic::new(topic).ok()?, user.clone())))
+                .collect(),
+        ))
+    }
+
+    async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
+        let subject = format!("{}{node}", self.subjects.node);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(stats.to_string().into())
+            .header("Nats-Rollup", "sub");
+        self.js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
+        let now = super::now_ms();
+        Ok(lock(&self.decoder)
+            .nodes
+            .values()
+            .filter(|r| r["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS >= now)
+            .cloned()
+            .collect())
+    }
+
+    async fn maintain(&self) {
+        if let Err(err) = self.trim(self.max_age).await {
+            tracing::debug!(%err, "could not trim the cluster log");
+        }
+        // Nodes that stopped reporting leave every presence set, and their
+        // reports go.
+        let now = super::now_ms();
+        let (gone, pairs): (Vec<String>, Vec<(String, Topic, String)>) = {
+            let decoder = lock(&self.decoder);
+            let gone: Vec<String> = decoder
+                .nodes
+                .iter()
+                .filter(|(_, r)| r["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS < now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let pairs = decoder
+                .presence
+                .iter()
+                .flat_map(|((topic, user), (_, nodes))| {
+                    nodes
+                        .iter()
+                        .filter(|n| gone.contains(n))
+                        .filter_map(|n| Some((n.clone(), Topic::new(topic).ok()?, user.clone())))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (gone, pairs)
+        };
+        for (node, topic, user) in pairs {
+            if let Err(err) = self.change_presence(&node, &topic, &user, false).await {
+                tracing::debug!(%err, node, "could not retire a gone node's presence");
+            }
+        }
+        for node in gone {
+            tracing::info!(node, "a node stopped reporting; retired");
+            let subject = format!("{}{node}", self.subjects.node);
+            let retired = async {
+                self.js
+                    .send_publish(
+                        subject,
+                        jetstream::message::PublishMessage::build()
+                            .payload("null".into())
+                            .header("Nats-Rollup", "sub"),
+                    )
+                    .await?
+                    .await
+            };
+            if let Err(err) = retired.await {
+                tracing::debug!(%err, "could not retire a gone node's report");
+            }
+        }
+    }
+
     async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
         Ok(self.replica.read(&request))
     }
@@ -636,10 +1125,12 @@ impl EventLog for NatsLog {
     }
 
     async fn catch_up(&self, id: EventId) {
-        if id.0 > self.replica.head() {
-            self.replica
-                .wait_for(id.0, self.options.apply_timeout)
-                .await;
+        // Ids name a message's sequence: wait for that message, whatever it
+        // held (a condition that failed, a report: no entry, no head).
+        let (base, step) = (lock(&self.decoder).base, MAX_RECORDS as u64);
+        let seq = id.0.saturating_sub(base) / step;
+        if seq > *self.applied.borrow() {
+            self.wait_applied(seq).await;
         }
     }
 
@@ -677,17 +1168,20 @@ mod tests {
     use super::*;
 
     fn decoder(window_ms: u64) -> Decoder {
-        Decoder {
-            base: 1_000_000,
-            window_ms,
-            max_keys: 100,
+        let settings = MemoryLogSettings {
+            max_events_per_topic: 10,
+            max_age: None,
+            idempotency_window: Duration::from_millis(window_ms),
+            max_idempotency_keys: 100,
+        };
+        let options = ClusterOptions {
+            name: "herald".into(),
+            max_log_events: 0,
+            connect_timeout: Duration::from_secs(1),
+            apply_timeout: Duration::from_secs(1),
             node: "me".into(),
-            keys: HashMap::new(),
-            key_order: VecDeque::new(),
-            last_seq: 0,
-            last_ms: 0,
-            outcomes: BTreeMap::new(),
-        }
+        };
+        Decoder::new(1_000_000, &settings, &options, 0)
     }
 
     fn keyed(key: &str) -> EventDraft {
@@ -710,7 +1204,13 @@ mod tests {
     fn ids_follow_the_sequence_and_keys_repeat_by_log_time() {
         let mut d = decoder(1000);
         let first = d
-            .decode(1, 5_000, Some("me"), &payload(vec![keyed("k"), keyed("k")]))
+            .decode(
+                1,
+                5_000,
+                "herald.log",
+                Some("me"),
+                &payload(vec![keyed("k"), keyed("k")]),
+            )
             .unwrap();
         // The second draft repeats the first's key within the batch.
         assert_eq!(first.len(), 1);
@@ -730,13 +1230,19 @@ mod tests {
         );
         // Another node's message within the window: a duplicate, no entry.
         assert!(d
-            .decode(2, 5_999, Some("other"), &payload(vec![keyed("k")]))
+            .decode(
+                2,
+                5_999,
+                "herald.log",
+                Some("other"),
+                &payload(vec![keyed("k")])
+            )
             .unwrap()
             .is_empty());
         assert!(!d.outcomes.contains_key(&2));
         // At the window's end (log time, not the clock): new again.
         let later = d
-            .decode(3, 6_000, None, &payload(vec![keyed("k")]))
+            .decode(3, 6_000, "herald.log", None, &payload(vec![keyed("k")]))
             .unwrap();
         assert_eq!(later[0].id(), EventId(1_000_000 + 3 * 1024));
     }

@@ -885,6 +885,13 @@ impl EventLog for RedisLog {
         Some(&self.options.node)
     }
 
+    async fn maintain(&self) {
+        // Reading every report retires the nodes that stopped reporting.
+        if let Err(err) = self.nodes().await {
+            tracing::debug!(%err, "could not read the other nodes' reports");
+        }
+    }
+
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
         let mut conn = self
             .writer()
