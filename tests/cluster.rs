@@ -611,6 +611,52 @@ async fn presence_across_nodes(kind: Kind) {
     );
 }
 
+async fn a_trimmed_log_resets_positions_before_it(kind: Kind) {
+    let engine = Engine::start(kind);
+    // Nodes would keep 1000 events per topic: what is missing, the engine
+    // trimmed.
+    let short = [
+        "cluster.max_log_events=50",
+        "history.max_events_per_topic=1000",
+    ];
+    let a = engine.node(&short);
+    let first = a.publish_ok(json!({"topic": "t", "data": "e0"})).await;
+    for i in 1..300 {
+        a.publish_ok(json!({"topic": "t", "data": format!("e{i}")}))
+            .await;
+    }
+    // Once the engine has trimmed its log (at once on Redis, within a few
+    // seconds on NATS), a node that starts has only what is left, and a
+    // resume from before it is told so instead of skipping silently.
+    let deadline = Instant::now() + PATIENCE;
+    let node = loop {
+        let node = engine.node(&short);
+        let mut resumed = resume(&node, "topic=t", &first).await;
+        let e = resumed.next_event().await;
+        if e.event == "herald.reset" {
+            assert_eq!(e.json()["reason"], "history_expired", "{e:?}");
+            break node;
+        }
+        assert_eq!(e.data, "e1", "a resume before trimming replays from e1");
+        assert!(Instant::now() < deadline, "the log was never trimmed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut history = subscribe(&node, "topic=t&history=1000").await;
+    a.publish_ok(json!({"topic": "t", "data": "marker"})).await;
+    let kept = messages_until(&mut history, "marker").await.len() - 1;
+    assert!((50..300).contains(&kept), "kept {kept} of 300");
+}
+
+#[tokio::test]
+async fn redis_a_trimmed_log_resets_positions_before_it() {
+    a_trimmed_log_resets_positions_before_it(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_a_trimmed_log_resets_positions_before_it() {
+    a_trimmed_log_resets_positions_before_it(Kind::Nats).await;
+}
+
 #[tokio::test]
 async fn redis_presence_across_nodes() {
     presence_across_nodes(Kind::Redis).await;

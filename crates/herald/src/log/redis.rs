@@ -301,8 +301,10 @@ fn decode_entries(value: Value) -> Result<Vec<Entry>, ConnectError> {
     Ok(out)
 }
 
-/// The `max-deleted-entry-id` of the stream as a Herald id (0: none, or
-/// no stream yet): entries at or below it were trimmed away.
+/// The highest id trimmed from the stream (0: none, or no stream yet):
+/// when fewer entries remain than were ever added, everything before the
+/// first remaining one is gone. (`max-deleted-entry-id` would say it, but
+/// Redis 7.0 moves it on `XDEL` only, not on `XTRIM`.)
 async fn trimmed_through(conn: &mut MultiplexedConnection, key: &str) -> Result<u64, RedisError> {
     let info: Value = match redis::cmd("XINFO")
         .arg("STREAM")
@@ -327,13 +329,35 @@ async fn trimmed_through(conn: &mut MultiplexedConnection, key: &str) -> Result<
         }
         _ => return Ok(0),
     };
+    let (mut length, mut added, mut first, mut last) = (0u64, 0u64, None, None);
     for (k, v) in pairs {
-        if redis::from_redis_value::<String>(k).is_ok_and(|k| k == "max-deleted-entry-id") {
-            let sid: String = redis::from_redis_value(v).unwrap_or_default();
-            return Ok(herald_id(&sid).unwrap_or(0));
+        let Ok(k) = redis::from_redis_value::<String>(k) else {
+            continue;
+        };
+        match k.as_str() {
+            "length" => length = redis::from_redis_value(v).unwrap_or(0),
+            "entries-added" => added = redis::from_redis_value(v).unwrap_or(0),
+            "recorded-first-entry-id" => {
+                first = redis::from_redis_value::<String>(v)
+                    .ok()
+                    .and_then(|id| herald_id(&id))
+            }
+            "last-generated-id" => {
+                last = redis::from_redis_value::<String>(v)
+                    .ok()
+                    .and_then(|id| herald_id(&id))
+            }
+            _ => {}
         }
     }
-    Ok(0)
+    if added <= length {
+        return Ok(0);
+    }
+    Ok(match (length, first, last) {
+        (0, _, Some(last)) => last,
+        (_, Some(first), _) => first.saturating_sub(1),
+        _ => 0,
+    })
 }
 
 impl RedisLog {
