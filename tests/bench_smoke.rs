@@ -12,7 +12,7 @@ use herald_bench::{Swarm, Target};
 
 fn target(hub: &HubProcess, sources: usize) -> Target {
     Target {
-        sub: UrlTemplate::parse(&hub.url("/v1/events?topic={topic}")).unwrap(),
+        sub: vec![UrlTemplate::parse(&hub.url("/v1/events?topic={topic}")).unwrap()],
         publish: UrlTemplate::parse(&hub.url("/v1/publish?topic={topic}")).unwrap(),
         headers: vec![],
         sources,

@@ -100,9 +100,10 @@ enum Mode {
 
 #[derive(Args)]
 struct TargetArgs {
-    /// Subscribe URL with {topic}.
+    /// Subscribe URL with {topic}; repeat it to spread subscribers over
+    /// several servers (the nodes of a cluster) in turn.
     #[arg(long, default_value = "http://127.0.0.1:8080/v1/events?topic={topic}")]
-    sub: String,
+    sub: Vec<String>,
     /// Publish URL with {topic}; the body is the event's data.
     #[arg(
         long = "pub",
@@ -150,7 +151,11 @@ struct LoadArgs {
 impl TargetArgs {
     fn target(&self) -> anyhow::Result<Target> {
         Ok(Target {
-            sub: UrlTemplate::parse(&self.sub)?,
+            sub: self
+                .sub
+                .iter()
+                .map(|url| UrlTemplate::parse(url))
+                .collect::<anyhow::Result<_>>()?,
             publish: UrlTemplate::parse(&self.publish)?,
             headers: self.headers.clone(),
             sources: self.sources,

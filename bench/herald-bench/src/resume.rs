@@ -91,13 +91,14 @@ async fn read_until(
 ) -> anyhow::Result<()> {
     let mut permit = Some(permit);
     let source = (target.sources > 0).then(|| wire::source_ip(i, target.sources));
-    let mut stream = wire::connect(target.sub.addr, source).await?;
+    let sub = &target.sub[i % target.sub.len()];
+    let mut stream = wire::connect(sub.addr, source).await?;
     let mut headers = target.headers.clone();
     if let Some(id) = last_event_id {
         headers.push(format!("Last-Event-ID: {id}"));
     }
-    let path = target.sub.path(&topic_name(tally.topic as usize));
-    let mut reader = SseReader::open(&mut stream, &target.sub.host, &path, &headers).await?;
+    let path = sub.path(&topic_name(tally.topic as usize));
+    let mut reader = SseReader::open(&mut stream, &sub.host, &path, &headers).await?;
     let mut ready = ready;
     while tally.last_seq < until_seq {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -25,8 +25,8 @@ use crate::wire::{self, OnEvent, ResponseReader, SseReader, UrlTemplate};
 /// Where and how to reach the server under test.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Subscribe URL with `{topic}`.
-    pub sub: UrlTemplate,
+    /// Subscribe URLs with `{topic}`: subscriber `i` uses `sub[i % len]`.
+    pub sub: Vec<UrlTemplate>,
     /// Publish URL with `{topic}`; the body is the event's data.
     pub publish: UrlTemplate,
     /// Extra request headers for subscribing (`Name: value`).
@@ -395,11 +395,12 @@ async fn open(
     topic: usize,
 ) -> anyhow::Result<(tokio::net::TcpStream, SseReader)> {
     let source = (target.sources > 0).then(|| wire::source_ip(i, target.sources));
-    let mut stream = wire::connect(target.sub.addr, source).await?;
+    let sub = &target.sub[i % target.sub.len()];
+    let mut stream = wire::connect(sub.addr, source).await?;
     let reader = SseReader::open(
         &mut stream,
-        &target.sub.host,
-        &target.sub.path(&topic_name(topic)),
+        &sub.host,
+        &sub.path(&topic_name(topic)),
         &target.headers,
     )
     .await?;

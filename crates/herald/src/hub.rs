@@ -157,6 +157,9 @@ pub struct HubStats {
     #[serde(flatten)]
     pub fanout: FanoutStats,
     pub inbox: InboxTotals,
+    /// Presence joins and leaves of this node's streams written to the log
+    /// since start.
+    pub presence_updates: u64,
     /// Clustered: this node's name (`cluster.node_name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -255,7 +258,7 @@ async fn announce_presence(
         };
         let count = updates.len() as u64;
         match shared.log.append_presence(updates).await {
-            Ok(()) => Metrics::add(&shared.metrics.published, count),
+            Ok(()) => Metrics::add(&shared.metrics.presence_updates, count),
             Err(err) => {
                 Metrics::add(&shared.metrics.log_errors, 1);
                 tracing::warn!(%err, count, "could not publish presence events");
@@ -1051,6 +1054,7 @@ impl Hub {
             addresses: self.shared.limiter.addresses(),
             fanout: self.shared.fanout.stats(),
             inbox: self.shared.inboxes().totals(),
+            presence_updates: self.shared.metrics.presence_updates.load(Ordering::Relaxed),
             node: self.shared.node.clone(),
             cluster: None,
         }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub resets_unknown: AtomicU64,
     pub resets_expired: AtomicU64,
     pub log_errors: AtomicU64,
+    /// Presence joins and leaves of this node's streams written to the log
+    /// (clustered: changes of the node's membership, announced or not).
+    pub presence_updates: AtomicU64,
     /// Temporary refusals of streams, by reason.
     pub stream_refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Refused HTTP requests, by status.
@@ -212,6 +215,12 @@ impl Collector for HubCollector {
             "herald_events_published",
             "Events committed to the log by publishers",
             load(&m.published),
+        )?;
+        counter(
+            &mut encoder,
+            "herald_presence_updates",
+            "Presence joins and leaves of this node's streams written to the log",
+            load(&m.presence_updates),
         )?;
         counter(
             &mut encoder,

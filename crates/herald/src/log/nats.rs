@@ -97,10 +97,9 @@ struct Decoder {
     /// Retained values: slot → (sequence of its last change, `{version,
     /// value}` JSON or `None` once deleted).
     state: HashMap<String, (u64, Option<String>)>,
-    /// Presence: (topic, user) → (sequence of its last change, nodes).
-    presence: HashMap<(String, String), (u64, Vec<String>)>,
-    /// Every node's last report, with the local time it was read.
-    nodes: HashMap<String, serde_json::Value>,
+    /// Presence: (topic, user) → (sequence and log time of its last
+    /// change, nodes).
+    presence: HashMap<(String, String), (u64, u64, Vec<String>)>,
 }
 
 /// The subjects of a cluster's stream.
@@ -115,8 +114,6 @@ struct Subjects {
     /// `{name}.pres.<hex of topic\nuser>`: the nodes where a user is on a
     /// presence topic.
     presence: String,
-    /// `{name}.node.<node>`: a node's last report.
-    node: String,
 }
 
 impl Subjects {
@@ -126,7 +123,6 @@ impl Subjects {
             floor: format!("{name}.floor"),
             state: format!("{name}.state."),
             presence: format!("{name}.pres."),
-            node: format!("{name}.node."),
         }
     }
 }
@@ -188,7 +184,6 @@ impl Decoder {
             new_floor: None,
             state: HashMap::new(),
             presence: HashMap::new(),
-            nodes: HashMap::new(),
         }
     }
 
@@ -260,24 +255,13 @@ impl Decoder {
                 .ok_or("a presence pair without user")?;
             let set: PresenceSet = serde_json::from_slice(payload).map_err(bad)?;
             self.presence
-                .insert((topic.to_owned(), user.to_owned()), (seq, set.nodes));
+                .insert((topic.to_owned(), user.to_owned()), (seq, ts, set.nodes));
             let id = EventId(self.id(seq, 0));
             return Ok(set
                 .announcement
                 .map(|draft| Entry::Event(Arc::new(Event::commit(draft, id, ts))))
                 .into_iter()
                 .collect());
-        }
-        if let Some(node) = subject.strip_prefix(&self.subjects.node) {
-            match serde_json::from_slice::<serde_json::Value>(payload) {
-                Ok(report) if report.is_object() => {
-                    self.nodes.insert(node.to_owned(), report);
-                }
-                _ => {
-                    self.nodes.remove(node);
-                }
-            }
-            return Ok(Vec::new());
         }
         Ok(Vec::new())
     }
@@ -353,6 +337,10 @@ pub struct NatsLog {
     applied: Arc<watch::Sender<u64>>,
     options: ClusterOptions,
     max_age: Option<Duration>,
+    /// Every node's last report (a subject each), expiring after
+    /// [`NODE_STALE_MS`].
+    reports: stream::Stream,
+    reports_subject: String,
     status: Arc<Status>,
     /// Woken when the connection to the server is made again.
     reconnected: Arc<tokio::sync::Notify>,
@@ -372,13 +360,110 @@ fn stream_name(name: &str) -> String {
     name.replace('.', "_").to_uppercase()
 }
 
-/// Applies messages of the log, in order, as they come: to the replica,
-/// then to the sequence publishers wait on.
+/// A message of the stream, however it was read.
+struct Raw {
+    seq: u64,
+    subject: String,
+    published_ms: u64,
+    from: Option<String>,
+    payload: bytes::Bytes,
+}
+
+impl Raw {
+    fn consumed(message: jetstream::Message) -> Result<Raw, String> {
+        let info = message.info().map_err(|e| e.to_string())?;
+        let (seq, published_ms) = (info.stream_sequence, unix_ms(info.published));
+        let from = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(NODE_HEADER))
+            .map(|v| v.as_str().to_owned());
+        Ok(Raw {
+            seq,
+            subject: message.subject.to_string(),
+            published_ms,
+            from,
+            payload: message.payload.clone(),
+        })
+    }
+
+    fn stored(message: jetstream::message::StreamMessage) -> Raw {
+        Raw {
+            seq: message.sequence,
+            from: message
+                .headers
+                .get(NODE_HEADER)
+                .map(|v| v.as_str().to_owned()),
+            subject: message.subject.to_string(),
+            published_ms: unix_ms(message.time),
+            payload: message.payload,
+        }
+    }
+}
+
+/// The stored messages between `after` and `before` (exclusive), read by
+/// sequence.
+async fn stored_between(
+    stream: &stream::Stream,
+    filter: &str,
+    after: u64,
+    before: u64,
+) -> Result<Vec<Raw>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let mut out = Vec::new();
+    let mut next = after + 1;
+    while next < before {
+        match stream.get_first_raw_message_by_subject(filter, next).await {
+            Ok(m) if m.sequence < before => {
+                next = m.sequence + 1;
+                out.push(Raw::stored(m));
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// A page the consumer delivered, with what it skipped put back. A purge
+/// or roll-up on one subject moves every consumer of the stream past the
+/// messages it has not delivered yet, whatever their subject (nats-server
+/// 2.9): those are still stored, and are read here by sequence. A gap
+/// that holds nothing was a message removed before it was read.
+async fn complete(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &str,
+    mut prev: u64,
+    page: Vec<Raw>,
+) -> Result<Vec<Raw>, String> {
+    let mut out = Vec::with_capacity(page.len());
+    let mut stream = None;
+    for raw in page {
+        if raw.seq <= prev {
+            continue;
+        }
+        if raw.seq > prev + 1 {
+            if stream.is_none() {
+                stream = Some(js.get_stream(name).await.map_err(|e| e.to_string())?);
+            }
+            let stream = stream.as_ref().expect("just got");
+            out.extend(stored_between(stream, filter, prev, raw.seq).await?);
+        }
+        prev = raw.seq;
+        out.push(raw);
+    }
+    Ok(out)
+}
+
+/// Applies messages of the log, in order: to the replica, then to the
+/// sequence publishers wait on.
 fn apply(
     decoder: &Mutex<Decoder>,
     replica: &Replica,
     applied: &watch::Sender<u64>,
-    messages: Vec<jetstream::Message>,
+    messages: Vec<Raw>,
     loading: bool,
 ) -> Result<(), String> {
     let mut entries = Vec::new();
@@ -387,22 +472,16 @@ fn apply(
     {
         let mut decoder = lock(decoder);
         for message in &messages {
-            let info = message.info().map_err(|e| e.to_string())?;
-            let seq = info.stream_sequence;
+            let seq = message.seq;
             if seq <= decoder.last_seq {
                 continue; // read again after a reconnect
             }
-            let from = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(NODE_HEADER))
-                .map(|v| v.as_str().to_owned());
             let decoded = decoder
                 .decode(
                     seq,
-                    unix_ms(info.published),
-                    message.subject.as_str(),
-                    from.as_deref(),
+                    message.published_ms,
+                    &message.subject,
+                    message.from.as_deref(),
                     &message.payload,
                 )
                 .map_err(|e| format!("message {seq}: {e}"))?;
@@ -511,6 +590,20 @@ impl NatsLog {
             }
         };
         status.connected.store(true, Ordering::Relaxed);
+        // Node reports live in a stream of their own: a report replaces the
+        // last one (one per subject) and expires, without touching the log.
+        let reports_subject = format!("{}_nodes", options.name);
+        let reports = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{name}_NODES"),
+                subjects: vec![format!("{reports_subject}.>")],
+                max_messages_per_subject: 1,
+                max_age: Duration::from_millis(NODE_STALE_MS),
+                storage: stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unreachable(format!("cannot open the node reports' stream: {e}")))?;
         let base = (info.created.unix_timestamp_nanos() / 1000).max(0) as u64;
         let first_seq = info.state.first_sequence;
         let last_seq = info.state.last_sequence;
@@ -530,19 +623,23 @@ impl NatsLog {
         let applied = Arc::new(watch::channel(first_seq.saturating_sub(1)).0);
         let mut loaded = 0;
         if info.state.messages > 0 {
-            let mut messages = consumer_from(&js, &name, first_seq)
+            let filter = format!("{}.>", options.name);
+            let mut messages = consumer_from(&js, &name, &filter, first_seq)
                 .await
                 .map_err(unreachable)?;
             while *applied.borrow() < last_seq {
-                let mut page = Vec::new();
                 let next = tokio::time::timeout(options.connect_timeout, messages.next()).await;
-                match next {
-                    Ok(Some(Ok(message))) => page.push(message),
+                let message = match next {
+                    Ok(Some(Ok(message))) => Raw::consumed(message).map_err(&unreachable)?,
                     Ok(Some(Err(e))) => return Err(unreachable(e.to_string())),
                     Ok(None) | Err(_) => {
                         return Err(unreachable("the stream ended while it was read".into()))
                     }
-                }
+                };
+                let prev = *applied.borrow();
+                let page = complete(&js, &name, &filter, prev, vec![message])
+                    .await
+                    .map_err(&unreachable)?;
                 loaded += page.len();
                 apply(&decoder, &replica, &applied, page, true).map_err(|reason| {
                     ConnectError::Corrupt {
@@ -570,6 +667,8 @@ impl NatsLog {
             applied,
             options,
             max_age: settings.max_age,
+            reports,
+            reports_subject,
             status,
             reconnected,
             stop: CancellationToken::new(),
@@ -684,7 +783,7 @@ impl NatsLog {
             hex(&format!("{}\n{user}", key.0))
         );
         for _ in 0..MAX_TRIES {
-            let (last, mut nodes) = lock(&self.decoder)
+            let (last, _, mut nodes) = lock(&self.decoder)
                 .presence
                 .get(&key)
                 .cloned()
@@ -782,6 +881,7 @@ const MAX_TRIES: usize = 5;
 async fn consumer_from(
     js: &jetstream::Context,
     stream: &str,
+    filter: &str,
     start: u64,
 ) -> Result<consumer::pull::Ordered, String> {
     let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
@@ -790,6 +890,7 @@ async fn consumer_from(
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: start.max(1),
             },
+            filter_subject: filter.to_owned(),
             ..Default::default()
         })
         .await
@@ -802,6 +903,8 @@ struct Tail {
     js: jetstream::Context,
     url: String,
     stream: String,
+    /// Every subject of the stream, `{name}.>`.
+    filter: String,
     decoder: Arc<Mutex<Decoder>>,
     replica: Arc<Replica>,
     applied: Arc<watch::Sender<u64>>,
@@ -817,6 +920,7 @@ async fn tail(tail: Tail) {
         js,
         url,
         stream,
+        filter,
         decoder,
         replica,
         applied,
@@ -829,7 +933,7 @@ async fn tail(tail: Tail) {
         let from = lock(&decoder).last_seq + 1;
         let started = tokio::select! {
             _ = stop.cancelled() => return,
-            c = consumer_from(&js, &stream, from) => c,
+            c = consumer_from(&js, &stream, &filter, from) => c,
         };
         let mut messages = match started {
             Ok(messages) => messages.ready_chunks(1000),
@@ -859,14 +963,24 @@ async fn tail(tail: Tail) {
             let mut page = Vec::with_capacity(chunk.len());
             let mut failed = None;
             for item in chunk {
-                match item {
+                match item.map_err(|e| e.to_string()).and_then(Raw::consumed) {
                     Ok(message) => page.push(message),
                     Err(err) => {
-                        failed = Some(err.to_string());
+                        failed = Some(err);
                         break;
                     }
                 }
             }
+            let prev = *applied.borrow();
+            let page = match complete(&js, &stream, &filter, prev, page).await {
+                Ok(page) => page,
+                Err(err) => {
+                    if Status::set(&status.tail, Some(err.clone())) {
+                        tracing::error!(%err, url, "lost the cluster engine; reconnecting");
+                    }
+                    break;
+                }
+            };
             if let Err(err) = apply(&decoder, &replica, &applied, page, false) {
                 tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
                 Status::set(&status.tail, Some(err));
@@ -901,6 +1015,7 @@ impl EventLog for NatsLog {
             js: self.js.clone(),
             url: self.url.clone(),
             stream: self.stream.clone(),
+            filter: format!("{}.>", self.options.name),
             decoder: self.decoder.clone(),
             replica: self.replica.clone(),
             applied: self.applied.clone(),
@@ -1033,85 +1148,80 @@ impl EventLog for NatsLog {
             decoder
                 .presence
                 .iter()
-                .filter(|(_, (_, nodes))| nodes.contains(node))
+                .filter(|(_, (_, _, nodes))| nodes.contains(node))
                 .filter_map(|((topic, user), _)| Some((Topic::new(topic).ok()?, user.clone())))
                 .collect(),
         ))
     }
 
     async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
-        let subject = format!("{}{node}", self.subjects.node);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(stats.to_string().into())
-            .header("Nats-Rollup", "sub");
+        let unavailable = |e: String| LogError::Unavailable(e);
         self.js
-            .send_publish(subject, message)
+            .publish(
+                format!("{}.{node}", self.reports_subject),
+                stats.to_string().into(),
+            )
             .await
-            .map_err(|e| LogError::Unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?
             .await
-            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))?;
         Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
+        let unavailable = |e: String| LogError::Unavailable(e);
+        let mut subjects = self
+            .reports
+            .info_with_subjects(format!("{}.>", self.reports_subject))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut out = Vec::new();
         let now = super::now_ms();
-        Ok(lock(&self.decoder)
-            .nodes
-            .values()
-            .filter(|r| r["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS >= now)
-            .cloned()
-            .collect())
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| unavailable(e.to_string()))?;
+            let Ok(message) = self.reports.get_last_raw_message_by_subject(&subject).await else {
+                continue; // expired meanwhile
+            };
+            let Ok(report) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+                continue;
+            };
+            if report["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS >= now {
+                out.push(report);
+            }
+        }
+        Ok(out)
     }
 
     async fn maintain(&self) {
         if let Err(err) = self.trim(self.max_age).await {
             tracing::debug!(%err, "could not trim the cluster log");
         }
-        // Nodes that stopped reporting leave every presence set, and their
-        // reports go.
-        let now = super::now_ms();
-        let (gone, pairs): (Vec<String>, Vec<(String, Topic, String)>) = {
-            let decoder = lock(&self.decoder);
-            let gone: Vec<String> = decoder
-                .nodes
+        // Nodes that stopped reporting (their reports expired from the
+        // bucket) leave every presence set they were in a while ago.
+        let live: Vec<String> = match self.nodes().await {
+            Ok(reports) => reports
                 .iter()
-                .filter(|(_, r)| r["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS < now)
-                .map(|(n, _)| n.clone())
-                .collect();
-            let pairs = decoder
-                .presence
-                .iter()
-                .flat_map(|((topic, user), (_, nodes))| {
-                    nodes
-                        .iter()
-                        .filter(|n| gone.contains(n))
-                        .filter_map(|n| Some((n.clone(), Topic::new(topic).ok()?, user.clone())))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            (gone, pairs)
+                .filter_map(|r| r["node"].as_str().map(str::to_owned))
+                .collect(),
+            Err(_) => return,
         };
-        for (node, topic, user) in pairs {
+        let now = super::now_ms();
+        let gone: Vec<(String, Topic, String)> = lock(&self.decoder)
+            .presence
+            .iter()
+            .filter(|(_, (_, ts, _))| ts + NODE_STALE_MS < now)
+            .flat_map(|((topic, user), (_, _, nodes))| {
+                nodes
+                    .iter()
+                    .filter(|n| **n != self.options.node && !live.contains(n))
+                    .filter_map(|n| Some((n.clone(), Topic::new(topic).ok()?, user.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (node, topic, user) in gone {
+            tracing::info!(node, "a node stopped reporting; its users leave");
             if let Err(err) = self.change_presence(&node, &topic, &user, false).await {
                 tracing::debug!(%err, node, "could not retire a gone node's presence");
-            }
-        }
-        for node in gone {
-            tracing::info!(node, "a node stopped reporting; retired");
-            let subject = format!("{}{node}", self.subjects.node);
-            let retired = async {
-                self.js
-                    .send_publish(
-                        subject,
-                        jetstream::message::PublishMessage::build()
-                            .payload("null".into())
-                            .header("Nats-Rollup", "sub"),
-                    )
-                    .await?
-                    .await
-            };
-            if let Err(err) = retired.await {
-                tracing::debug!(%err, "could not retire a gone node's report");
             }
         }
     }
