@@ -398,6 +398,17 @@ impl Config {
                     format!("{name:?} is not 1 to 64 characters of A-Z a-z 0-9 - _ ."),
                 ));
             }
+            let node = &self.cluster.node_name;
+            let ok = node.len() <= 64
+                && node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "cluster.node_name",
+                    format!("{node:?} is not up to 64 characters of A-Z a-z 0-9 - _"),
+                ));
+            }
         }
         Ok(())
     }
@@ -451,6 +462,9 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().setting, "cluster.url");
         c.cluster.url = Some("redis://127.0.0.1:6379".into());
         c.validate().unwrap();
+        c.cluster.node_name = "a.b".into();
+        assert_eq!(c.validate().unwrap_err().setting, "cluster.node_name");
+        c.cluster.node_name = "web-1".into();
         c.cluster.name = "a b".into();
         assert_eq!(c.validate().unwrap_err().setting, "cluster.name");
         let mut c = Config::default();
