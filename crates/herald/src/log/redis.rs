@@ -206,7 +206,9 @@ impl Keys {
 pub struct RedisLog {
     client: Client,
     url: String,
-    writer: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The connection appends use; dropped when it (or the tail's) fails,
+    /// so the next append connects afresh.
+    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
     replica: Arc<Replica>,
     keys: Arc<Keys>,
     options: ClusterOptions,
@@ -439,7 +441,7 @@ impl RedisLog {
         Ok(RedisLog {
             client,
             url: url.to_owned(),
-            writer: tokio::sync::Mutex::new(Some(conn)),
+            writer: Arc::new(tokio::sync::Mutex::new(Some(conn))),
             replica: Arc::new(replica),
             keys: Arc::new(keys),
             max_age_ms: h.max_age.map_or(0, |a| a.as_millis() as u64),
@@ -659,6 +661,7 @@ async fn tail(
     keys: Arc<Keys>,
     replica: Arc<Replica>,
     status: Arc<Status>,
+    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
     stop: CancellationToken,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
@@ -759,6 +762,9 @@ async fn tail(
                 status.connected.store(false, Ordering::Relaxed);
                 if connection_lost(&err) {
                     conn = None;
+                    // The engine went away (or restarted): the appends'
+                    // connection is likely dead too.
+                    writer.lock().await.take();
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -786,6 +792,7 @@ impl EventLog for RedisLog {
             self.keys.clone(),
             self.replica.clone(),
             self.status.clone(),
+            self.writer.clone(),
             self.stop.clone(),
         );
         match tokio::runtime::Handle::try_current() {
