@@ -737,6 +737,66 @@ async fn nats_state_changes_never_hide_events() {
     state_changes_never_hide_events(Kind::Nats).await;
 }
 
+async fn delete(node: &HubProcess, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .delete(node.url(path))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads a stream to its end; fails the test if it does not end.
+async fn ends(mut client: SseClient) {
+    tokio::time::timeout(PATIENCE, client.read_to_end())
+        .await
+        .expect("the stream was closed");
+}
+
+async fn admin_closes_streams_on_every_node(kind: Kind) {
+    let Some(engine) = Engine::start(kind) else {
+        return;
+    };
+    let a = secured_node(&engine);
+    let b = secured_node(&engine);
+    // A user's streams close on every node.
+    let (on_a, on_b) = (user_stream(&a, "ann").await, user_stream(&b, "ann").await);
+    let (status, answer) = delete(&a, "/v1/users/ann/connections").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"closed": 1, "forwarded": true}));
+    ends(on_a).await;
+    ends(on_b).await;
+    // A stream held by another node: passed on, and closed there.
+    let bearer = format!("Bearer {}", token("bob"));
+    let mut bob = SseClient::connect_with(
+        b.addr,
+        "/v1/events?topic=news",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    let id = bob.expect_connected().await["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, answer) = delete(&a, &format!("/v1/connections/{id}")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer, json!({"closed": 0, "forwarded": true}));
+    ends(bob).await;
+}
+
+#[tokio::test]
+async fn redis_admin_closes_streams_on_every_node() {
+    admin_closes_streams_on_every_node(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_admin_closes_streams_on_every_node() {
+    admin_closes_streams_on_every_node(Kind::Nats).await;
+}
+
 #[tokio::test]
 async fn redis_presence_across_nodes() {
     presence_across_nodes(Kind::Redis).await;

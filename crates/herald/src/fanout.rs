@@ -499,10 +499,23 @@ impl CommitSink for Fanout {
     }
 
     fn control(&self, record: &Control) {
+        if let Control::Close { connection, user } = record {
+            let mut closing: Vec<Arc<Connection>> = user
+                .as_deref()
+                .map(|u| self.connections_of(u))
+                .unwrap_or_default();
+            closing.extend(connection.as_deref().and_then(|id| self.connection(id)));
+            for conn in closing {
+                conn.close(crate::connection::CloseReason::Closed);
+                self.unregister(conn.key);
+            }
+            return;
+        }
         let Some(inboxes) = &self.inboxes else { return };
         let written = match record {
             Control::Delivered { user, ids } => inboxes.delivered(user, ids),
             Control::Acked { user, ids } => inboxes.ack(user, ids).map(|_| ()),
+            Control::Close { .. } => Ok(()),
         };
         if let Err(err) = written {
             tracing::error!(%err, "could not write the inbox file");

@@ -16,7 +16,7 @@ use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::inbox::{AckOutcome, InboxTotals, Inboxes, UserInboxCounts};
 use crate::limits::{ConnectionLimiter, LimitRefusal};
 use crate::log::memory::MemoryLogSettings;
-use crate::log::{DurableLog, EventLog, MemoryLog, PresenceUpdate, ReadFrom};
+use crate::log::{DurableLog, EventLog, LogError, MemoryLog, PresenceUpdate, ReadFrom};
 use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
@@ -131,6 +131,17 @@ pub enum Subscription {
     },
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),
+}
+
+/// What an admin close did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// This many streams closed here (and, clustered, none elsewhere asked).
+    Closed(usize),
+    /// This many closed here, and the other nodes were told to close theirs.
+    Forwarded(usize),
+    /// No such stream (one node).
+    Unknown,
 }
 
 /// One user's streams (admin).
@@ -930,6 +941,42 @@ impl Hub {
             }
             None => false,
         }
+    }
+
+    /// Closes a stream wherever it is. Clustered, one this node does not
+    /// hold is passed to the others through the log (the node holding it
+    /// closes it as it reads the record): `Ok(Forwarded)`.
+    pub async fn close_connection_anywhere(&self, id: &str) -> Result<Closing, LogError> {
+        if self.close_connection(id) {
+            return Ok(Closing::Closed(1));
+        }
+        if !self.shared.log.clustered() {
+            return Ok(Closing::Unknown);
+        }
+        self.forward_close(Some(id.to_owned()), None).await?;
+        Ok(Closing::Forwarded(0))
+    }
+
+    /// Closes every stream of a user, on this node and, clustered, on every
+    /// other (through the log): how many closed here.
+    pub async fn close_user_anywhere(&self, user: &str) -> Result<Closing, LogError> {
+        let here = self.close_user(user);
+        if !self.shared.log.clustered() {
+            return Ok(Closing::Closed(here));
+        }
+        self.forward_close(None, Some(user.to_owned())).await?;
+        Ok(Closing::Forwarded(here))
+    }
+
+    async fn forward_close(
+        &self,
+        connection: Option<String>,
+        user: Option<String>,
+    ) -> Result<(), LogError> {
+        self.shared
+            .log
+            .append_control(vec![crate::log::Control::Close { connection, user }])
+            .await
     }
 
     /// Closes every stream of a user; returns how many.

@@ -23,6 +23,9 @@ pub enum ApiError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Ack(#[from] crate::hub::AckError),
+    /// Clustered: the engine cannot take the request now.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// The body is not the JSON (or text) the endpoint takes.
     #[error("{0}")]
     BadBody(String),
@@ -48,6 +51,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         use SubscribeError as S;
         match self {
+            ApiError::Log(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Publish(e) => publish_parts(e),
             ApiError::Resubscribe(e) => match e {
                 crate::hub::ResubscribeError::UnknownConnection(_) => {

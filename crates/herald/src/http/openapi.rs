@@ -178,7 +178,11 @@ pub struct Subscriptions {
 
 #[derive(Serialize, ToSchema)]
 pub struct Closed {
+    /// Streams closed on this node.
     pub closed: usize,
+    /// Clustered: the other nodes were told to close theirs too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::openapi::ErrorBody;
 use super::{require_admin, ApiError, Caller};
 use crate::fanout::Presence;
-use crate::hub::{Hub, UserInfo};
+use crate::hub::{Closing, Hub, UserInfo};
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process serves", body = crate::http::openapi::Status)))]
 pub async fn healthz() -> Json<Value> {
@@ -79,17 +79,21 @@ pub async fn user(
 }
 
 /// Closes one stream; its client reconnects (admin).
-#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "admin", params(("id" = String, Path, description = "A `connection_id` from `herald.connected`")), responses((status = 200, description = "Closed; the client reconnects", body = crate::http::openapi::Closed), (status = 404, description = "No such open stream", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "admin", params(("id" = String, Path, description = "A `connection_id` from `herald.connected`")), responses((status = 200, description = "Closed; the client reconnects", body = crate::http::openapi::Closed), (status = 202, description = "Clustered: not on this node; the other nodes were told to close it", body = crate::http::openapi::Closed), (status = 404, description = "No such open stream", body = ErrorBody), (status = 503, description = "Clustered: the engine cannot be reached", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn close_connection(
     State(hub): State<Hub>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_admin(&hub, &caller)?;
-    if !hub.close_connection(&id) {
-        return Err(ApiError::UnknownConnection(id));
+    match hub.close_connection_anywhere(&id).await? {
+        Closing::Unknown => Err(ApiError::UnknownConnection(id)),
+        Closing::Closed(n) => Ok((StatusCode::OK, Json(json!({ "closed": n })))),
+        Closing::Forwarded(n) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "closed": n, "forwarded": true })),
+        )),
     }
-    Ok(Json(json!({ "closed": 1 })))
 }
 
 #[derive(serde::Deserialize)]
@@ -149,14 +153,18 @@ pub async fn topics(
 }
 
 /// Closes every stream of a user (admin).
-#[utoipa::path(delete, path = "/v1/users/{user}/connections", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "How many were closed", body = crate::http::openapi::Closed), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/users/{user}/connections", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "How many were closed here (clustered, with `forwarded`: the other nodes close theirs)", body = crate::http::openapi::Closed), (status = 503, description = "Clustered: the engine cannot be reached", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn close_user(
     State(hub): State<Hub>,
     caller: Caller,
     Path(user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&hub, &caller)?;
-    Ok(Json(json!({ "closed": hub.close_user(&user) })))
+    Ok(Json(match hub.close_user_anywhere(&user).await? {
+        Closing::Forwarded(n) => json!({ "closed": n, "forwarded": true }),
+        Closing::Closed(n) => json!({ "closed": n }),
+        Closing::Unknown => json!({ "closed": 0 }),
+    }))
 }
 
 /// Prometheus metrics (OpenMetrics text). Like `/healthz`, open to anyone

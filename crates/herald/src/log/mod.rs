@@ -68,6 +68,14 @@ pub enum Control {
     Delivered { user: String, ids: Vec<EventId> },
     /// `user` acknowledged these events.
     Acked { user: String, ids: Vec<EventId> },
+    /// An admin closed this stream, or every stream of this user: the node
+    /// holding them closes them (their clients reconnect).
+    Close {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connection: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
 }
 
 /// A user's first stream on a presence topic opened on this node
