@@ -313,7 +313,8 @@ impl Decoder {
                 record,
             });
         }
-        if from == Some(self.node.as_str()) {
+        // Only appends of events wait for an answer (control records do not).
+        if from == Some(self.node.as_str()) && !outcome.is_empty() {
             // Answers nobody came for (a publisher that gave up) go after a
             // while.
             if self.outcomes.len() > 10_000 {
