@@ -1212,4 +1212,166 @@ mod tests {
             Err(PublishError::BadTopic(..))
         ));
     }
+
+    /// A log that answers appends at once and hands events to fan-out only
+    /// when the test says so: the window between a publisher's answer and
+    /// the dispatch, held open.
+    struct HeldLog {
+        inner: std::sync::Mutex<crate::log::memory::Inner>,
+        sink: std::sync::OnceLock<Arc<dyn crate::log::CommitSink>>,
+        held: std::sync::Mutex<Vec<SharedEvent>>,
+    }
+
+    impl HeldLog {
+        fn release(&self) {
+            let events = std::mem::take(&mut *self.held.lock().unwrap());
+            self.sink.get().unwrap().committed(&events);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for HeldLog {
+        fn attach(&self, sink: Arc<dyn crate::log::CommitSink>) -> EventId {
+            let _ = self.sink.set(sink);
+            EventId(self.inner.lock().unwrap().head())
+        }
+
+        async fn append(
+            &self,
+            drafts: Vec<crate::event::EventDraft>,
+        ) -> Result<Vec<crate::log::Appended>, LogError> {
+            let mut inner = self.inner.lock().unwrap();
+            let (appended, events) = inner.prepare(drafts);
+            inner.apply(&events);
+            self.held.lock().unwrap().extend(events);
+            Ok(appended)
+        }
+
+        async fn read(
+            &self,
+            request: crate::log::ReadRequest<'_>,
+        ) -> Result<Vec<SharedEvent>, LogError> {
+            Ok(self
+                .inner
+                .lock()
+                .unwrap()
+                .read(&request, crate::log::now_ms()))
+        }
+
+        async fn coverage(
+            &self,
+            after: EventId,
+            selector: &Selector,
+        ) -> Result<crate::log::Coverage, LogError> {
+            Ok(self.inner.lock().unwrap().coverage(after, selector))
+        }
+
+        fn kind(&self) -> &'static str {
+            "held"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
+        use futures_util::StreamExt;
+        let settings = history_settings(&Config::default());
+        let log = Arc::new(HeldLog {
+            inner: std::sync::Mutex::new(crate::log::memory::Inner::new(settings, 1)),
+            sink: std::sync::OnceLock::new(),
+            held: std::sync::Mutex::new(Vec::new()),
+        });
+        let config = Config {
+            memory: true,
+            ..Config::default()
+        };
+        let hub = Hub::with_log(config, log.clone()).unwrap();
+        let first = hub
+            .publish(PublishRequest::topic("t", "first"))
+            .await
+            .unwrap();
+        log.release();
+        // Answered, readable, not yet dispatched: a client that got it (on
+        // another stream, another node) resumes from it.
+        let held = hub
+            .publish(PublishRequest::topic("t", "held"))
+            .await
+            .unwrap();
+        let request = SubscribeRequest {
+            topics: vec!["t".into()],
+            last_event_id: Some(held.to_string()),
+            ..Default::default()
+        };
+        let Subscription::Stream { mut body, .. } = hub.subscribe(request).await.unwrap() else {
+            panic!("refused");
+        };
+        log.release();
+        let next = hub
+            .publish(PublishRequest::topic("t", "next"))
+            .await
+            .unwrap();
+        log.release();
+        let mut text = String::new();
+        while !text.contains(&format!("id: {next}")) {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+                .await
+                .expect("the next event arrives")
+                .expect("the stream goes on");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(!text.contains("data: held"), "{text}");
+        assert!(!text.contains("data: first"), "{text}");
+        assert!(first < held && held < next);
+    }
+
+    #[tokio::test]
+    async fn a_poll_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
+        let settings = history_settings(&Config::default());
+        let log = Arc::new(HeldLog {
+            inner: std::sync::Mutex::new(crate::log::memory::Inner::new(settings, 1)),
+            sink: std::sync::OnceLock::new(),
+            held: std::sync::Mutex::new(Vec::new()),
+        });
+        let config = Config {
+            memory: true,
+            ..Config::default()
+        };
+        let hub = Hub::with_log(config, log.clone()).unwrap();
+        hub.publish(PublishRequest::topic("t", "first"))
+            .await
+            .unwrap();
+        log.release();
+        let held = hub
+            .publish(PublishRequest::topic("t", "held"))
+            .await
+            .unwrap();
+        let request = SubscribeRequest {
+            topics: vec!["t".into()],
+            last_event_id: Some(held.to_string()),
+            ..Default::default()
+        };
+        let releaser = {
+            let log = log.clone();
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                // The poll is waiting once its connection is registered.
+                while hub.fanout().stats().connections == 0 {
+                    tokio::task::yield_now().await;
+                }
+                log.release();
+                hub.publish(PublishRequest::topic("t", "next"))
+                    .await
+                    .unwrap();
+                log.release();
+            })
+        };
+        let answer = hub
+            .poll(request, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        releaser.await.unwrap();
+        let data: Vec<&str> = answer.events.iter().map(|e| &*e.data).collect();
+        assert!(!data.contains(&"held"), "{data:?}");
+        assert!(answer.last_event_id >= held, "the position never goes back");
+    }
 }

@@ -80,6 +80,13 @@ impl Hub {
                 reset: None,
             }))
         };
+        // Live events start after the head, or after the id the client
+        // resumes from when that is later (fan-out may not have dispatched
+        // an event its publisher was already answered for).
+        let since = opened
+            .position
+            .parse()
+            .map_or(opened.head, |p: u64| opened.head.max(EventId(p)));
         match opened.start {
             Start::Reset(coverage) => {
                 let mut reset = answer(Vec::new(), opened.head);
@@ -100,7 +107,7 @@ impl Hub {
                     return answer(page, opened.head);
                 }
             }
-            Start::Live if !waiting.is_empty() => return answer(Vec::new(), opened.head),
+            Start::Live if !waiting.is_empty() => return answer(Vec::new(), since),
             Start::Live => {}
         }
         // Nothing waiting up to the head: wait for live events, no longer
@@ -117,13 +124,13 @@ impl Hub {
         loop {
             let mut events = Vec::new();
             let closed = conn.drain(&mut events);
-            events.retain(|e| e.id > opened.head);
+            events.retain(|e| e.id > since);
             if !events.is_empty() || closed.is_some() || self.is_shutting_down() {
-                return answer(events, opened.head);
+                return answer(events, since);
             }
             tokio::select! {
                 _ = conn.ready() => {}
-                _ = tokio::time::sleep_until(deadline) => return answer(Vec::new(), opened.head),
+                _ = tokio::time::sleep_until(deadline) => return answer(Vec::new(), since),
                 _ = &mut shutdown => {}
             }
         }

@@ -117,7 +117,11 @@ impl Writer {
             _permit: permit,
             preamble: Some(preamble.freeze()),
             replay,
-            last_written: 0,
+            // Nothing at or below where the stream starts is written: a
+            // client resuming from an id fan-out has not dispatched yet
+            // (answered before the dispatch, or read on another node)
+            // would otherwise get that event again from its live queue.
+            last_written: position.parse().unwrap_or(0),
             heartbeat_every,
             heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
             token_expiry: valid_until.map(|until| {

@@ -192,6 +192,25 @@ impl Committer {
                         tracing::info!("journal writes succeed again");
                     }
                     inner.apply(&events);
+                    // Readable now. Publishers are answered before fan-out
+                    // wakes the subscribers' writers, so that their tasks run
+                    // first and the next publish on their connections is not
+                    // read only after every writer has run. Not when the
+                    // group holds events for users' inboxes: those are
+                    // written to the inbox file by fan-out, before the answer.
+                    let for_inboxes = events
+                        .iter()
+                        .any(|e| !e.target.users.is_empty() && !e.target.broadcast);
+                    let mut replies: Vec<_> = group
+                        .into_iter()
+                        .zip(prepared)
+                        .map(|(job, (appended, _))| (job.reply, appended))
+                        .collect();
+                    if !for_inboxes {
+                        for (reply, appended) in replies.drain(..) {
+                            let _ = reply.send(Ok(appended));
+                        }
+                    }
                     if !events.is_empty() {
                         if let Some(sink) = sink.get() {
                             sink.committed(&events);
@@ -199,8 +218,8 @@ impl Committer {
                     }
                     let oldest = inner.oldest_id().unwrap_or(inner.next_id());
                     drop(inner);
-                    for (job, (appended, _)) in group.into_iter().zip(prepared) {
-                        let _ = job.reply.send(Ok(appended));
+                    for (reply, appended) in replies {
+                        let _ = reply.send(Ok(appended));
                     }
                     if let Err(err) = journal.retire_below(oldest) {
                         tracing::warn!(%err, "could not delete old journal segments");
