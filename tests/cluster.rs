@@ -53,11 +53,16 @@ async fn post(node: &HubProcess, path: &str, bearer: &str, body: Value) -> (u16,
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn publish_direct(node: &HubProcess, user: &str, data: &str, require_ack: bool) -> String {
-    let body = json!({"to": {"users": [user]}, "data": data, "require_ack": require_ack});
+/// Publishes with the API key (auth on); returns the id.
+async fn publish_with_key(node: &HubProcess, body: Value) -> String {
     let (status, answer) = post(node, "/v1/publish", API_KEY, body).await;
     assert_eq!(status, 200, "{answer}");
     answer["id"].as_str().unwrap().to_owned()
+}
+
+async fn publish_direct(node: &HubProcess, user: &str, data: &str, require_ack: bool) -> String {
+    let body = json!({"to": {"users": [user]}, "data": data, "require_ack": require_ack});
+    publish_with_key(node, body).await
 }
 
 /// A stream of `user` (topic `news`), past its opening.
@@ -113,6 +118,12 @@ async fn messages_until(client: &mut SseClient, marker: &str) -> Vec<(String, St
             return out;
         }
     }
+}
+
+/// Publishes `data` on `topic`; returns (id, data), as [`messages`] reads.
+async fn publish_data(node: &HubProcess, topic: &str, data: String) -> (String, String) {
+    let id = node.publish_ok(json!({"topic": topic, "data": data})).await;
+    (id, data)
 }
 
 async fn subscribe(node: &HubProcess, query: &str) -> SseClient {
@@ -179,11 +190,7 @@ async fn publish_anywhere_receive_everywhere(kind: Kind) {
     // One after another, round the nodes: everyone sees publish order.
     let mut published = Vec::new();
     for i in 0..30 {
-        let data = format!("m{i}");
-        let id = nodes[i % 3]
-            .publish_ok(json!({"topic": "chat/room", "data": data}))
-            .await;
-        published.push((id, data));
+        published.push(publish_data(&nodes[i % 3], "chat/room", format!("m{i}")).await);
     }
     for sub in &mut subscribers {
         assert_eq!(messages(sub, 30).await, published);
@@ -225,11 +232,7 @@ async fn resume_on_another_node(kind: Kind) {
     let mut on_a = subscribe(&a, "topic=jobs/1").await;
     let mut published = Vec::new();
     for i in 0..10 {
-        let data = format!("e{i}");
-        published.push((
-            a.publish_ok(json!({"topic": "jobs/1", "data": data})).await,
-            data,
-        ));
+        published.push(publish_data(&a, "jobs/1", format!("e{i}")).await);
     }
     assert_eq!(messages(&mut on_a, 5).await, published[..5]);
     let left_at = published[4].0.clone();
@@ -238,11 +241,7 @@ async fn resume_on_another_node(kind: Kind) {
     let b = engine.node(&[]);
     let c = engine.node(&[]);
     for i in 10..15 {
-        let data = format!("e{i}");
-        published.push((
-            c.publish_ok(json!({"topic": "jobs/1", "data": data})).await,
-            data,
-        ));
+        published.push(publish_data(&c, "jobs/1", format!("e{i}")).await);
     }
     let mut on_b = resume(&b, "topic=jobs/1", &left_at).await;
     assert_eq!(messages(&mut on_b, 10).await, published[5..]);
@@ -437,11 +436,7 @@ async fn engine_restart_loses_nothing(kind: Kind) {
     ];
     let mut published = Vec::new();
     for i in 0..20 {
-        let data = format!("t{i}");
-        published.push((
-            a.publish_ok(json!({"topic": "ticks", "data": data})).await,
-            data,
-        ));
+        published.push(publish_data(&a, "ticks", format!("t{i}")).await);
     }
     for sub in &mut subs {
         assert_eq!(messages(sub, 20).await, published);
@@ -460,12 +455,7 @@ async fn engine_restart_loses_nothing(kind: Kind) {
         .await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["error"], "unavailable", "{answer}");
-    let metrics = reqwest::get(b.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(metrics.contains("herald_cluster_engine_up 0"), "{metrics}");
     engine.restart();
     for node in [&a, &b] {
@@ -474,13 +464,8 @@ async fn engine_restart_loses_nothing(kind: Kind) {
     // Both nodes publish again at once: B, whose publish failed, and A,
     // which tried none while the engine was away.
     for i in 20..30 {
-        let data = format!("t{i}");
         let node = if i % 2 == 0 { &a } else { &b };
-        published.push((
-            node.publish_ok(json!({"topic": "ticks", "data": data}))
-                .await,
-            data,
-        ));
+        published.push(publish_data(node, "ticks", format!("t{i}")).await);
     }
     // The streams stayed open across the outage and carry on exactly once.
     for sub in &mut subs {
@@ -571,9 +556,7 @@ async fn next_announcement(observer: &mut SseClient) -> (String, String) {
 }
 
 async fn marker(node: &HubProcess, text: &str) {
-    let body = json!({"topic": "rooms/1", "data": text});
-    let (status, answer) = post(node, "/v1/publish", API_KEY, body).await;
-    assert_eq!(status, 200, "{answer}");
+    publish_with_key(node, json!({"topic": "rooms/1", "data": text})).await;
 }
 
 async fn presence_across_nodes(kind: Kind) {

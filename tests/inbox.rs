@@ -270,12 +270,7 @@ async fn a_full_inbox_drops_its_oldest_and_counts_them() {
         datas(&read_until_data(&mut c, "m5").await),
         ["m3", "m4", "m5"]
     );
-    let metrics = reqwest::get(hub.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics.contains("herald_inbox_dropped_total 2"),
         "{metrics}"

@@ -91,12 +91,7 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
     let hub = HubProcess::start(&[]);
     // Every declared family, with the series names its type exposes (a
     // labelled family may have no series yet on a fresh hub).
-    let text = reqwest::get(hub.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = hub.metrics().await;
     let mut scraped: Vec<String> = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let (name, kind) = line.split_once(' ').unwrap();

@@ -216,6 +216,17 @@ impl HubProcess {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        resp.text().await.expect("metrics text")
+    }
+
     pub async fn stats(&self) -> Value {
         let mut req = self.http.get(self.url("/v1/stats"));
         if let Some(key) = &self.admin_key {

@@ -386,24 +386,17 @@ impl Config {
                     format!("on NATS a batch is one message of at most {most} events"),
                 ));
             }
+            // Names go into keys, subjects and stream names.
+            let word = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
             let name = &self.cluster.name;
-            let ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !ok {
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| word(b) || b == b'.') {
                 return Err(invalid(
                     "cluster.name",
                     format!("{name:?} is not 1 to 64 characters of A-Z a-z 0-9 - _ ."),
                 ));
             }
             let node = &self.cluster.node_name;
-            let ok = node.len() <= 64
-                && node
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-            if !ok {
+            if node.len() > 64 || !node.bytes().all(word) {
                 return Err(invalid(
                     "cluster.node_name",
                     format!("{node:?} is not up to 64 characters of A-Z a-z 0-9 - _"),

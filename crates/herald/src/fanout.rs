@@ -144,6 +144,24 @@ impl Fanout {
         self
     }
 
+    /// Closes the stream with this id and every stream of this user (an
+    /// admin's close): their clients reconnect. They leave the books now,
+    /// even if their sockets are slow to drain. Returns how many closed.
+    pub fn close(&self, connection: Option<&str>, user: Option<&str>) -> usize {
+        let mut closing: Vec<Arc<Connection>> =
+            user.map(|u| self.connections_of(u)).unwrap_or_default();
+        if let Some(conn) = connection.and_then(|id| self.connection(id)) {
+            if !closing.iter().any(|c| c.key == conn.key) {
+                closing.push(conn);
+            }
+        }
+        for conn in &closing {
+            conn.close(crate::connection::CloseReason::Closed);
+            self.unregister(conn.key);
+        }
+        closing.len()
+    }
+
     /// The (topic, user) pairs with a stream here on a presence topic.
     pub fn present_pairs(&self) -> Vec<(Topic, String)> {
         let reg = self.registry.read();
@@ -500,15 +518,7 @@ impl CommitSink for Fanout {
 
     fn control(&self, record: &Control) {
         if let Control::Close { connection, user } = record {
-            let mut closing: Vec<Arc<Connection>> = user
-                .as_deref()
-                .map(|u| self.connections_of(u))
-                .unwrap_or_default();
-            closing.extend(connection.as_deref().and_then(|id| self.connection(id)));
-            for conn in closing {
-                conn.close(crate::connection::CloseReason::Closed);
-                self.unregister(conn.key);
-            }
+            self.close(connection.as_deref(), user.as_deref());
             return;
         }
         let Some(inboxes) = &self.inboxes else { return };

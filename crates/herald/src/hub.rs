@@ -10,7 +10,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::{now_secs, AuthError, Authenticator, Identity, Proof};
 use crate::config::{Config, ConfigError};
-use crate::connection::{CloseReason, Connection};
+use crate::connection::Connection;
 use crate::event::{EventId, SharedEvent};
 use crate::fanout::{Fanout, FanoutStats, Presence};
 use crate::inbox::{AckOutcome, InboxTotals, Inboxes, UserInboxCounts};
@@ -735,11 +735,11 @@ impl Hub {
         conn.rights = identity.subscribe.clone();
         conn.announces_presence = !request.long_poll;
         let conn = Arc::new(conn);
-        if let Some(after) = request
+        let resumed_after = request
             .last_event_id
             .as_deref()
-            .and_then(parse_last_event_id)
-        {
+            .and_then(parse_last_event_id);
+        if let Some(after) = resumed_after {
             // Clustered, the id may come from a node ahead of this one.
             self.shared.log.catch_up(after).await;
         }
@@ -771,10 +771,6 @@ impl Hub {
             None => self.state_snapshot(&conn.selector).await,
             Some(_) => bytes::Bytes::new(),
         };
-        let resumed_after = request
-            .last_event_id
-            .as_deref()
-            .and_then(parse_last_event_id);
         let waiting = match &conn.selector.user {
             Some(user) => {
                 let mut waiting = self
@@ -795,10 +791,10 @@ impl Hub {
         let position = match start {
             Start::Replay(ReadFrom::After(id)) => id.to_string(),
             Start::Replay(_) => String::new(),
-            Start::Live => match request.last_event_id.as_deref().map(parse_last_event_id) {
-                Some(Some(id)) => id.to_string(),
-                _ if head.0 == 0 => String::new(),
-                _ => head.to_string(),
+            Start::Live => match resumed_after {
+                Some(id) => id.to_string(),
+                None if head.0 == 0 => String::new(),
+                None => head.to_string(),
             },
             Start::Reset(_) => head.to_string(),
         };
@@ -932,15 +928,7 @@ impl Hub {
     /// Closes one stream (it gets `retry:` and ends, so its client
     /// reconnects). False when no stream has this id.
     pub fn close_connection(&self, id: &str) -> bool {
-        match self.shared.fanout.connection(id) {
-            Some(conn) => {
-                conn.close(CloseReason::Closed);
-                // Out of the books now, even if its socket is slow to drain.
-                self.shared.fanout.unregister(conn.key);
-                true
-            }
-            None => false,
-        }
+        self.shared.fanout.close(Some(id), None) > 0
     }
 
     /// Closes a stream wherever it is. Clustered, one this node does not
@@ -981,12 +969,7 @@ impl Hub {
 
     /// Closes every stream of a user; returns how many.
     pub fn close_user(&self, user: &str) -> usize {
-        let conns = self.shared.fanout.connections_of(user);
-        for conn in &conns {
-            conn.close(CloseReason::Closed);
-            self.shared.fanout.unregister(conn.key);
-        }
-        conns.len()
+        self.shared.fanout.close(None, Some(user))
     }
 
     /// A user's open streams.
@@ -1223,6 +1206,21 @@ mod tests {
     }
 
     impl HeldLog {
+        /// A hub on a new held log.
+        fn hub() -> (Hub, Arc<HeldLog>) {
+            let settings = history_settings(&Config::default());
+            let log = Arc::new(HeldLog {
+                inner: std::sync::Mutex::new(crate::log::memory::Inner::new(settings, 1)),
+                sink: std::sync::OnceLock::new(),
+                held: std::sync::Mutex::new(Vec::new()),
+            });
+            let config = Config {
+                memory: true,
+                ..Config::default()
+            };
+            (Hub::with_log(config, log.clone()).unwrap(), log)
+        }
+
         fn release(&self) {
             let events = std::mem::take(&mut *self.held.lock().unwrap());
             self.sink.get().unwrap().committed(&events);
@@ -1274,17 +1272,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
         use futures_util::StreamExt;
-        let settings = history_settings(&Config::default());
-        let log = Arc::new(HeldLog {
-            inner: std::sync::Mutex::new(crate::log::memory::Inner::new(settings, 1)),
-            sink: std::sync::OnceLock::new(),
-            held: std::sync::Mutex::new(Vec::new()),
-        });
-        let config = Config {
-            memory: true,
-            ..Config::default()
-        };
-        let hub = Hub::with_log(config, log.clone()).unwrap();
+        let (hub, log) = HeldLog::hub();
         let first = hub
             .publish(PublishRequest::topic("t", "first"))
             .await
@@ -1325,17 +1313,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_poll_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
-        let settings = history_settings(&Config::default());
-        let log = Arc::new(HeldLog {
-            inner: std::sync::Mutex::new(crate::log::memory::Inner::new(settings, 1)),
-            sink: std::sync::OnceLock::new(),
-            held: std::sync::Mutex::new(Vec::new()),
-        });
-        let config = Config {
-            memory: true,
-            ..Config::default()
-        };
-        let hub = Hub::with_log(config, log.clone()).unwrap();
+        let (hub, log) = HeldLog::hub();
         hub.publish(PublishRequest::topic("t", "first"))
             .await
             .unwrap();

@@ -2,9 +2,11 @@
 //! errors, the connection state `/readyz` and metrics report, and the
 //! reconnect backoff.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use super::{EngineStatus, LogError};
 
 /// What a clustered log needs besides history retention.
 #[derive(Debug, Clone)]
@@ -41,23 +43,128 @@ pub enum ConnectError {
 #[derive(Default)]
 pub(crate) struct Status {
     /// Why the tail is not reading now; `None` while it is.
-    pub tail: Mutex<Option<String>>,
+    tail: Mutex<Option<String>>,
     /// Why the last append failed; `None` once one succeeds.
-    pub write: Mutex<Option<String>>,
-    pub reconnects: AtomicU64,
-    pub connected: AtomicBool,
+    write: Mutex<Option<String>>,
+    reconnects: AtomicU64,
+    connected: AtomicBool,
 }
 
 impl Status {
-    pub fn set(slot: &Mutex<Option<String>>, value: Option<String>) -> bool {
+    /// The state of a log that has just reached its engine.
+    pub fn connected() -> Status {
+        Status {
+            connected: AtomicBool::new(true),
+            ..Status::default()
+        }
+    }
+
+    fn set(slot: &Mutex<Option<String>>, value: Option<String>) -> bool {
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         let changed = slot.is_some() != value.is_some();
         *slot = value;
         changed
     }
 
-    pub fn get(slot: &Mutex<Option<String>>) -> Option<String> {
+    fn get(slot: &Mutex<Option<String>>) -> Option<String> {
         slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the connection to the engine is up (metrics; `/readyz`).
+    pub fn connection(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// One more attempt to reach the engine again.
+    pub fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The tail lost the engine (logged once per outage).
+    pub fn tail_lost(&self, url: &str, err: &str) {
+        if Self::set(&self.tail, Some(err.to_owned())) {
+            tracing::error!(%err, url, "lost the cluster engine; reconnecting");
+        }
+    }
+
+    /// The tail cannot go on at all (an entry it cannot read): not ready.
+    pub fn tail_stopped(&self, err: &str) {
+        tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
+        Self::set(&self.tail, Some(err.to_owned()));
+    }
+
+    /// The tail reads the engine again. Appends failed while it was away;
+    /// the next one is likely to succeed, so readiness comes back too.
+    pub fn tail_ok(&self, url: &str, head: u64) {
+        if Self::set(&self.tail, None) {
+            tracing::info!(url, head, "cluster engine reachable again");
+            Self::set(&self.write, None);
+        }
+    }
+
+    /// An append succeeded.
+    pub fn write_ok(&self, url: &str) {
+        if Self::set(&self.write, None) {
+            tracing::info!(url, "cluster appends succeed again");
+        }
+    }
+
+    /// An append failed: publishes are refused until one succeeds.
+    pub fn write_failed(&self, url: &str, err: &str) -> LogError {
+        if Self::set(&self.write, Some(err.to_owned())) {
+            tracing::error!(%err, url, "cluster append failed; publishes refused");
+        }
+        LogError::Unavailable(err.to_owned())
+    }
+
+    /// Forgets the last failed append (the engine is back).
+    pub fn clear_write(&self) {
+        Self::set(&self.write, None);
+    }
+
+    /// `/readyz`: `Err` with the reason while the engine is out of reach or
+    /// the last append failed.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(err) = Self::get(&self.tail) {
+            return Err(format!("the cluster engine is unreachable: {err}"));
+        }
+        if !self.is_connected() {
+            return Err("the cluster engine is unreachable: disconnected".into());
+        }
+        if let Some(err) = Self::get(&self.write) {
+            return Err(format!("the last cluster append failed: {err}"));
+        }
+        Ok(())
+    }
+
+    /// For metrics and stats.
+    pub fn report(&self) -> EngineStatus {
+        EngineStatus {
+            connected: self.connected.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A node's report older than this is from a node that is gone.
+pub const NODE_STALE_MS: u64 = 10_000;
+
+/// Whether a node's report (`reported_at_ms`) is recent enough to count.
+pub(crate) fn fresh(report: &serde_json::Value, now_ms: u64) -> bool {
+    report["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS >= now_ms
+}
+
+/// Runs a log's tail on the current runtime (a clustered log needs one).
+pub(crate) fn spawn_tail(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(task);
+        }
+        Err(_) => tracing::error!("a clustered log needs a tokio runtime: not tailing"),
     }
 }
 

@@ -27,7 +27,6 @@
 //!   messages and none older than `history.max_age_secs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Backoff, ClusterOptions, ConnectError, Status};
+use super::engine::{
+    fresh, spawn_tail, Backoff, ClusterOptions, ConnectError, Status, NODE_STALE_MS,
+};
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
@@ -51,9 +52,6 @@ use crate::topic::Topic;
 
 /// Records one message holds at most: the id step between messages.
 pub const MAX_RECORDS: usize = 1024;
-
-/// A node's report older than this is from a node that is gone.
-const NODE_STALE_MS: u64 = super::redis::NODE_STALE_MS;
 
 /// The version in a retained value's `{version, value}` JSON.
 fn entry_version(entry: &str) -> Option<u64> {
@@ -516,7 +514,7 @@ impl NatsLog {
         settings: MemoryLogSettings,
         options: ClusterOptions,
     ) -> Result<NatsLog, ConnectError> {
-        let status = Arc::new(Status::default());
+        let status = Arc::new(Status::connected());
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let events = status.clone();
         let wake = reconnected.clone();
@@ -528,10 +526,10 @@ impl NatsLog {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            status.connected.store(true, Ordering::Relaxed);
+                            status.connection(true);
                             // Appends failed while it was away; the next
                             // one is likely to succeed: ready again.
-                            Status::set(&status.write, None);
+                            status.clear_write();
                             // The tail's consumer may be gone with the old
                             // connection (a restarted server): start over now
                             // rather than after its heartbeats time out.
@@ -539,8 +537,8 @@ impl NatsLog {
                             tracing::info!("cluster engine reachable again");
                         }
                         async_nats::Event::Disconnected => {
-                            status.connected.store(false, Ordering::Relaxed);
-                            status.reconnects.fetch_add(1, Ordering::Relaxed);
+                            status.connection(false);
+                            status.count_reconnect();
                             tracing::error!("lost the cluster engine; reconnecting");
                         }
                         _ => {}
@@ -590,7 +588,6 @@ impl NatsLog {
                 Err(err) => return Err(unreachable(err)),
             }
         };
-        status.connected.store(true, Ordering::Relaxed);
         // Node reports live in a stream of their own: a report replaces the
         // last one (one per subject) and expires, without touching the log.
         let reports_subject = format!("{}_nodes", options.name);
@@ -702,7 +699,7 @@ impl NatsLog {
         last: Option<u64>,
     ) -> Result<Result<(u64, bool), WrongLast>, LogError> {
         use async_nats::jetstream::context::PublishErrorKind;
-        if !self.status.connected.load(Ordering::Relaxed) {
+        if !self.status.is_connected() {
             // Refused now rather than after the publish timeout.
             return Err(LogError::Unavailable(
                 "the cluster engine is unreachable".into(),
@@ -719,9 +716,7 @@ impl NatsLog {
         let acked = async { self.js.send_publish(subject, message).await?.await }.await;
         let ack = match acked {
             Ok(ack) => {
-                if Status::set(&self.status.write, None) {
-                    tracing::info!(url = %self.url, "cluster appends succeed again");
-                }
+                self.status.write_ok(&self.url);
                 ack
             }
             Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
@@ -732,13 +727,7 @@ impl NatsLog {
                     "the batch is larger than the NATS server's max_payload".into(),
                 ));
             }
-            Err(err) => {
-                let reason = err.to_string();
-                if Status::set(&self.status.write, Some(reason.clone())) {
-                    tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
-                }
-                return Err(LogError::Unavailable(reason));
-            }
+            Err(err) => return Err(self.status.write_failed(&self.url, &err.to_string())),
         };
         let seq = ack.sequence;
         Ok(Ok((seq, self.wait_applied(seq).await)))
@@ -939,9 +928,7 @@ async fn tail(tail: Tail) {
         let mut messages = match started {
             Ok(messages) => messages.ready_chunks(1000),
             Err(err) => {
-                if Status::set(&status.tail, Some(err.clone())) {
-                    tracing::error!(%err, url, "lost the cluster engine; reconnecting");
-                }
+                status.tail_lost(&url, &err);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = backoff.wait() => {}
@@ -949,10 +936,7 @@ async fn tail(tail: Tail) {
                 continue;
             }
         };
-        if Status::set(&status.tail, None) {
-            tracing::info!(url, head = replica.head(), "cluster engine reachable again");
-            Status::set(&status.write, None);
-        }
+        status.tail_ok(&url, replica.head());
         backoff.reset();
         loop {
             let next = tokio::select! {
@@ -976,22 +960,17 @@ async fn tail(tail: Tail) {
             let page = match complete(&js, &stream, &filter, prev, page).await {
                 Ok(page) => page,
                 Err(err) => {
-                    if Status::set(&status.tail, Some(err.clone())) {
-                        tracing::error!(%err, url, "lost the cluster engine; reconnecting");
-                    }
+                    status.tail_lost(&url, &err);
                     break;
                 }
             };
             if let Err(err) = apply(&decoder, &replica, &applied, page, false) {
-                tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
-                Status::set(&status.tail, Some(err));
+                status.tail_stopped(&err);
                 stop.cancelled().await;
                 return;
             }
             if let Some(err) = failed {
-                if Status::set(&status.tail, Some(err.clone())) {
-                    tracing::error!(%err, url, "lost the cluster engine; reconnecting");
-                }
+                status.tail_lost(&url, &err);
                 break;
             }
         }
@@ -1024,12 +1003,7 @@ impl EventLog for NatsLog {
             reconnected: self.reconnected.clone(),
             stop: self.stop.clone(),
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(task);
-            }
-            Err(_) => tracing::error!("a clustered log needs a tokio runtime: not tailing"),
-        }
+        spawn_tail(task);
         head
     }
 
@@ -1186,7 +1160,7 @@ impl EventLog for NatsLog {
             let Ok(report) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
                 continue;
             };
-            if report["reported_at_ms"].as_u64().unwrap_or(0) + NODE_STALE_MS >= now {
+            if fresh(&report, now) {
                 out.push(report);
             }
         }
@@ -1246,16 +1220,7 @@ impl EventLog for NatsLog {
     }
 
     fn health(&self) -> Result<(), String> {
-        if !self.status.connected.load(Ordering::Relaxed) {
-            return Err("the cluster engine is unreachable: disconnected".into());
-        }
-        if let Some(err) = Status::get(&self.status.tail) {
-            return Err(format!("the cluster engine is unreachable: {err}"));
-        }
-        if let Some(err) = Status::get(&self.status.write) {
-            return Err(format!("the last cluster append failed: {err}"));
-        }
-        Ok(())
+        self.status.health()
     }
 
     fn node(&self) -> Option<&str> {
@@ -1263,10 +1228,7 @@ impl EventLog for NatsLog {
     }
 
     fn engine(&self) -> Option<EngineStatus> {
-        Some(EngineStatus {
-            connected: self.status.connected.load(Ordering::Relaxed),
-            reconnects: self.status.reconnects.load(Ordering::Relaxed),
-        })
+        Some(self.status.report())
     }
 
     fn kind(&self) -> &'static str {

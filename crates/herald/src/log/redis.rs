@@ -25,7 +25,7 @@
 //!   empties it; the sets of a node that stopped reporting are emptied by
 //!   whichever node notices.
 //! * `{herald}:nodes` — a hash of each node's last reported numbers, for
-//!   cluster-wide `/v1/stats`; entries older than [`NODE_STALE_MS`] are
+//!   cluster-wide `/v1/stats`; entries older than [`super::engine::NODE_STALE_MS`] are
 //!   ignored and removed.
 //!
 //! **Appends** run one Lua script: for each draft it answers a repeated
@@ -42,7 +42,6 @@
 //! events. After a lost connection the tail reconnects with backoff and
 //! reads on from the same id: nothing is skipped or applied twice.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +50,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Backoff, ClusterOptions, ConnectError, Status};
+use super::engine::{fresh, spawn_tail, Backoff, ClusterOptions, ConnectError, Status};
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
@@ -61,9 +60,6 @@ use super::{
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
 use crate::topic::Topic;
-
-/// A node's report older than this is from a node that is gone.
-pub const NODE_STALE_MS: u64 = 10_000;
 
 /// Entries one read takes at most.
 const PAGE: usize = 1000;
@@ -448,10 +444,7 @@ impl RedisLog {
             idempotency_window_ms: h.idempotency_window.as_millis().max(1) as u64,
             options,
             append: redis::Script::new(APPEND),
-            status: Arc::new(Status {
-                connected: AtomicBool::new(true),
-                ..Status::default()
-            }),
+            status: Arc::new(Status::connected()),
             stop: CancellationToken::new(),
         })
     }
@@ -479,18 +472,10 @@ impl RedisLog {
     ) -> Result<Result<Vec<(u64, bool)>, Conflict>, LogError> {
         let answers = match self.run_append(records, guard, node).await {
             Ok(answers) => {
-                if Status::set(&self.status.write, None) {
-                    tracing::info!(url = %self.url, "cluster appends succeed again");
-                }
+                self.status.write_ok(&self.url);
                 answers
             }
-            Err(err) => {
-                let reason = err.to_string();
-                if Status::set(&self.status.write, Some(reason.clone())) {
-                    tracing::error!(%err, url = %self.url, "cluster append failed; publishes refused");
-                }
-                return Err(LogError::Unavailable(reason));
-            }
+            Err(err) => return Err(self.status.write_failed(&self.url, &err.to_string())),
         };
         if let [(found, -1)] = &answers[..] {
             let (current, last) = found.split_once(':').unwrap_or_default();
@@ -693,15 +678,13 @@ async fn tail(
                     conn = Some(c);
                 }
                 Err(err) => {
-                    if Status::set(&status.tail, Some(err.to_string())) {
-                        tracing::error!(%err, url, "lost the cluster engine; reconnecting");
-                    }
-                    status.connected.store(false, Ordering::Relaxed);
+                    status.tail_lost(&url, &err.to_string());
+                    status.connection(false);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = backoff.wait() => {}
                     }
-                    status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    status.count_reconnect();
                     continue;
                 }
             }
@@ -724,13 +707,8 @@ async fn tail(
         match read {
             Ok(reply) => {
                 backoff.reset();
-                if Status::set(&status.tail, None) {
-                    tracing::info!(url, head = replica.head(), "cluster engine reachable again");
-                    // Appends failed while it was away; the next one is
-                    // likely to succeed now, so stop refusing readiness.
-                    Status::set(&status.write, None);
-                }
-                status.connected.store(true, Ordering::Relaxed);
+                status.tail_ok(&url, replica.head());
+                status.connection(true);
                 // `[[key, entries]]`, or nil when the block timed out.
                 let entries = match reply {
                     Value::Array(mut streams) if !streams.is_empty() => {
@@ -747,19 +725,16 @@ async fn tail(
                     Err(err) => {
                         // Skipping would leave a gap for every subscriber;
                         // stopping here keeps the node honest: not ready.
-                        tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
-                        Status::set(&status.tail, Some(err.to_string()));
-                        status.connected.store(false, Ordering::Relaxed);
+                        status.tail_stopped(&err.to_string());
+                        status.connection(false);
                         stop.cancelled().await;
                         return;
                     }
                 }
             }
             Err(err) => {
-                if Status::set(&status.tail, Some(err.to_string())) {
-                    tracing::error!(%err, url, "lost the cluster engine; reconnecting");
-                }
-                status.connected.store(false, Ordering::Relaxed);
+                status.tail_lost(&url, &err.to_string());
+                status.connection(false);
                 if connection_lost(&err) {
                     conn = None;
                     // The engine went away (or restarted): the appends'
@@ -770,7 +745,7 @@ async fn tail(
                     _ = stop.cancelled() => return,
                     _ = backoff.wait() => {}
                 }
-                status.reconnects.fetch_add(1, Ordering::Relaxed);
+                status.count_reconnect();
             }
         }
     }
@@ -795,12 +770,7 @@ impl EventLog for RedisLog {
             self.writer.clone(),
             self.stop.clone(),
         );
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(task);
-            }
-            Err(_) => tracing::error!("a clustered log needs a tokio runtime: not tailing"),
-        }
+        spawn_tail(task);
         head
     }
 
@@ -859,13 +829,7 @@ impl EventLog for RedisLog {
     }
 
     fn health(&self) -> Result<(), String> {
-        if let Some(err) = Status::get(&self.status.tail) {
-            return Err(format!("the cluster engine is unreachable: {err}"));
-        }
-        if let Some(err) = Status::get(&self.status.write) {
-            return Err(format!("the last cluster append failed: {err}"));
-        }
-        Ok(())
+        self.status.health()
     }
 
     async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
@@ -938,11 +902,10 @@ impl EventLog for RedisLog {
         let mut gone = Vec::new();
         for (node, json) in all {
             let stats: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-            let at = stats["reported_at_ms"].as_u64().unwrap_or(0);
-            if at + NODE_STALE_MS < now {
-                gone.push(node);
-            } else {
+            if fresh(&stats, now) {
                 live.push(stats);
+            } else {
+                gone.push(node);
             }
         }
         for node in gone {
@@ -964,10 +927,7 @@ impl EventLog for RedisLog {
     }
 
     fn engine(&self) -> Option<EngineStatus> {
-        Some(EngineStatus {
-            connected: self.status.connected.load(Ordering::Relaxed),
-            reconnects: self.status.reconnects.load(Ordering::Relaxed),
-        })
+        Some(self.status.report())
     }
 
     fn kind(&self) -> &'static str {
