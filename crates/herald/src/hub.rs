@@ -1221,6 +1221,23 @@ mod tests {
             (Hub::with_log(config, log.clone()).unwrap(), log)
         }
 
+        /// `first` published and dispatched, `held` answered and readable
+        /// but not dispatched, and a request resuming from `held`, as a
+        /// client that got it (on another stream, another node) sends.
+        async fn resuming_from_held() -> (Hub, Arc<HeldLog>, EventId, EventId, SubscribeRequest) {
+            let (hub, log) = HeldLog::hub();
+            let first = hub.publish(PublishRequest::topic("t", "first")).await;
+            log.release();
+            let held = hub.publish(PublishRequest::topic("t", "held")).await;
+            let (first, held) = (first.unwrap(), held.unwrap());
+            let request = SubscribeRequest {
+                topics: vec!["t".into()],
+                last_event_id: Some(held.to_string()),
+                ..Default::default()
+            };
+            (hub, log, first, held, request)
+        }
+
         fn release(&self) {
             let events = std::mem::take(&mut *self.held.lock().unwrap());
             self.sink.get().unwrap().committed(&events);
@@ -1272,23 +1289,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
         use futures_util::StreamExt;
-        let (hub, log) = HeldLog::hub();
-        let first = hub
-            .publish(PublishRequest::topic("t", "first"))
-            .await
-            .unwrap();
-        log.release();
-        // Answered, readable, not yet dispatched: a client that got it (on
-        // another stream, another node) resumes from it.
-        let held = hub
-            .publish(PublishRequest::topic("t", "held"))
-            .await
-            .unwrap();
-        let request = SubscribeRequest {
-            topics: vec!["t".into()],
-            last_event_id: Some(held.to_string()),
-            ..Default::default()
-        };
+        let (hub, log, first, held, request) = HeldLog::resuming_from_held().await;
         let Subscription::Stream { mut body, .. } = hub.subscribe(request).await.unwrap() else {
             panic!("refused");
         };
@@ -1313,20 +1314,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_poll_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
-        let (hub, log) = HeldLog::hub();
-        hub.publish(PublishRequest::topic("t", "first"))
-            .await
-            .unwrap();
-        log.release();
-        let held = hub
-            .publish(PublishRequest::topic("t", "held"))
-            .await
-            .unwrap();
-        let request = SubscribeRequest {
-            topics: vec!["t".into()],
-            last_event_id: Some(held.to_string()),
-            ..Default::default()
-        };
+        let (hub, log, _, held, request) = HeldLog::resuming_from_held().await;
         let releaser = {
             let log = log.clone();
             let hub = hub.clone();
