@@ -139,3 +139,23 @@ fn bad_settings_stop_the_hub_with_a_clear_message() {
     let out = herald(&["config", "--config", file.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
 }
+
+#[test]
+fn printed_settings_hide_secrets() {
+    let c = effective(
+        &[
+            "--set",
+            "auth.jwt_secret=\"a-secret-of-at-least-32-bytes-0123456789\"",
+            "--set",
+            "auth.api_keys=[\"key-1\"]",
+        ],
+        &[],
+    );
+    let text = c.to_string();
+    assert!(
+        !text.contains("a-secret-of-at-least") && !text.contains("key-1"),
+        "{text}"
+    );
+    assert_eq!(c["auth"]["jwt_secret"].as_str(), Some("(set; hidden)"));
+    assert_eq!(c["auth"]["api_keys"][0].as_str(), Some("(set; hidden)"));
+}

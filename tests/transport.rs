@@ -30,18 +30,18 @@ fn status(answer: &str) -> &str {
 async fn refuses_bad_and_oversized_heads_and_keeps_serving() {
     let hub = HubProcess::start(&[]);
     let huge = format!(
-        "GET /v1/events?topic=t HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "GET /v1/events?topic=t HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
         "a".repeat(70 * 1024)
     );
     assert_eq!(status(&exchange(&hub, huge.as_bytes()).await), "431");
     let broken = b"GET /v1/events?topic=t HTTP/1.1\r\nHost x\r\n\r\n";
     assert_eq!(status(&exchange(&hub, broken).await), "400");
-    let bad_version = b"GET /v1/events?topic=t HTTP/2.5\r\nHost: x\r\n\r\n";
+    let bad_version = b"GET /v1/events?topic=t HTTP/2.5\r\nHost: localhost\r\n\r\n";
     assert_eq!(status(&exchange(&hub, bad_version).await), "400");
     // A refusal from the API itself keeps its JSON body and length.
     let answer = exchange(
         &hub,
-        b"GET /v1/events?topic=a%20b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/events?topic=a%20b HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .await;
     assert_eq!(status(&answer), "400", "{answer}");
@@ -61,7 +61,7 @@ async fn streams_are_chunked_and_end_with_the_connection() {
     let mut socket = TcpStream::connect(hub.addr).await.unwrap();
     socket
         .write_all(
-            b"GET /v1/events?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /v1/events?topic=t HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
         )
         .await
         .unwrap();
@@ -101,7 +101,7 @@ async fn other_requests_keep_their_connection() {
     let mut socket = TcpStream::connect(hub.addr).await.unwrap();
     for _ in 0..2 {
         socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let mut buf = [0u8; 4096];
@@ -117,7 +117,7 @@ async fn an_http_1_0_stream_is_not_chunked() {
     let hub = HubProcess::start(&[]);
     let mut socket = TcpStream::connect(hub.addr).await.unwrap();
     socket
-        .write_all(b"GET /v1/events?topic=t HTTP/1.0\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v1/events?topic=t HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut seen = Vec::new();

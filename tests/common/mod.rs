@@ -359,9 +359,10 @@ impl SseClient {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut stream = socket.connect(addr).await.expect("connect");
-        let mut req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
-        );
+        let mut req = format!("GET {path_and_query} HTTP/1.1\r\nAccept: text/event-stream\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -17,6 +17,15 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Names clients reach the hub by (`Host`), e.g. `push.example.com` or
+    /// `*.example.com`. When set, or in dev mode, other names are refused
+    /// (IP addresses and `localhost` always pass): DNS rebinding fails.
+    /// Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses
+    /// or CIDR ranges, e.g. `127.0.0.1`, `10.0.0.0/8`). Default: none, so
+    /// the socket's peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Directory of the durable journal (`DATA_DIR/journal`). Default
     /// `./herald-data`.
     pub data_dir: PathBuf,
@@ -83,6 +92,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Events in one publish batch. Default `1000`.
     pub max_batch: usize,
+    /// Names in one event's `to.users`, and in its `to.connections`; over
+    /// it `400`. Default `1000`.
+    pub max_recipients: usize,
     /// Publish requests per second per publisher (API key, user, or
     /// address when anonymous); over it `429`. Default `0` (off).
     pub publish_rate_per_sec: u32,
@@ -110,6 +122,9 @@ pub struct StreamConfig {
     pub replay_batch: usize,
     /// Largest `history=N` a subscriber may ask for. Default `1000`.
     pub max_history: usize,
+    /// A stream whose socket accepts no bytes for this long is closed (its
+    /// client resumes with Last-Event-ID); `0`: never. Default `30`.
+    pub write_timeout_secs: u64,
 }
 
 /// What happens when a connection's queue is full.
@@ -229,6 +244,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
             data_dir: PathBuf::from("./herald-data"),
             memory: false,
             shutdown_timeout_secs: 10,
@@ -271,6 +288,7 @@ impl Default for LimitsConfig {
             max_event_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            max_recipients: 1000,
             publish_rate_per_sec: 0,
             connect_rate_per_ip: 0,
         }
@@ -286,6 +304,7 @@ impl Default for StreamConfig {
             overflow: Overflow::Disconnect,
             replay_batch: 500,
             max_history: 1000,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -298,6 +317,45 @@ impl Default for HistoryConfig {
             fsync: Fsync::Batch,
             idempotency_window_secs: 3600,
             max_idempotency_keys: 100_000,
+        }
+    }
+}
+
+/// An IP address range, `ADDRESS/PREFIX` (or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let net: std::net::IpAddr = addr.trim().parse().ok()?;
+        let bits = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(bits);
+        (prefix <= bits).then_some(Cidr { net, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            match prefix {
+                0 => 0,
+                p => bits >> (width - p),
+            }
+        }
+        match (self.net, ip.to_canonical()) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
+                masked(u32::from(n).into(), self.prefix, 32)
+                    == masked(u32::from(i).into(), self.prefix, 32)
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
+                masked(u128::from(n), self.prefix, 128) == masked(u128::from(i), self.prefix, 128)
+            }
+            _ => false,
         }
     }
 }
@@ -318,8 +376,30 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The same settings with secrets (`auth.jwt_secret`, `auth.api_keys`)
+    /// replaced by a placeholder: what `herald config` prints.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        let hidden = "(set; hidden)".to_owned();
+        if shown.auth.jwt_secret.is_some() {
+            shown.auth.jwt_secret = Some(hidden.clone());
+        }
+        for key in &mut shown.auth.api_keys {
+            key.clone_from(&hidden);
+        }
+        shown
+    }
+
     /// Checks every setting; the hub refuses to start on the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for proxy in &self.trusted_proxies {
+            if Cidr::parse(proxy).is_none() {
+                return Err(invalid(
+                    "trusted_proxies",
+                    format!("{proxy:?} is not an IP address or CIDR range (10.0.0.0/8, fd00::/8)"),
+                ));
+            }
+        }
         let positive = [
             ("stream.heartbeat_secs", self.stream.heartbeat_secs as usize),
             ("stream.queue_capacity", self.stream.queue_capacity),
@@ -327,6 +407,7 @@ impl Config {
             ("limits.max_event_bytes", self.limits.max_event_bytes),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_batch", self.limits.max_batch),
+            ("limits.max_recipients", self.limits.max_recipients),
             (
                 "limits.max_topics_per_event",
                 self.limits.max_topics_per_event,
@@ -427,6 +508,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_ranges() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let r = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains(ip("10.9.8.7")) && !r.contains(ip("11.0.0.1")));
+        assert!(r.contains(ip("::ffff:10.1.1.1")));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["", "10.0.0.0/33", "x", "::/129", "10.0.0.0/"] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_spec() {

@@ -540,6 +540,7 @@ impl CommitSink for Fanout {
                 // event waits, until a record says it was delivered.
                 Entry::Event(event) => inboxes.offer_at(event, |_| false, event.published_at_ms),
                 Entry::Control { record, .. } => self.control(record),
+                Entry::Unreadable { .. } => {}
             }
         }
     }

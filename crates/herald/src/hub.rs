@@ -614,8 +614,8 @@ impl Hub {
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
 
-    /// Publishes one event that changes a retained value, only if the
-    /// value's version is still the one `guard` expects (see
+    /// Publishes `request` as the `state` event of a retained value's
+    /// change, only if the value's version is still the one `guard` expects (see
     /// [`EventLog::append_guarded`]).
     pub(crate) async fn publish_guarded(
         &self,
@@ -625,6 +625,9 @@ impl Hub {
     ) -> Result<Result<EventId, crate::log::Conflict>, PublishError> {
         let mut drafts = validate_batch(vec![request], &self.shared.config.limits)?;
         check_rights(identity, &drafts[0]).map_err(PublishError::Auth)?;
+        // The one way a `state` event enters the log (publishers may not
+        // name it: see `publish::STATE_EVENT`).
+        drafts[0].event_type = Some(crate::publish::STATE_EVENT.into());
         match self
             .shared
             .log
@@ -1069,7 +1072,7 @@ impl Hub {
     /// sent away together do not come back together.
     pub fn jittered_retry_ms(&self) -> u64 {
         let base = self.shared.config.stream.retry_ms;
-        base + fastrand::u64(0..=base)
+        base.saturating_add(fastrand::u64(0..=base))
     }
 
     /// Streams open now.

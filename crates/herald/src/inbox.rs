@@ -128,8 +128,17 @@ pub struct AckOutcome {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Change {
+    /// Written by earlier versions (one record per user); read only.
     Hold {
         user: String,
+        ack: bool,
+        since: u64,
+        event: Box<Record>,
+    },
+    /// An event starts waiting for these users: one record per event, so
+    /// the bytes written grow with the list, not with its square.
+    HoldFor {
+        users: Vec<String>,
         ack: bool,
         since: u64,
         event: Box<Record>,
@@ -176,12 +185,7 @@ impl State {
         }
         self.held -= dropped.len();
         self.totals.dropped += dropped.len() as u64;
-        self.record(&Change::Hold {
-            user: user.into(),
-            ack,
-            since: since_ms,
-            event: Box::new(Record::of(event)),
-        });
+        // The hold itself is recorded by the caller, once for all users.
         if !dropped.is_empty() {
             self.record(&Change::Remove {
                 user: user.into(),
@@ -232,6 +236,17 @@ impl State {
                 let event = Arc::new(event.into_event());
                 self.hold(&user, &event, ack, since, max);
             }
+            Change::HoldFor {
+                users,
+                ack,
+                since,
+                event,
+            } => {
+                let event = Arc::new(event.into_event());
+                for user in &users {
+                    self.hold(user, &event, ack, since, max);
+                }
+            }
             Change::Remove { user, ids } => {
                 self.remove(&user, ids.into_iter().map(EventId), |_| true);
             }
@@ -269,11 +284,18 @@ impl Inboxes {
         }
         let mut at = 0;
         while let Some((body, size)) = unframe(&bytes[at..]) {
-            let Ok(change) = serde_json::from_slice::<Change>(body) else {
-                break;
-            };
-            state.replay(change, settings.max_per_user);
             at += size;
+            // A whole record is never cut; one that cannot be read (no
+            // writer of this version makes them) is skipped and said.
+            match crate::json::from_slice::<Change>(body) {
+                Ok(change) => state.replay(change, settings.max_per_user),
+                Err(err) => tracing::error!(
+                    path = %path.display(),
+                    offset = at - size,
+                    %err,
+                    "an inbox record is whole but unreadable; skipped"
+                ),
+            }
         }
         if at < bytes.len() {
             tracing::warn!(
@@ -308,6 +330,7 @@ impl Inboxes {
             return;
         }
         let mut state = self.state.lock();
+        let mut held = Vec::new();
         for user in &event.target.users {
             if event.require_ack || !online(user) {
                 state.hold(
@@ -317,7 +340,16 @@ impl Inboxes {
                     now,
                     self.settings.max_per_user,
                 );
+                held.push(user.to_string());
             }
+        }
+        if !held.is_empty() {
+            state.record(&Change::HoldFor {
+                users: held,
+                ack: event.require_ack,
+                since: now,
+                event: Box::new(Record::of(event)),
+            });
         }
     }
 
@@ -489,20 +521,30 @@ struct Store {
 impl Store {
     /// Replaces the file with the changes that rebuild `state`.
     fn rewrite(path: &Path, state: &State, sync: bool) -> io::Result<Store> {
-        let mut buf = Vec::new();
+        // One record per event (and kind of wait), naming its users.
+        let mut events: BTreeMap<(EventId, bool, u64), (&SharedEvent, Vec<String>)> =
+            BTreeMap::new();
         for (user, inbox) in &state.users {
             for held in inbox.entries.values() {
-                let change = Change::Hold {
-                    user: user.to_string(),
-                    ack: held.ack,
-                    since: held.since_ms,
-                    event: Box::new(Record::of(&held.event)),
-                };
-                frame(
-                    &serde_json::to_vec(&change).expect("inbox changes serialize"),
-                    &mut buf,
-                );
+                events
+                    .entry((held.event.id, held.ack, held.since_ms))
+                    .or_insert_with(|| (&held.event, Vec::new()))
+                    .1
+                    .push(user.to_string());
             }
+        }
+        let mut buf = Vec::new();
+        for ((_, ack, since), (event, users)) in events {
+            let change = Change::HoldFor {
+                users,
+                ack,
+                since,
+                event: Box::new(Record::of(event)),
+            };
+            frame(
+                &serde_json::to_vec(&change).expect("inbox changes serialize"),
+                &mut buf,
+            );
         }
         let tmp = path.with_extension("tmp");
         {

@@ -33,6 +33,7 @@ pub mod http;
 pub mod hub;
 pub mod inbox;
 pub mod index;
+pub mod json;
 pub mod limits;
 pub mod log;
 pub mod metrics;

@@ -14,6 +14,11 @@ use crate::topic::{Topic, TopicError};
 /// in characters.
 pub const MAX_NAME_CHARS: usize = 256;
 
+/// The event type of retained-state changes (SPEC §6). Only the hub
+/// publishes it, from the state API: a publisher that could send it would
+/// rewrite retained values behind the versions' back.
+pub const STATE_EVENT: &str = "state";
+
 /// One event to publish, as in the body of `POST /v1/publish`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +31,7 @@ pub struct PublishRequest {
     pub topics: Vec<String>,
     /// SSE event type; absent or `message` is the default type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::EventName>)]
+    #[schema(value_type = Option<crate::http::openapi::PublishedEventName>)]
     pub event: Option<String>,
     /// A string is sent as is; any other JSON value as compact JSON.
     #[serde(
@@ -206,6 +211,11 @@ fn check_event_name(name: &str) -> Result<(), PublishError> {
     if name.starts_with("herald.") {
         return bad("starting with `herald.` are reserved for the hub");
     }
+    if name == STATE_EVENT {
+        return bad(
+            "`state` is reserved for the hub: retained state changes only through /v1/state",
+        );
+    }
     Ok(())
 }
 
@@ -245,11 +255,36 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
         ));
     }
     let to = req.to.unwrap_or_default();
+    for (field, names) in [("to.users", &to.users), ("to.connections", &to.connections)] {
+        if names.len() > limits.max_recipients {
+            return Err(PublishError::BadField(
+                field,
+                format!(
+                    "names {} recipients; the limit is {} (limits.max_recipients)",
+                    names.len(),
+                    limits.max_recipients
+                ),
+            ));
+        }
+    }
     for user in &to.users {
         check_name("to.users", user)?;
     }
     for conn in &to.connections {
         check_name("to.connections", conn)?;
+    }
+    if let Some(filter) = &req.filter {
+        // Kept in the log with the event: bounded so every store reads it back.
+        let depth = 1 + filter.values().map(crate::json::depth).max().unwrap_or(0);
+        if depth > crate::json::MAX_DEPTH {
+            return Err(PublishError::BadField(
+                "filter",
+                format!(
+                    "nests {depth} levels deep; the limit is {}",
+                    crate::json::MAX_DEPTH
+                ),
+            ));
+        }
     }
     let target = Target {
         users: to.users,
@@ -374,7 +409,7 @@ mod tests {
             parse(json!({"topic": "a/*"})),
             Err(PublishError::BadTopic(..))
         ));
-        for name in ["a\nb", "a\rb", "", "herald.connected"] {
+        for name in ["a\nb", "a\rb", "", "herald.connected", "state"] {
             assert!(
                 matches!(
                     parse(json!({"topic": "a", "event": name})),

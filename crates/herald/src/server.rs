@@ -35,7 +35,38 @@ mod sse_socket;
 /// `431`. Heads are read into buffers that grow only as far as the head
 /// needs, so the bound costs idle streams nothing.
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new socket has to send its whole request head (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sockets that have not finished their first request head, at most; more
+/// are closed at accept. Each costs a task and a head buffer, for at most
+/// [`HEADER_READ_TIMEOUT`].
+pub const MAX_PENDING_HEADS: usize = 4096;
+
+/// Counts sockets that have not sent a whole request head yet.
+#[derive(Clone, Default)]
+struct PendingHeads(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+/// One socket's place among [`PendingHeads`], given back on drop.
+pub(crate) struct PendingHead(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl PendingHeads {
+    fn try_join(&self) -> Option<PendingHead> {
+        use std::sync::atomic::Ordering;
+        let joined = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PENDING_HEADS).then_some(n + 1)
+            })
+            .is_ok();
+        joined.then(|| PendingHead(self.0.clone()))
+    }
+}
+
+impl Drop for PendingHead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 pub struct Server {
     listener: TcpListener,
@@ -64,8 +95,13 @@ impl Server {
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_REQUEST_HEAD_BYTES);
         let builder = std::sync::Arc::new(builder);
+        let write_timeout = match hub.config().stream.write_timeout_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let graceful = GracefulShutdown::new();
         let subscribes = tokio_util::task::TaskTracker::new();
+        let pending_heads = PendingHeads::default();
         tokio::pin!(signal);
         loop {
             tokio::select! {
@@ -80,6 +116,12 @@ impl Server {
                             continue;
                         }
                     };
+                    let Some(pending) = pending_heads.try_join() else {
+                        // A flood of sockets that send nothing: new ones are
+                        // closed until some finish or time out.
+                        tracing::debug!(%addr, "too many sockets without a request yet; closed");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     // Lets the hub drop this socket when it closes a stream
                     // whose writes are blocked (see `Connection`).
@@ -92,6 +134,7 @@ impl Server {
                     tokio::spawn(async move {
                         // Subscribers get the lean path (see `sse_socket`);
                         // everything else hyper.
+                        let accepted = tokio::time::Instant::now();
                         let first = tokio::time::timeout(HEADER_READ_TIMEOUT, sse_socket::is_subscribe(&stream));
                         let Ok(subscribe) = first.await else {
                             tracing::debug!(%addr, "no request within the header timeout");
@@ -103,8 +146,13 @@ impl Server {
                                 addr,
                                 router,
                                 handle,
-                                MAX_REQUEST_HEAD_BYTES,
-                                HEADER_READ_TIMEOUT,
+                                sse_socket::Bounds {
+                                    max_head: MAX_REQUEST_HEAD_BYTES,
+                                    // One deadline for the whole head.
+                                    head_timeout: HEADER_READ_TIMEOUT.saturating_sub(accepted.elapsed()),
+                                    write_timeout,
+                                },
+                                pending,
                             ));
                             tokio::select! {
                                 result = served => if let Err(err) = result {
@@ -116,7 +164,10 @@ impl Server {
                             }
                             return;
                         }
+                        // Given back when hyper hands over the first request.
+                        let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(pending)));
                         let service = router.map_request(move |mut req: Request<Incoming>| {
+                            pending.lock().unwrap_or_else(|e| e.into_inner()).take();
                             req.extensions_mut().insert(ConnectInfo(addr));
                             req.extensions_mut().insert(handle.clone());
                             req

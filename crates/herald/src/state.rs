@@ -89,6 +89,10 @@ pub enum StateError {
     NotFound { topic: String, key: String },
     #[error("If-Match does not match: the current version is {}", .current.map_or("none (no value)".to_string(), |v| v.to_string()))]
     VersionMismatch { current: Option<u64> },
+    #[error("{0}")]
+    BadValue(String),
+    #[error("the value's version cannot grow past 18446744073709551615; delete the key to start again at 1")]
+    VersionsExhausted,
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -130,7 +134,7 @@ impl StateStore {
     /// Loads `file` when given (and present).
     pub fn open(file: Option<PathBuf>) -> std::io::Result<StateStore> {
         let map = match &file {
-            Some(path) if path.exists() => serde_json::from_slice(&std::fs::read(path)?)
+            Some(path) if path.exists() => crate::json::from_slice(&std::fs::read(path)?)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             _ => StateMap::default(),
         };
@@ -201,9 +205,10 @@ impl Hub {
                 Ok(Some((at, values))) => {
                     map.topics.clear();
                     for (slot, entry) in values {
-                        let (Some((topic, key)), Ok(entry)) =
-                            (slot.split_once('\n'), serde_json::from_str::<Entry>(&entry))
-                        else {
+                        let (Some((topic, key)), Ok(entry)) = (
+                            slot.split_once('\n'),
+                            crate::json::from_slice::<Entry>(entry.as_bytes()),
+                        ) else {
                             tracing::warn!(slot, "a retained value in the engine is unreadable");
                             continue;
                         };
@@ -222,7 +227,7 @@ impl Hub {
         let selector = Selector {
             connection_id: "state".into(),
             patterns: vec![Pattern::parse("**").expect("valid")],
-            event_types: Some(vec!["state".into()]),
+            event_types: Some(vec![crate::publish::STATE_EVENT.into()]),
             user: None,
             meta: Default::default(),
         };
@@ -244,7 +249,17 @@ impl Hub {
             let Some(last) = page.last() else { break };
             after = last.id;
             for event in &page {
-                if let Ok(data) = serde_json::from_str::<Value>(&event.data) {
+                // Only the hub writes `state` events (publishers may not
+                // name them); a change applies to its own topic only,
+                // whatever an older journal holds.
+                let Ok(data) = crate::json::from_slice::<Value>(event.data.as_bytes()) else {
+                    continue;
+                };
+                if event
+                    .topics
+                    .iter()
+                    .any(|t| Some(t.as_str()) == data["topic"].as_str())
+                {
                     apply(map, &data);
                 }
             }
@@ -264,6 +279,12 @@ impl Hub {
     ) -> Result<Changed, StateError> {
         Topic::new(topic).map_err(|e| StateError::BadTopic(topic.to_owned(), e))?;
         check_key(key)?;
+        if let Change::Put(value) | Change::Patch(value) = &change {
+            // Kept in the log and the state file: bounded so both read back.
+            if let Some(why) = crate::json::too_deep(value) {
+                return Err(StateError::BadValue(format!("the value {why}")));
+            }
+        }
         let store = self.state_store();
         let mut map = store.map.lock().await;
         // Clustered, another node may change the value between this node's
@@ -289,7 +310,13 @@ impl Hub {
                     key: key.to_owned(),
                 });
             }
-            let version = current.as_ref().map_or(1, |e| e.version + 1);
+            let version = match &current {
+                None => 1,
+                Some(e) => e
+                    .version
+                    .checked_add(1)
+                    .ok_or(StateError::VersionsExhausted)?,
+            };
             let data = match &change {
                 Change::Put(value) => {
                     json!({"topic": topic, "key": key, "version": version, "value": value})
@@ -301,9 +328,9 @@ impl Hub {
                     json!({"topic": topic, "key": key, "version": version, "deleted": true})
                 }
             };
+            // `publish_guarded` names it `state`, which publishers may not.
             let request = PublishRequest {
                 topic: Some(topic.to_owned()),
-                event: Some("state".into()),
                 data: Some(data.clone()),
                 ..Default::default()
             };

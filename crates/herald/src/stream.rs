@@ -14,9 +14,14 @@
 //! and skips anything at or below it, so an event can never be written twice.
 //!
 //! Everything waiting for the connection when the writer wakes goes out as
-//! one chunk (one write). Dropping the stream — the client went away, a write
+//! one chunk (one write), up to [`CHUNK_BYTES`]: past that the rest waits,
+//! as shared handles, for the next chunk. So a client that stops reading
+//! holds at most one chunk of copied bytes, whatever its backlog, inbox or
+//! queue (the server closes a socket that accepts nothing for
+//! `stream.write_timeout_secs`). Dropping the stream — the client went away, a write
 //! failed, the stream ended — unregisters the connection and frees its slot.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +38,10 @@ use crate::log::{ReadFrom, ReadRequest};
 use crate::sse;
 use crate::subscribe::Start;
 
+/// Most bytes copied into one chunk (a single larger event goes alone,
+/// uncopied).
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
 /// The body of an SSE response: chunks of encoded events.
 pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
@@ -40,7 +49,8 @@ pub(crate) struct Writer {
     hub: Hub,
     conn: Arc<Connection>,
     _permit: ConnectionPermit,
-    preamble: Option<Bytes>,
+    /// What goes before the backlog, in parts (shared, not yet copied).
+    preamble: VecDeque<Bytes>,
     /// The backlog still to read, and the id it stops at.
     replay: Option<(ReadFrom, EventId)>,
     /// Id of the last event written; nothing at or below it is written again.
@@ -91,14 +101,15 @@ impl Writer {
         // Last-Event-ID and dispatches nothing) then puts the stream back
         // where its backlog starts.
         let mut skip: Vec<u64> = waiting.iter().map(|e| e.id.0).collect();
-        for event in &waiting {
-            preamble.extend_from_slice(&event.frame);
-        }
+        let mut parts = VecDeque::with_capacity(waiting.len() + 4);
+        parts.push_back(preamble.split().freeze());
+        parts.extend(waiting.iter().map(|e| e.frame.clone()));
         if !waiting.is_empty() {
             sse::write_position(&mut preamble, &position);
         }
         // A fresh stream's retained state comes right after (SPEC §6).
-        preamble.extend_from_slice(&snapshot);
+        parts.push_back(preamble.split().freeze());
+        parts.push_back(snapshot);
         let replay = match start {
             Start::Live => None,
             Start::Replay(from) => Some((from, head)),
@@ -111,11 +122,13 @@ impl Writer {
                 None
             }
         };
+        parts.push_back(preamble.freeze());
+        parts.retain(|p| !p.is_empty());
         Writer {
             hub,
             conn,
             _permit: permit,
-            preamble: Some(preamble.freeze()),
+            preamble: parts,
             replay,
             // Nothing at or below where the stream starts is written: a
             // client resuming from an id fan-out has not dispatched yet
@@ -154,47 +167,55 @@ impl Writer {
             .reset(Instant::now() + self.heartbeat_every);
     }
 
-    /// Encodes the events in `scratch` that are newer than the last written.
+    /// Encodes events from the front of `scratch` that are newer than the
+    /// last written, up to [`CHUNK_BYTES`]; the rest stay for the next call.
+    /// `None` when none were left to write (`scratch` is then empty).
     fn take_scratch(&mut self) -> Option<Bytes> {
         // Queues and replay pages hold events in ascending id order (fan-out
         // offers in id order; the log reads in it), so what was written
         // already is a prefix.
-        let start = self
-            .scratch
-            .partition_point(|e| e.id.0 <= self.last_written);
-        let fresh = &self.scratch[start..];
-        if let Some(last) = fresh.last() {
-            self.last_written = last.id.0;
-        }
-        let skip = &self.skip;
-        let mut fresh = fresh
-            .iter()
-            .filter(|e| skip.is_empty() || skip.binary_search(&e.id.0).is_err());
-        let chunk = match (fresh.next(), fresh.clone().next()) {
-            (None, _) => None,
-            (Some(one), None) => Some(one.frame.clone()),
-            (Some(first), Some(_)) => {
-                let mut buf = BytesMut::from(&first.frame[..]);
-                for e in fresh {
-                    buf.extend_from_slice(&e.frame);
+        let mut chunk = Chunk::default();
+        let mut taken = 0;
+        for event in &self.scratch {
+            let id = event.id.0;
+            if id > self.last_written {
+                let skipped = !self.skip.is_empty() && self.skip.binary_search(&id).is_ok();
+                if !skipped && !chunk.add(&event.frame) {
+                    break;
                 }
-                Some(buf.freeze())
+                self.last_written = id;
             }
-        };
-        self.scratch.clear();
-        chunk
+            taken += 1;
+        }
+        self.scratch.drain(..taken);
+        chunk.done()
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(preamble) = self.preamble.take() {
+        if !self.preamble.is_empty() {
+            let mut chunk = Chunk::default();
+            while let Some(part) = self.preamble.front() {
+                if !chunk.add(part) {
+                    break;
+                }
+                self.preamble.pop_front();
+            }
             self.wrote();
-            return Some(preamble);
+            return chunk.done();
         }
         if let Some(waited) = self.waited.take() {
             // Asked for more: the preamble is written.
             self.hub.waited_events_delivered(&self.conn, &waited);
         }
-        while let Some((from, until)) = self.replay {
+        loop {
+            // What is left of the last page goes first.
+            if let Some(chunk) = self.take_scratch() {
+                self.wrote();
+                return Some(chunk);
+            }
+            let Some((from, until)) = self.replay else {
+                break;
+            };
             let hub = self.hub.clone();
             let limit = hub.config().stream.replay_batch;
             let request = ReadRequest {
@@ -219,16 +240,9 @@ impl Writer {
                 _ => None,
             };
             self.scratch = page;
-            let chunk = self.take_scratch();
-            if self.replay.is_none() {
-                // Live events all lie above what waited.
-                self.skip = Vec::new();
-            }
-            if let Some(chunk) = chunk {
-                self.wrote();
-                return Some(chunk);
-            }
         }
+        // Live events all lie above what waited.
+        self.skip = Vec::new();
         loop {
             if self.finished {
                 return None;
@@ -279,6 +293,46 @@ impl Writer {
                     return Some(buf.freeze());
                 }
             }
+        }
+    }
+}
+
+/// Bytes gathered for one write: one part as it is (shared), more copied
+/// together, up to [`CHUNK_BYTES`].
+#[derive(Default)]
+struct Chunk {
+    one: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl Chunk {
+    /// Adds `part` unless the chunk holds something and would pass the
+    /// limit with it: then `false`, and `part` waits for the next chunk.
+    fn add(&mut self, part: &Bytes) -> bool {
+        let len = match (&self.one, &self.more) {
+            (_, Some(buf)) => buf.len(),
+            (Some(one), None) => one.len(),
+            (None, None) => {
+                self.one = Some(part.clone());
+                return true;
+            }
+        };
+        if len + part.len() > CHUNK_BYTES {
+            return false;
+        }
+        let buf = self.more.get_or_insert_with(|| {
+            let mut buf = BytesMut::with_capacity((len + part.len()).max(4096));
+            buf.extend_from_slice(self.one.as_ref().expect("one part"));
+            buf
+        });
+        buf.extend_from_slice(part);
+        true
+    }
+
+    fn done(self) -> Option<Bytes> {
+        match self.more {
+            Some(buf) => Some(buf.freeze()),
+            None => self.one,
         }
     }
 }

@@ -164,6 +164,9 @@ fn one_of<T>(name: &str, flat: Option<T>, nested: Option<T>) -> Result<Option<T>
 }
 
 /// Parses granted patterns, putting the token's subject in for `{sub}`.
+/// The subject must then be one literal topic segment: a subject `*`,
+/// `**` or `bob/x` would otherwise widen the grant to other users' topics,
+/// so such a token is refused.
 fn grants(
     claim: &str,
     patterns: Vec<String>,
@@ -176,6 +179,13 @@ fn grants(
                 let sub = sub.ok_or_else(|| {
                     AuthError::Invalid(format!("`{claim}` uses {{sub}} but the token has no `sub`"))
                 })?;
+                let literal_segment =
+                    !sub.contains('/') && crate::topic::Topic::new(sub).is_ok();
+                if !literal_segment {
+                    return Err(AuthError::Invalid(format!(
+                        "`{claim}` uses {{sub}}, and the token's subject {sub:?} is not one topic segment (1 or more of A-Z a-z 0-9 . _ ~ : @ -)"
+                    )));
+                }
                 p.replace("{sub}", sub)
             } else {
                 p

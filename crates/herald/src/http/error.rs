@@ -33,6 +33,10 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("requests with side effects that carry a cookie (or reach a dev-mode hub) must come from the hub's own origin or one of cors.allowed_origins; this one came from {0}")]
+    ForbiddenOrigin(String),
+    #[error("the Host {0:?} is not one of this hub's names (allowed_hosts; in dev mode also IP addresses and localhost)")]
+    ForbiddenHost(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("too many publishes; try again in {} ms", .0.as_millis())]
@@ -71,6 +75,10 @@ impl ApiError {
                 crate::state::StateError::VersionMismatch { .. } => {
                     (StatusCode::PRECONDITION_FAILED, "version_mismatch")
                 }
+                crate::state::StateError::BadValue(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
+                crate::state::StateError::VersionsExhausted => {
+                    (StatusCode::CONFLICT, "versions_exhausted")
+                }
                 crate::state::StateError::Publish(p) => publish_parts(p),
                 crate::state::StateError::Auth(a) => auth_parts(a),
             },
@@ -94,6 +102,8 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::ForbiddenOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
+            ApiError::ForbiddenHost(_) => (StatusCode::FORBIDDEN, "forbidden_host"),
             ApiError::NotFound | ApiError::UnknownConnection(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }

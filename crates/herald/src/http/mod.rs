@@ -7,6 +7,7 @@ pub(crate) mod ack;
 mod console;
 mod error;
 mod events;
+mod guard;
 pub mod openapi;
 mod ops;
 mod poll;
@@ -61,6 +62,14 @@ pub fn router(hub: Hub) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            guard::browser_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            guard::client_address,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             ops::count_refusals,

@@ -60,6 +60,12 @@ string_type!(
     256
 );
 string_type!(
+    PublishedEventName,
+    "The event type of a published event: no control characters; `state` and names starting with herald. are the hub's own.",
+    Some(r"^(?!herald\.)(?!state$)[^\x00-\x1f\x7f-\x9f]+$"),
+    256
+);
+string_type!(
     EventIdText,
     "An event id, as the `id:` field of a stream gives it.",
     Some(r"^[0-9]{1,19}$"),
@@ -255,7 +261,7 @@ impl Modify for BearerAuth {
         openapi_json,
     ),
     components(schemas(
-        TopicName, PatternText, EventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
+        TopicName, PatternText, EventName, PublishedEventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
         Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo, crate::hub::ClusterStats, crate::hub::NodeStats, crate::hub::NodeTotals,
         Presence, super::ops::TopicCount, EventIdText, super::ack::AckRequest, super::ack::AckAnswer,
         crate::inbox::InboxTotals, crate::inbox::UserInboxCounts,

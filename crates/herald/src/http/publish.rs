@@ -16,7 +16,7 @@ use crate::publish::PublishRequest;
 #[utoipa::path(post, path = "/v1/publish", tag = "publish",
     params(
         ("topic" = Option<crate::http::openapi::TopicName>, Query, description = "Text shortcut: the body is the data, as text, on this topic"),
-        ("event" = Option<crate::http::openapi::EventName>, Query, description = "The event type: of the text shortcut's event, or of JSON events that name none"),
+        ("event" = Option<crate::http::openapi::PublishedEventName>, Query, description = "The event type: of the text shortcut's event, or of JSON events that name none"),
     ),
     request_body(content = crate::http::openapi::PublishBody, description = "One event or a batch (JSON); with `?topic=`, any text"),
     responses(

@@ -99,7 +99,7 @@ impl DurableLog {
         // A new journal starts its ids at the start time in µs, as the
         // in-memory log does: after a wiped data directory, ids clients
         // still hold fall below the new ones and get `herald.reset`.
-        let fresh = recovered.events.is_empty() && recovered.floor == 0;
+        let fresh = recovered.events.is_empty() && recovered.floor == 0 && recovered.reserved == 0;
         let first_id = if fresh {
             now_ms().saturating_mul(1000).max(1)
         } else {
@@ -107,6 +107,8 @@ impl DurableLog {
         };
         let mut inner = Inner::new(settings, first_id);
         inner.set_floor(recovered.floor);
+        // Continue above every id an earlier run may have handed out.
+        inner.advance(recovered.reserved);
         let events_read = recovered.events.len();
         for event in recovered.events {
             inner.restore(Arc::new(event));

@@ -8,6 +8,12 @@
 //! is kept in `floor` so that older Last-Event-IDs are still answered with
 //! `herald.reset`.
 //!
+//! Ids are reserved ahead of use: before a write hands out an id above the
+//! mark in `reserved`, the mark moves [`RESERVE_STEP`] ids further (a small
+//! synced file write, once per million ids). After any restart the log
+//! continues above the mark, so no id a client may hold — an event a crash
+//! took before `fsync`, a record skipped as unreadable — is issued again.
+//!
 //! Recovery reads every segment in order. A record cut short or failing its
 //! CRC at the end of the *last* segment is a write that a crash interrupted:
 //! the file is cut back to the last whole record, and the log says how many
@@ -26,6 +32,8 @@ use crate::event::{Event, EventDraft, EventId};
 /// A segment is closed and a new one begun past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 const HEADER: usize = 8;
+/// How many ids one move of the `reserved` mark covers.
+pub const RESERVE_STEP: u64 = 1 << 20;
 /// A record larger than this is damage, not data (events are at most a few
 /// hundred KiB; see `limits.max_event_bytes`).
 const MAX_RECORD: usize = 64 << 20;
@@ -82,6 +90,8 @@ pub struct Journal {
     file: File,
     len: u64,
     floor: u64,
+    /// Ids up to this may have been handed out (see the module docs).
+    reserved: u64,
     /// A failed write left bytes that could not be cut off: no more writes.
     damaged: bool,
 }
@@ -93,6 +103,32 @@ pub struct Recovered {
     pub floor: u64,
     /// Bytes cut from a torn tail.
     pub cut_bytes: u64,
+    /// Ids up to this may have been handed out before: continue above it.
+    pub reserved: u64,
+}
+
+/// Reads a file holding one number (0 when there is none).
+fn read_number(path: &Path) -> Result<u64, JournalError> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| JournalError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Replaces `dir/name` with `value`, durably (tmp, sync, rename, sync dir).
+fn write_number(dir: &Path, name: &str, value: u64) -> Result<(), JournalError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    fs::write(&tmp, value.to_string()).map_err(io_err(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
 }
 
 fn segment_name(first_id: u64) -> String {
@@ -103,15 +139,8 @@ impl Journal {
     /// Opens (creating) the journal in `dir` and reads back every event.
     pub fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let floor_path = dir.join("floor");
-        let floor = match fs::read_to_string(&floor_path) {
-            Ok(text) => text.trim().parse().map_err(|_| JournalError::Corrupt {
-                path: floor_path.clone(),
-                offset: 0,
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(&floor_path)(e)),
-        };
+        let floor = read_number(&dir.join("floor"))?;
+        let reserved = read_number(&dir.join("reserved"))?;
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -152,6 +181,7 @@ impl Journal {
             file,
             len,
             floor,
+            reserved,
             damaged: false,
         };
         Ok((
@@ -160,6 +190,7 @@ impl Journal {
                 events,
                 floor,
                 cut_bytes,
+                reserved,
             },
         ))
     }
@@ -171,6 +202,12 @@ impl Journal {
         };
         if self.len >= SEGMENT_BYTES {
             self.roll(first.as_ref().id)?;
+        }
+        let top = events.last().map_or(0, |e| e.as_ref().id.0);
+        if top > self.reserved {
+            let mark = top.saturating_add(RESERVE_STEP);
+            write_number(&self.dir, "reserved", mark)?;
+            self.reserved = mark;
         }
         let mut buf = Vec::new();
         for event in events {
@@ -236,13 +273,7 @@ impl Journal {
         let floor = self.closed[retire - 1].last_id.max(self.floor);
         // The floor is durable before any file goes: a crash in between
         // leaves files below the floor, which recovery reads harmlessly.
-        let tmp = self.dir.join("floor.tmp");
-        fs::write(&tmp, floor.to_string()).map_err(io_err(&tmp))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp))?;
-        fs::rename(&tmp, self.dir.join("floor")).map_err(io_err(&tmp))?;
-        sync_dir(&self.dir)?;
+        write_number(&self.dir, "floor", floor)?;
         for segment in self.closed.drain(..retire) {
             fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
         }
@@ -276,8 +307,7 @@ fn read_segment(
     let mut at = 0usize;
     let mut last_id = 0;
     while at < bytes.len() {
-        let whole = parse_record(&bytes[at..]);
-        let Some((record, size)) = whole else {
+        let Some((body, size)) = unframe(&bytes[at..]) else {
             if !last {
                 return Err(JournalError::Corrupt {
                     path: path.to_owned(),
@@ -293,18 +323,24 @@ fn read_segment(
             file.sync_all().map_err(io_err(path))?;
             return Ok((last_id, cut));
         };
-        last_id = record.id;
-        events.push(record.into_event());
         at += size;
+        // A whole record (its CRC holds) is never cut: the hub wrote it and
+        // answered for it. One it cannot decode (no writer of this version
+        // makes them) is skipped and said, and everything after it kept.
+        match crate::json::from_slice::<Record>(body) {
+            Ok(record) => {
+                last_id = record.id;
+                events.push(record.into_event());
+            }
+            Err(err) => tracing::error!(
+                path = %path.display(),
+                offset = at - size,
+                %err,
+                "a journal record is whole but unreadable; skipped, the records after it are kept"
+            ),
+        }
     }
     Ok((last_id, 0))
-}
-
-/// One whole record at the start of `bytes`, and its size.
-fn parse_record(bytes: &[u8]) -> Option<(Record, usize)> {
-    let (body, size) = unframe(bytes)?;
-    let record = serde_json::from_slice(body).ok()?;
-    Some((record, size))
 }
 
 /// Appends `body` to `out` as one record: length, CRC-32, body.
@@ -401,6 +437,52 @@ mod tests {
         drop(f);
         let (_, r) = Journal::open(&dir).unwrap();
         assert_eq!((r.events.len(), r.cut_bytes), (2, 9));
+    }
+
+    #[test]
+    fn whole_records_are_never_cut_deep_or_unreadable() {
+        let dir = temp_dir("whole");
+        let (mut j, _) = Journal::open(&dir).unwrap();
+        // A filter nested deeper than serde_json reads by default, as an
+        // earlier version accepted and wrote.
+        let mut deep = event(1, "deep");
+        let nested: serde_json::Value =
+            crate::json::from_slice(("[".repeat(127) + &"]".repeat(127)).as_bytes()).unwrap();
+        Arc::get_mut(&mut deep).unwrap().target.filter =
+            Some([("k".to_owned(), nested)].into_iter().collect());
+        j.append(&[deep, event(2, "after")], true).unwrap();
+        // A whole record that is not an event (no writer makes them).
+        let path = j.current.path.clone();
+        drop(j);
+        let mut bytes = fs::read(&path).unwrap();
+        frame(b"{\"not\": \"an event\"}", &mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        let (mut j, r) = Journal::open(&dir).unwrap();
+        j.append(&[event(3, "last")], true).unwrap();
+        drop(j);
+        assert_eq!(r.cut_bytes, 0);
+        let data: Vec<&str> = r.events.iter().map(|e| &*e.data).collect();
+        assert_eq!(data, ["deep", "after"]);
+        let (_, r) = Journal::open(&dir).unwrap();
+        let data: Vec<&str> = r.events.iter().map(|e| &*e.data).collect();
+        assert_eq!(data, ["deep", "after", "last"], "nothing after it was cut");
+    }
+
+    #[test]
+    fn ids_are_reserved_ahead_of_use() {
+        let dir = temp_dir("reserve");
+        let (mut j, r) = Journal::open(&dir).unwrap();
+        assert_eq!(r.reserved, 0);
+        j.append(&[event(5, "a")], true).unwrap();
+        j.append(&[event(6, "b")], true).unwrap();
+        drop(j);
+        let (mut j, r) = Journal::open(&dir).unwrap();
+        assert_eq!(r.reserved, 5 + RESERVE_STEP, "moved once, not per write");
+        // Past the mark, it moves again before the write.
+        j.append(&[event(6 + RESERVE_STEP, "c")], true).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(&dir).unwrap();
+        assert_eq!(r.reserved, 6 + 2 * RESERVE_STEP);
     }
 
     #[test]

@@ -139,14 +139,24 @@ pub struct Conflict {
 #[derive(Debug, Clone)]
 pub enum Entry {
     Event(SharedEvent),
-    Control { id: EventId, record: Control },
+    Control {
+        id: EventId,
+        record: Control,
+    },
+    /// A record the engine holds that this node cannot decode (no writer of
+    /// this version makes them): skipped, logged and counted, so that one bad
+    /// record does not stop the node; its id is passed over.
+    Unreadable {
+        id: EventId,
+        reason: String,
+    },
 }
 
 impl Entry {
     pub fn id(&self) -> EventId {
         match self {
             Entry::Event(e) => e.id,
-            Entry::Control { id, .. } => *id,
+            Entry::Control { id, .. } | Entry::Unreadable { id, .. } => *id,
         }
     }
 }

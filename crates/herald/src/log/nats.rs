@@ -55,7 +55,7 @@ pub const MAX_RECORDS: usize = 1024;
 
 /// The version in a retained value's `{version, value}` JSON.
 fn entry_version(entry: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(entry).ok()?["version"].as_u64()
+    crate::json::from_slice::<serde_json::Value>(entry.as_bytes()).ok()?["version"].as_u64()
 }
 
 /// The header naming the node that published a message.
@@ -221,7 +221,7 @@ impl Decoder {
             return self.decode_batch(seq, ts, from, payload);
         }
         if subject == self.subjects.floor {
-            let floor: Floor = serde_json::from_slice(payload).map_err(bad)?;
+            let floor: Floor = crate::json::from_slice(payload).map_err(bad)?;
             if floor.through > self.floor_seq {
                 self.floor_seq = floor.through;
                 while self
@@ -237,7 +237,7 @@ impl Decoder {
         }
         if let Some(slot) = subject.strip_prefix(&self.subjects.state) {
             let slot = unhex(slot).ok_or("a state subject that is not hex")?;
-            let change: StateChange = serde_json::from_slice(payload).map_err(bad)?;
+            let change: StateChange = crate::json::from_slice(payload).map_err(bad)?;
             self.state.insert(slot, (seq, change.entry));
             let id = EventId(self.id(seq, 0));
             return Ok(vec![Entry::Event(Arc::new(Event::commit(
@@ -251,7 +251,7 @@ impl Decoder {
             let (topic, user) = pair
                 .split_once('\n')
                 .ok_or("a presence pair without user")?;
-            let set: PresenceSet = serde_json::from_slice(payload).map_err(bad)?;
+            let set: PresenceSet = crate::json::from_slice(payload).map_err(bad)?;
             self.presence
                 .insert((topic.to_owned(), user.to_owned()), (seq, ts, set.nodes));
             let id = EventId(self.id(seq, 0));
@@ -271,7 +271,7 @@ impl Decoder {
         from: Option<&str>,
         payload: &[u8],
     ) -> Result<Vec<Entry>, String> {
-        let batch: Batch = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        let batch: Batch = crate::json::from_slice(payload).map_err(|e| e.to_string())?;
         if batch.events.len() + batch.controls.len() > MAX_RECORDS {
             return Err(format!("more than {MAX_RECORDS} records in one message"));
         }
@@ -464,7 +464,7 @@ fn apply(
     applied: &watch::Sender<u64>,
     messages: Vec<Raw>,
     loading: bool,
-) -> Result<(), String> {
+) {
     let mut entries = Vec::new();
     let mut last = None;
     let floor;
@@ -475,16 +475,23 @@ fn apply(
             if seq <= decoder.last_seq {
                 continue; // read again after a reconnect
             }
-            let decoded = decoder
-                .decode(
+            match decoder.decode(
+                seq,
+                message.published_ms,
+                &message.subject,
+                message.from.as_deref(),
+                &message.payload,
+            ) {
+                Ok(decoded) => entries.extend(decoded),
+                // One bad message must not stop every node (no writer of
+                // this version makes them): skipped and said.
+                Err(err) => tracing::error!(
                     seq,
-                    message.published_ms,
-                    &message.subject,
-                    message.from.as_deref(),
-                    &message.payload,
-                )
-                .map_err(|e| format!("message {seq}: {e}"))?;
-            entries.extend(decoded);
+                    subject = %message.subject,
+                    %err,
+                    "a message in the engine is unreadable; skipped"
+                ),
+            }
             last = Some(seq);
         }
         floor = decoder.new_floor.take();
@@ -503,7 +510,6 @@ fn apply(
     if let Some(seq) = last {
         applied.send_replace(seq);
     }
-    Ok(())
 }
 
 impl NatsLog {
@@ -639,12 +645,7 @@ impl NatsLog {
                     .await
                     .map_err(&unreachable)?;
                 loaded += page.len();
-                apply(&decoder, &replica, &applied, page, true).map_err(|reason| {
-                    ConnectError::Corrupt {
-                        id: String::new(),
-                        reason,
-                    }
-                })?;
+                apply(&decoder, &replica, &applied, page, true);
             }
         }
         tracing::info!(
@@ -964,11 +965,7 @@ async fn tail(tail: Tail) {
                     break;
                 }
             };
-            if let Err(err) = apply(&decoder, &replica, &applied, page, false) {
-                status.tail_stopped(&err);
-                stop.cancelled().await;
-                return;
-            }
+            apply(&decoder, &replica, &applied, page, false);
             if let Some(err) = failed {
                 status.tail_lost(&url, &err);
                 break;

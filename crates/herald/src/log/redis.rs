@@ -277,19 +277,23 @@ fn decode_entries(value: Value) -> Result<Vec<Entry>, ConnectError> {
             let [Value::BulkString(name), Value::BulkString(data)] = pair else {
                 continue;
             };
-            let bad = |e: serde_json::Error| corrupt(&sid, &e.to_string());
+            let unreadable = |e: serde_json::Error| Entry::Unreadable {
+                id: EventId(id),
+                reason: format!("entry {sid}: {e}"),
+            };
             decoded = match &name[..] {
-                b"d" => {
-                    let draft = serde_json::from_slice::<EventDraft>(data).map_err(bad)?;
-                    Some(Entry::Event(Arc::new(Event::commit(
-                        draft,
-                        EventId(id),
-                        id / 1000,
-                    ))))
-                }
-                b"c" => Some(Entry::Control {
-                    id: EventId(id),
-                    record: serde_json::from_slice::<Control>(data).map_err(bad)?,
+                b"d" => Some(match crate::json::from_slice::<EventDraft>(data) {
+                    Ok(draft) => {
+                        Entry::Event(Arc::new(Event::commit(draft, EventId(id), id / 1000)))
+                    }
+                    Err(e) => unreadable(e),
+                }),
+                b"c" => Some(match crate::json::from_slice::<Control>(data) {
+                    Ok(record) => Entry::Control {
+                        id: EventId(id),
+                        record,
+                    },
+                    Err(e) => unreadable(e),
                 }),
                 _ => continue,
             };

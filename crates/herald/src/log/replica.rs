@@ -30,11 +30,20 @@ pub(crate) struct Replica {
     recovered: Mutex<Vec<Entry>>,
 }
 
+fn unreadable(id: EventId, reason: &str) {
+    tracing::error!(
+        id = id.0,
+        reason,
+        "a record in the engine is unreadable; skipped"
+    );
+}
+
 /// Whether an entry read at start matters to inboxes.
 fn bears_on_inboxes(entry: &Entry) -> bool {
     match entry {
         Entry::Event(e) => !e.target.users.is_empty() && !e.target.broadcast,
         Entry::Control { .. } => true,
+        Entry::Unreadable { .. } => false,
     }
 }
 
@@ -67,6 +76,10 @@ impl Replica {
             match entry {
                 Entry::Event(event) => inner.restore(event),
                 Entry::Control { id, .. } => inner.advance(id.0),
+                Entry::Unreadable { id, reason } => {
+                    unreadable(id, &reason);
+                    inner.advance(id.0);
+                }
             }
         }
         inner.sweep(now_ms());
@@ -118,6 +131,10 @@ impl Replica {
                         sink.control(&record);
                     }
                     run.clear();
+                    inner.advance(id.0);
+                }
+                Entry::Unreadable { id, reason } => {
+                    unreadable(id, &reason);
                     inner.advance(id.0);
                 }
             }

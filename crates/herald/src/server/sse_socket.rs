@@ -47,15 +47,28 @@ pub(super) async fn is_subscribe(stream: &TcpStream) -> bool {
     }
 }
 
+/// What one socket may take: head size, time to send the head, time
+/// without progress while writing.
+pub(super) struct Bounds {
+    pub max_head: usize,
+    pub head_timeout: Duration,
+    pub write_timeout: Option<Duration>,
+}
+
 /// Serves one subscribe request on `stream`, then closes it.
 pub(super) async fn serve(
     mut stream: TcpStream,
     addr: SocketAddr,
     router: axum::Router,
     handle: CancellationToken,
-    max_head: usize,
-    head_timeout: Duration,
+    bounds: Bounds,
+    pending: super::PendingHead,
 ) -> io::Result<()> {
+    let Bounds {
+        max_head,
+        head_timeout,
+        write_timeout,
+    } = bounds;
     // Boxed: reading the head, routing and writing the response head take
     // far more state than streaming the body, and only for a moment; the
     // connection's task keeps only what streaming needs.
@@ -66,9 +79,10 @@ pub(super) async fn serve(
         handle,
         max_head,
         head_timeout,
+        pending,
     ));
     match answered.await? {
-        Some((body, chunked)) => stream_body(&mut stream, body, chunked).await,
+        Some((body, chunked)) => stream_body(&mut stream, body, chunked, write_timeout).await,
         None => Ok(()),
     }
 }
@@ -82,8 +96,11 @@ async fn answer(
     handle: CancellationToken,
     max_head: usize,
     head_timeout: Duration,
+    pending: super::PendingHead,
 ) -> io::Result<Option<(Body, bool)>> {
-    let request = match tokio::time::timeout(head_timeout, read_head(stream, max_head)).await {
+    let head = tokio::time::timeout(head_timeout, read_head(stream, max_head)).await;
+    drop(pending);
+    let request = match head {
         Err(_) => return Ok(None),
         Ok(Err(Bad(status))) => {
             let answer = Response::builder()
@@ -198,8 +215,14 @@ async fn write_head(
     Ok((body, chunked && length.is_none()))
 }
 
-/// Sends the body as it comes, until it ends or the client leaves.
-async fn stream_body(stream: &mut TcpStream, body: Body, chunked: bool) -> io::Result<()> {
+/// Sends the body as it comes, until it ends or the client leaves, or
+/// accepts no bytes for `write_timeout`.
+async fn stream_body(
+    stream: &mut TcpStream,
+    body: Body,
+    chunked: bool,
+    write_timeout: Option<Duration>,
+) -> io::Result<()> {
     let (mut reader, mut writer) = stream.split();
     let mut chunks = body.into_data_stream();
     let mut scrap = [0u8; 64];
@@ -208,8 +231,8 @@ async fn stream_body(stream: &mut TcpStream, body: Body, chunked: bool) -> io::R
             chunk = chunks.next() => match chunk {
                 Some(Ok(data)) if data.is_empty() => {}
                 Some(Ok(data)) => match chunked {
-                    false => writer.write_all(&data).await?,
-                    true => write_chunk(&mut writer, data).await?,
+                    false => within(write_timeout, writer.write_all(&data)).await?,
+                    true => write_chunk(&mut writer, data, write_timeout).await?,
                 },
                 // A body that fails ends the response where it stands.
                 Some(Err(_)) => return Ok(()),
@@ -246,7 +269,11 @@ fn write_headers(head: &mut BytesMut, headers: &HeaderMap) {
 
 /// One chunk in one `writev`: size line, data, CRLF. The data is the
 /// hub's shared encoding, never copied.
-async fn write_chunk(writer: &mut tokio::net::tcp::WriteHalf<'_>, data: Bytes) -> io::Result<()> {
+async fn write_chunk(
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    data: Bytes,
+    write_timeout: Option<Duration>,
+) -> io::Result<()> {
     let size = format!("{:x}\r\n", data.len());
     let mut parts: [&[u8]; 3] = [size.as_bytes(), &data, b"\r\n"];
     loop {
@@ -255,7 +282,8 @@ async fn write_chunk(writer: &mut tokio::net::tcp::WriteHalf<'_>, data: Bytes) -
             IoSlice::new(parts[1]),
             IoSlice::new(parts[2]),
         ];
-        let mut n = writer.write_vectored(&slices).await?;
+        // Each write that makes progress restarts the clock.
+        let mut n = within(write_timeout, writer.write_vectored(&slices)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -267,5 +295,18 @@ async fn write_chunk(writer: &mut tokio::net::tcp::WriteHalf<'_>, data: Bytes) -
         if parts.iter().all(|p| p.is_empty()) {
             return Ok(());
         }
+    }
+}
+
+/// `write`, failing with `TimedOut` when it takes longer than `limit`.
+async fn within<T>(
+    limit: Option<Duration>,
+    write: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match limit {
+        None => write.await,
+        Some(limit) => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
     }
 }
