@@ -770,9 +770,10 @@ impl Hub {
                 return Err(err);
             }
         };
-        let snapshot = match request.last_event_id {
-            None => self.state_snapshot(&conn.selector).await,
-            Some(_) => bytes::Bytes::new(),
+        // Long polls answer events only: no snapshot to build and drop.
+        let snapshot = match (&request.last_event_id, request.long_poll) {
+            (None, false) => self.state_snapshot(&conn.selector).await,
+            _ => bytes::Bytes::new(),
         };
         let waiting = match &conn.selector.user {
             Some(user) => {

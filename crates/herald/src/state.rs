@@ -144,14 +144,27 @@ impl StateStore {
         })
     }
 
-    fn persist(&self, map: &StateMap) {
+    /// Writes the map to the file. The write and its sync run on a
+    /// blocking thread, never on a runtime worker; the caller holds the
+    /// map's lock meanwhile, so writes land in order.
+    async fn persist(&self, map: &StateMap) {
         let Some(path) = &self.file else { return };
         let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(map)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path));
+        let bytes = match serde_json::to_vec(map) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(%err, "could not encode the state file");
+                return;
+            }
+        };
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::write(&tmp, bytes)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &target)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(err) = written {
             // The change is in the log: the next start re-applies it.
             tracing::warn!(%err, path = %path.display(), "could not write the state file");
@@ -354,7 +367,7 @@ impl Hub {
                     // Takes in what other nodes changed meanwhile; the map
                     // then covers every state event up to (at least) this one.
                     self.reconcile(&mut map).await;
-                    store.persist(&map);
+                    store.persist(&map).await;
                     return Ok(Changed { version, id });
                 }
                 Err(conflict) => {

@@ -343,3 +343,28 @@ impl Drop for Writer {
         tracing::debug!(connection = %self.conn.id, "stream closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_share_one_part_and_copy_at_most_the_limit() {
+        let small = Bytes::from(vec![b'a'; 1000]);
+        let big = Bytes::from(vec![b'b'; CHUNK_BYTES + 1]);
+        // One part goes as it is, whatever its size.
+        let mut one = Chunk::default();
+        assert!(one.add(&big));
+        assert!(!one.add(&small), "nothing joins a full chunk");
+        assert_eq!(one.done().unwrap().as_ptr(), big.as_ptr());
+        // Small parts are copied together up to the limit.
+        let mut many = Chunk::default();
+        let mut taken = 0;
+        while many.add(&small) {
+            taken += 1;
+        }
+        assert_eq!(taken, CHUNK_BYTES / 1000);
+        assert_eq!(many.done().unwrap().len(), taken * 1000);
+        assert!(Chunk::default().done().is_none());
+    }
+}

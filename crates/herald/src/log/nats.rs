@@ -60,6 +60,9 @@ fn entry_version(entry: &str) -> Option<u64> {
 
 /// The header naming the node that published a message.
 const NODE_HEADER: &str = "Herald-Node";
+/// Messages a resume may be ahead of this node's reading and still be
+/// waited for (see `catch_up`).
+const CATCH_UP_MAX_BEHIND: u64 = 1 << 20;
 
 /// One message of the log.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -1211,7 +1214,10 @@ impl EventLog for NatsLog {
         // held (a condition that failed, a report: no entry, no head).
         let (base, step) = (lock(&self.decoder).base, MAX_RECORDS as u64);
         let seq = id.0.saturating_sub(base) / step;
-        if seq > *self.applied.borrow() {
+        let applied = *self.applied.borrow();
+        // A resume from far beyond what this node has read was never
+        // issued (a node is not that far behind): not waited for.
+        if seq > applied && seq - applied <= CATCH_UP_MAX_BEHIND {
             self.wait_applied(seq).await;
         }
     }
