@@ -76,6 +76,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = args.sources.load()?;
     ignore_file_size_signal();
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -104,6 +105,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// which would kill the hub mid-write. Ignored, the write fails with EFBIG
 /// instead: the publish is refused with 503, `/readyz` says why, and the
 /// hub keeps serving subscribers.
+/// Every stream is a socket: the soft limit on open files (1024 under many
+/// service managers) would cap a hub far below `limits.max_connections`.
+/// It is raised to the hard limit, as far as the system allows.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the open file limit"
+            );
+        }
+    }
+}
+
 fn ignore_file_size_signal() {
     // SAFETY: installs the predefined SIG_IGN disposition before any other
     // thread exists; no handler code runs.

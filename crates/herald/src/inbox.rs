@@ -224,6 +224,26 @@ impl State {
         removed
     }
 
+    /// Applies the whole records at the start of `bytes`; returns where they
+    /// end. A whole record is never cut; one that cannot be read (no writer
+    /// of this version makes them) is skipped and said.
+    fn replay_records(&mut self, bytes: &[u8], max: usize, path: &Path) -> usize {
+        let mut at = 0;
+        while let Some((body, size)) = unframe(&bytes[at..]) {
+            at += size;
+            match crate::json::from_slice::<Change>(body) {
+                Ok(change) => self.replay(change, max),
+                Err(err) => tracing::error!(
+                    path = %path.display(),
+                    offset = at - size,
+                    %err,
+                    "an inbox record is whole but unreadable; skipped"
+                ),
+            }
+        }
+        at
+    }
+
     /// Applies a stored change (at start; nothing is recorded).
     fn replay(&mut self, change: Change, max: usize) {
         match change {
@@ -254,6 +274,17 @@ impl State {
     }
 }
 
+/// Fuzzing entry: replays an inbox file's bytes; checks the counts agree.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_inbox_file(bytes: &[u8]) {
+    let mut state = State::default();
+    let at = state.replay_records(bytes, 16, Path::new("fuzz"));
+    assert!(at <= bytes.len());
+    let held: usize = state.users.values().map(|u| u.entries.len()).sum();
+    assert_eq!(held, state.held);
+    assert!(state.users.values().all(|u| u.entries.len() <= 16));
+}
+
 impl Held {
     fn expired(&self, now_ms: u64, max_age_ms: u64) -> bool {
         self.event.is_expired(now_ms)
@@ -282,21 +313,7 @@ impl Inboxes {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut at = 0;
-        while let Some((body, size)) = unframe(&bytes[at..]) {
-            at += size;
-            // A whole record is never cut; one that cannot be read (no
-            // writer of this version makes them) is skipped and said.
-            match crate::json::from_slice::<Change>(body) {
-                Ok(change) => state.replay(change, settings.max_per_user),
-                Err(err) => tracing::error!(
-                    path = %path.display(),
-                    offset = at - size,
-                    %err,
-                    "an inbox record is whole but unreadable; skipped"
-                ),
-            }
-        }
+        let at = state.replay_records(&bytes, settings.max_per_user, path);
         if at < bytes.len() {
             tracing::warn!(
                 path = %path.display(),

@@ -37,10 +37,48 @@ pub fn too_deep(value: &Value) -> Option<String> {
     (depth > MAX_DEPTH).then(|| format!("nests {depth} levels deep; the limit is {MAX_DEPTH}"))
 }
 
-/// Reads a record the hub stored, whatever its nesting (see the module
-/// documentation). Only for the hub's own records: what comes from outside
-/// is parsed with serde_json's default limit.
+/// Deepest nesting [`from_slice`] reads: far above anything the hub writes
+/// (values at most [`MAX_DEPTH`], earlier versions at most 128, plus a few
+/// levels of wrapping), far below what would exhaust a thread's stack.
+pub const MAX_READ_DEPTH: usize = 256;
+
+/// How deep the JSON text in `bytes` nests (brackets outside strings).
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Reads a record the hub stored, nested up to [`MAX_READ_DEPTH`] (see the
+/// module documentation). Only for the hub's own records: what comes from
+/// outside is parsed with serde_json's default limit.
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    let depth = nesting(bytes);
+    if depth > MAX_READ_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "nested {depth} deep, deeper than any record the hub writes ({MAX_READ_DEPTH})"
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     de.disable_recursion_limit();
     let value = T::deserialize(&mut de)?;
@@ -62,9 +100,9 @@ mod tests {
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({})), 1);
         assert_eq!(depth(&json!({"a": [1, {"b": [[]]}], "c": 2})), 5);
-        let deep: Value = from_slice(nest(500).as_bytes()).unwrap();
-        assert_eq!(depth(&deep), 500);
-        assert!(too_deep(&deep).unwrap().contains("500 levels"));
+        let deep: Value = from_slice(nest(200).as_bytes()).unwrap();
+        assert_eq!(depth(&deep), 200);
+        assert!(too_deep(&deep).unwrap().contains("200 levels"));
         assert!(too_deep(&from_slice(nest(MAX_DEPTH).as_bytes()).unwrap()).is_none());
     }
 
@@ -76,5 +114,10 @@ mod tests {
         let back: Value = from_slice(record.as_bytes()).unwrap();
         assert_eq!(depth(&back), 130);
         assert!(from_slice::<Value>(b"{} x").is_err(), "trailing bytes");
+        // Brackets in strings do not count; past the read limit, an error
+        // rather than a stack overflow.
+        assert_eq!(nesting(br#"{"a":"[[[\"{{","b":[1]}"#), 2);
+        assert!(from_slice::<Value>(nest(MAX_READ_DEPTH + 1).as_bytes()).is_err());
+        assert!(from_slice::<Value>(nest(100_000).as_bytes()).is_err());
     }
 }

@@ -29,6 +29,8 @@ pub mod config;
 pub mod connection;
 pub mod event;
 pub mod fanout;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod http;
 pub mod hub;
 pub mod inbox;

@@ -28,6 +28,8 @@ use tower::ServiceExt;
 use crate::hub::Hub;
 
 mod sse_socket;
+#[cfg(feature = "fuzzing")]
+pub use sse_socket::fuzz_head;
 
 /// Largest request head (request line and headers). A subscribe may carry
 /// `limits.max_topics_per_connection` patterns of up to 256 bytes and a
@@ -37,34 +39,71 @@ mod sse_socket;
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long a new socket has to send its whole request head (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sockets that have not finished their first request head, at most; more
-/// are closed at accept. Each costs a task and a head buffer, for at most
-/// [`HEADER_READ_TIMEOUT`].
+/// Sockets that have not finished their first request head, at most. A new
+/// socket past it evicts the one waiting longest: a flood of sockets that
+/// send nothing (slowloris) cannot keep a real client, who sends its head
+/// at once, from being served. Each costs a task and a head buffer, for at
+/// most [`HEADER_READ_TIMEOUT`].
 pub const MAX_PENDING_HEADS: usize = 4096;
 
-/// Counts sockets that have not sent a whole request head yet.
+/// The sockets that have not sent a whole request head yet, oldest first.
 #[derive(Clone, Default)]
-struct PendingHeads(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+struct PendingHeads(std::sync::Arc<std::sync::Mutex<PendingInner>>);
 
-/// One socket's place among [`PendingHeads`], given back on drop.
-pub(crate) struct PendingHead(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+#[derive(Default)]
+struct PendingInner {
+    next: u64,
+    /// Ids in arrival order; ids no longer in `live` are skipped.
+    order: std::collections::VecDeque<u64>,
+    live: std::collections::HashMap<u64, CancellationToken>,
+}
+
+/// One socket's place among [`PendingHeads`], given back on drop; its
+/// token is cancelled if a newer socket evicts it first.
+pub(crate) struct PendingHead {
+    id: u64,
+    heads: PendingHeads,
+}
 
 impl PendingHeads {
-    fn try_join(&self) -> Option<PendingHead> {
-        use std::sync::atomic::Ordering;
-        let joined = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_PENDING_HEADS).then_some(n + 1)
-            })
-            .is_ok();
-        joined.then(|| PendingHead(self.0.clone()))
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a new socket, evicting the oldest past the cap.
+    fn join(&self) -> (PendingHead, CancellationToken) {
+        let mut inner = self.lock();
+        while inner.live.len() >= MAX_PENDING_HEADS {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(token) = inner.live.remove(&oldest) {
+                token.cancel();
+            }
+        }
+        if inner.order.len() > 2 * MAX_PENDING_HEADS {
+            let PendingInner { order, live, .. } = &mut *inner;
+            order.retain(|id| live.contains_key(id));
+        }
+        let id = inner.next;
+        inner.next += 1;
+        let token = CancellationToken::new();
+        inner.order.push_back(id);
+        inner.live.insert(id, token.clone());
+        drop(inner);
+        (
+            PendingHead {
+                id,
+                heads: self.clone(),
+            },
+            token,
+        )
     }
 }
 
 impl Drop for PendingHead {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.heads.lock().live.remove(&self.id);
     }
 }
 
@@ -116,12 +155,7 @@ impl Server {
                             continue;
                         }
                     };
-                    let Some(pending) = pending_heads.try_join() else {
-                        // A flood of sockets that send nothing: new ones are
-                        // closed until some finish or time out.
-                        tracing::debug!(%addr, "too many sockets without a request yet; closed");
-                        continue;
-                    };
+                    let (pending, evicted) = pending_heads.join();
                     let _ = stream.set_nodelay(true);
                     // Lets the hub drop this socket when it closes a stream
                     // whose writes are blocked (see `Connection`).
@@ -132,6 +166,7 @@ impl Server {
                     let watcher = graceful.watcher();
                     let subscribes = subscribes.clone();
                     tokio::spawn(async move {
+                        let served = async move {
                         // Subscribers get the lean path (see `sse_socket`);
                         // everything else hyper.
                         let accepted = tokio::time::Instant::now();
@@ -187,6 +222,15 @@ impl Server {
                                 tracing::debug!(%addr, "connection dropped by the hub");
                             }
                         }
+                    };
+                        // Evicted while still waiting for its head: a newer
+                        // socket took its place (see `MAX_PENDING_HEADS`).
+                        tokio::select! {
+                            () = served => {}
+                            () = evicted.cancelled() => {
+                                tracing::debug!(%addr, "no request yet and the oldest of too many such sockets; closed");
+                            }
+                        }
                     });
                 }
                 () = &mut signal => break,
@@ -234,5 +278,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_socket_past_the_cap_evicts_the_oldest_waiting() {
+        let heads = PendingHeads::default();
+        let (first, first_token) = heads.join();
+        let (done, done_token) = heads.join();
+        drop(done); // sent its head: no longer waiting, never evicted
+        let mut rest: Vec<_> = (2..MAX_PENDING_HEADS).map(|_| heads.join()).collect();
+        assert!(!first_token.is_cancelled());
+        let (_newest, newest_token) = heads.join();
+        assert!(!newest_token.is_cancelled());
+        // One place was free (the finished one); the next takes the oldest.
+        assert!(!first_token.is_cancelled());
+        let (_another, _) = heads.join();
+        assert!(first_token.is_cancelled(), "the oldest waiting is evicted");
+        assert!(!done_token.is_cancelled());
+        assert!(!rest[0].1.is_cancelled());
+        assert_eq!(heads.lock().live.len(), MAX_PENDING_HEADS);
+        drop(first);
+        rest.clear();
+        assert_eq!(heads.lock().live.len(), 2);
     }
 }

@@ -166,3 +166,24 @@ pub(crate) enum Start {
 pub(crate) fn parse_last_event_id(raw: &str) -> Option<EventId> {
     raw.trim().parse().ok()
 }
+
+/// Fuzzing entry: a subscribe query string through parsing; patterns that
+/// parse print back to themselves and cover what they match.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_query(query: &str) {
+    let Ok(request) = SubscribeRequest::from_query(query) else {
+        return;
+    };
+    let _ = parse_event_types(&request.event_types);
+    let Ok(patterns) = parse_patterns(&request.topics, 64) else {
+        return;
+    };
+    for p in &patterns {
+        let again = Pattern::parse(p.as_str()).expect("a parsed pattern parses again");
+        assert_eq!(again.as_str(), p.as_str());
+        assert!(p.covers(p));
+        if let Ok(topic) = crate::topic::Topic::new(p.as_str()) {
+            assert!(p.matches(&topic));
+        }
+    }
+}

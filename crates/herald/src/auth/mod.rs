@@ -375,6 +375,45 @@ impl Authenticator {
     }
 }
 
+/// Fuzzing entry: the claims of a verified token (JSON) into an identity.
+/// Whatever the claims, `{sub}` never widens a grant: every pattern a
+/// `users/{sub}/**` grant gives is the subject's own subtree.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_claims(json: &[u8]) {
+    let Ok(claims) = serde_json::from_slice::<Claims>(json) else {
+        return;
+    };
+    let sub = claims.sub.clone();
+    let config = AuthConfig {
+        jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
+        ..Default::default()
+    };
+    let auth = Authenticator::from_config(&config)
+        .expect("valid config")
+        .expect("keys");
+    // The same grant, as a template, must only ever cover the subject's
+    // own topics.
+    let probe = Claims {
+        subscribe: Some(vec!["users/{sub}/**".into()]),
+        herald: None,
+        publish: None,
+        ..claims
+    };
+    if let Ok(identity) = auth.identity(probe) {
+        let Rights::Only(patterns) = &identity.subscribe else {
+            panic!("a token never gets all rights");
+        };
+        let sub = sub.expect("a {sub} grant needs a sub");
+        for p in patterns {
+            assert_eq!(
+                p.as_str(),
+                format!("users/{sub}/**"),
+                "{{sub}} widened to {p:?}"
+            );
+        }
+    }
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
     SystemTime::now()

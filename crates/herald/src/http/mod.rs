@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use events::events;
+#[cfg(feature = "fuzzing")]
+pub use publish::fuzz_publish;
 pub use publish::publish;
 
 use crate::hub::Hub;

@@ -58,9 +58,13 @@ async fn change(
     Ok(([(header::ETAG, etag(version))], Json(body)).into_response())
 }
 
-fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
-    body.map(|Json(v)| v)
-        .map_err(|e| ApiError::BadBody(e.body_text()))
+fn json_body(hub: &Hub, body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
+    body.map(|Json(v)| v).map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::BodyTooLarge(hub.config().limits.max_body_bytes)
+        }
+        _ => ApiError::BadBody(e.body_text()),
+    })
 }
 
 /// Sets a value.
@@ -71,10 +75,10 @@ fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError
     responses(
         (status = 200, description = "Changed; the state event is in the log", body = crate::http::openapi::StateChanged),
         (status = 400, description = "Bad topic, key or body", body = ErrorBody),
+        (status = 413, description = "Over `limits.max_event_bytes` or `limits.max_body_bytes`", body = ErrorBody),
         (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody),
         (status = 403, description = "May not publish to the topic", body = ErrorBody),
         (status = 412, description = "If-Match does not match", body = ErrorBody),
-        (status = 413, description = "Over limits.max_event_bytes", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
 pub async fn put(
@@ -84,7 +88,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let value = json_body(body)?;
+    let value = json_body(&hub, body)?;
     change(hub, caller, path, headers, Change::Put(value)).await
 }
 
@@ -96,10 +100,10 @@ pub async fn put(
     responses(
         (status = 200, description = "Changed; the state event (with the patch) is in the log", body = crate::http::openapi::StateChanged),
         (status = 400, description = "Bad topic, key or body", body = ErrorBody),
+        (status = 413, description = "Over `limits.max_event_bytes` or `limits.max_body_bytes`", body = ErrorBody),
         (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody),
         (status = 403, description = "May not publish to the topic", body = ErrorBody),
         (status = 412, description = "If-Match does not match", body = ErrorBody),
-        (status = 413, description = "Over limits.max_event_bytes", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
 pub async fn patch(
@@ -109,7 +113,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let patch = json_body(body)?;
+    let patch = json_body(&hub, body)?;
     change(hub, caller, path, headers, Change::Patch(patch)).await
 }
 

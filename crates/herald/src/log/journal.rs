@@ -304,29 +304,36 @@ fn read_segment(
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
+    let (at, last_id) = decode_records(&bytes, events, path);
+    if at == bytes.len() {
+        return Ok((last_id, 0));
+    }
+    if !last {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            offset: at as u64,
+        });
+    }
+    let cut = (bytes.len() - at) as u64;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(at as u64).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok((last_id, cut))
+}
+
+/// Decodes the whole records at the start of `bytes` into `events`;
+/// returns where they end (the rest is cut short or damaged) and the last
+/// id read. A whole record (its CRC holds) is never treated as damage: the
+/// hub wrote it and answered for it. One it cannot decode (no writer of this
+/// version makes them) is skipped and said, and everything after it kept.
+pub(crate) fn decode_records(bytes: &[u8], events: &mut Vec<Event>, path: &Path) -> (usize, u64) {
     let mut at = 0usize;
     let mut last_id = 0;
-    while at < bytes.len() {
-        let Some((body, size)) = unframe(&bytes[at..]) else {
-            if !last {
-                return Err(JournalError::Corrupt {
-                    path: path.to_owned(),
-                    offset: at as u64,
-                });
-            }
-            let cut = (bytes.len() - at) as u64;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_err(path))?;
-            file.set_len(at as u64).map_err(io_err(path))?;
-            file.sync_all().map_err(io_err(path))?;
-            return Ok((last_id, cut));
-        };
+    while let Some((body, size)) = unframe(&bytes[at..]) {
         at += size;
-        // A whole record (its CRC holds) is never cut: the hub wrote it and
-        // answered for it. One it cannot decode (no writer of this version
-        // makes them) is skipped and said, and everything after it kept.
         match crate::json::from_slice::<Record>(body) {
             Ok(record) => {
                 last_id = record.id;
@@ -340,7 +347,7 @@ fn read_segment(
             ),
         }
     }
-    Ok((last_id, 0))
+    (at, last_id)
 }
 
 /// Appends `body` to `out` as one record: length, CRC-32, body.

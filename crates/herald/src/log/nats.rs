@@ -1323,3 +1323,41 @@ mod tests {
         assert_eq!(later[0].id(), EventId(1_000_000 + 3 * 1024));
     }
 }
+
+/// Fuzzing entry: a sequence of messages (`kind` picks the subject) through
+/// one node's decoder, as its tail would apply them. Never panics, ids only
+/// grow.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_messages(messages: &[(u8, Vec<u8>)]) {
+    let settings = MemoryLogSettings {
+        max_events_per_topic: 16,
+        max_age: None,
+        idempotency_window: Duration::from_secs(60),
+        max_idempotency_keys: 64,
+    };
+    let options = ClusterOptions {
+        name: "herald".into(),
+        max_log_events: 0,
+        connect_timeout: Duration::from_secs(1),
+        apply_timeout: Duration::from_secs(1),
+        node: "fuzz".into(),
+    };
+    let mut decoder = Decoder::new(1 << 40, &settings, &options, 0);
+    let mut last_id = 0;
+    for (i, (kind, payload)) in messages.iter().enumerate() {
+        let subject = match kind % 4 {
+            0 => "herald.log".to_owned(),
+            1 => "herald.floor".to_owned(),
+            2 => format!("herald.state.{}", hex("t\nk")),
+            _ => format!("herald.pres.{}", hex("t\nu")),
+        };
+        let seq = i as u64 + 1;
+        if let Ok(entries) = decoder.decode(seq, 1000 + seq, &subject, None, payload) {
+            for entry in entries {
+                let id = entry.id().0;
+                assert!(id > last_id, "ids grow");
+                last_id = id;
+            }
+        }
+    }
+}
