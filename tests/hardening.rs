@@ -147,6 +147,22 @@ async fn h1_a_publisher_cannot_forge_retained_state() {
     assert_eq!(body["value"], json!({"name": "legit-2"}));
 }
 
+/// A 400 with `code` whose message names the depth limit.
+fn refused_at_the_limit(status: u16, body: &Value, code: &str) {
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some(code)),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 32"),
+        "{body}"
+    );
+}
+
 /// H2: values nested past the limit are refused at the edge with a message
 /// naming it; values up to the limit are kept, and everything published
 /// around them reads back after SIGTERM and after kill -9.
@@ -159,18 +175,7 @@ async fn h2_deep_json_is_refused_at_the_edge_and_what_is_kept_reads_back() {
         let (status, body) = hub
             .publish(json!({"topic": "chat/a", "data": "deep", "filter": {"k": nest(deep - 1)}}))
             .await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (400, Some("invalid_field")),
-            "{body}"
-        );
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("the limit is 32"),
-            "{body}"
-        );
+        refused_at_the_limit(status, &body, "invalid_field");
         let (status, body) = send(
             reqwest::Method::PUT,
             hub.url("/v1/state/chat/a/k"),
@@ -179,18 +184,7 @@ async fn h2_deep_json_is_refused_at_the_edge_and_what_is_kept_reads_back() {
             Some(nest(deep).to_string()),
         )
         .await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (400, Some("invalid_value")),
-            "{body}"
-        );
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("the limit is 32"),
-            "{body}"
-        );
+        refused_at_the_limit(status, &body, "invalid_value");
     }
     // At the limit: kept, in the journal, the inbox file and the state file.
     let mut ids = Vec::new();
@@ -226,12 +220,7 @@ async fn h2_deep_json_is_refused_at_the_edge_and_what_is_kept_reads_back() {
     assert_eq!(bob["inbox"]["offline"], 1, "{bob}");
 
     for kill in [false, true] {
-        if kill {
-            hub.kill9();
-        } else {
-            hub.terminate();
-            hub.wait_exit(common::PATIENCE);
-        }
+        hub.stop(kill);
         hub = HubProcess::start_durable(&dir, &[]);
         assert!(
             !hub.logs().iter().any(|l| l.contains("cut back")),

@@ -282,12 +282,7 @@ async fn whatever_is_accepted_reads_back_after_sigterm_and_kill_9() {
     }
 
     for kill in [false, true] {
-        if kill {
-            hub.kill9();
-        } else {
-            hub.terminate();
-            hub.wait_exit(common::PATIENCE);
-        }
+        hub.stop(kill);
         hub = HubProcess::start_durable(&dir, &settings);
         hub.admin_key = Some(API_KEY.into());
         assert!(

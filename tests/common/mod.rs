@@ -263,6 +263,16 @@ impl HubProcess {
         assert!(status.success());
     }
 
+    /// Stops the hub: `kill -9` when `kill`, else SIGTERM and its exit.
+    pub fn stop(&mut self, kill: bool) {
+        if kill {
+            self.kill9();
+        } else {
+            self.terminate();
+            self.wait_exit(PATIENCE);
+        }
+    }
+
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
