@@ -526,6 +526,169 @@ async fn m3_streams_that_never_read_hold_little_and_are_closed() {
     }
 }
 
+/// One sample of `/metrics`, by its name and labels as printed.
+async fn metric(hub: &HubProcess, series: &str) -> f64 {
+    let text = hub.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// M4: history is bounded across topics, in bytes and in topics. The
+/// oldest events leave first (a resume from before them is told), the
+/// metrics show it, and a restart recovers no more than the caps.
+#[tokio::test]
+async fn m4_history_is_bounded_in_bytes_and_topics() {
+    let dir = data_dir("caps");
+    let caps = ["history.max_bytes=1048576", "history.max_topics=20"];
+    let mut hub = HubProcess::start_durable(&dir, &caps);
+    let first = hub.publish_ok(json!({"topic": "t/0", "data": "0"})).await;
+    for i in 1..40 {
+        hub.publish_ok(json!({"topic": format!("t/{i}"), "data": i.to_string()}))
+            .await;
+    }
+    assert_eq!(metric(&hub, "herald_history_topics").await, 20.0);
+    assert_eq!(
+        metric(&hub, "herald_history_evicted_total{cap=\"max_topics\"}").await,
+        20.0
+    );
+    // A resume from before the evicted events is told, not silently short.
+    let mut resumed = SseClient::connect_with(
+        hub.addr,
+        "/v1/events?topic=t/*",
+        &[("Last-Event-ID", first.as_str())],
+        None,
+    )
+    .await;
+    resumed.expect_connected().await;
+    let reset = resumed.expect_event("herald.reset").await;
+    assert_eq!(reset.json()["reason"], "history_expired", "{reset:?}");
+    // The newest 20 topics are still there.
+    assert_eq!(history(&hub, "t/39", 1).await, ["39"]);
+
+    let big = "x".repeat(60_000);
+    for i in 0..40 {
+        hub.publish_ok(json!({"topic": "big", "data": format!("{i} {big}")}))
+            .await;
+    }
+    let bytes = metric(&hub, "herald_history_bytes").await;
+    assert!(bytes <= 1048576.0, "{bytes} bytes retained");
+    assert!(metric(&hub, "herald_history_evicted_total{cap=\"max_bytes\"}").await > 0.0);
+    let check = |kept: Vec<String>| {
+        // Only the newest few fit, and they are the newest.
+        assert!(kept.len() < 10, "{} events of 120 KB kept", kept.len());
+        assert!(kept.last().unwrap().starts_with("39 "));
+    };
+    check(count_history(&hub, "big", "end-1").await);
+
+    // Recovery reads the journal back within the same caps.
+    hub.kill9();
+    let hub = HubProcess::start_durable(&dir, &caps);
+    assert!(metric(&hub, "herald_history_bytes").await <= 1048576.0);
+    assert!(metric(&hub, "herald_history_topics").await <= 20.0);
+    check(count_history(&hub, "big", "end-2").await);
+}
+
+/// M4: retained state is capped in values and bytes; a change past a cap
+/// is refused `507 state_full` naming it, changes in place and deletes
+/// still work, and the counts hold across a restart.
+#[tokio::test]
+async fn m4_state_is_capped_in_values_and_bytes() {
+    let dir = data_dir("state-caps");
+    let caps = [
+        "state.max_keys=3",
+        "state.max_bytes=2500",
+        "limits.max_body_bytes=2000",
+    ];
+    let mut hub = HubProcess::start_durable(&dir, &caps);
+    let put = |hub: &HubProcess, key: &str, value: Value| {
+        send(
+            reqwest::Method::PUT,
+            hub.url(&format!("/v1/state/room/{key}")),
+            None,
+            &[],
+            Some(value.to_string()),
+        )
+    };
+    for key in ["a", "b", "c"] {
+        assert_eq!(put(&hub, key, json!(key)).await.0, 200);
+    }
+    let (status, body) = put(&hub, "d", json!("d")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (507, Some("state_full")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("state.max_keys"),
+        "{body}"
+    );
+    // A value that exists may change; room is made by deleting.
+    assert_eq!(put(&hub, "a", json!("again")).await.0, 200);
+    let (status, _) = send(
+        reqwest::Method::DELETE,
+        hub.url("/v1/state/room/c"),
+        None,
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(put(&hub, "d", json!("d")).await.0, 200);
+    assert_eq!(metric(&hub, "herald_state_values").await, 3.0);
+
+    let big = "x".repeat(1400);
+    assert_eq!(put(&hub, "a", json!(big)).await.0, 200);
+    let (status, body) = put(&hub, "b", json!(big)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (507, Some("state_full")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("state.max_bytes"),
+        "{body}"
+    );
+    let (_, kept) = hub.get_json("/v1/state/room/b").await;
+    assert_eq!(
+        kept["value"], "b",
+        "the refused change left the value alone"
+    );
+
+    // The file read back counts the same.
+    hub.kill9();
+    let hub = HubProcess::start_durable(&dir, &caps);
+    assert_eq!(metric(&hub, "herald_state_values").await, 3.0);
+    let (status, _) = put(&hub, "e", json!("e")).await;
+    assert_eq!(status, 507);
+}
+
+/// The data of every event a fresh stream replays of `topic` (up to 100),
+/// read until `marker`, published once it connected; earlier markers left
+/// out.
+async fn count_history(hub: &HubProcess, topic: &str, marker: &str) -> Vec<String> {
+    let mut sub =
+        SseClient::connect(hub.addr, &format!("/v1/events?topic={topic}&history=100")).await;
+    sub.expect_connected().await;
+    hub.publish_ok(json!({"topic": topic, "data": marker}))
+        .await;
+    let mut out = Vec::new();
+    loop {
+        let event = sub.next_event().await;
+        if event.data == marker {
+            return out;
+        }
+        if !event.data.starts_with("end-") {
+            out.push(event.data);
+        }
+    }
+}
+
 /// L4: behind a trusted proxy, limits see the client from
 /// `X-Forwarded-For`; from anyone else the header is ignored.
 #[tokio::test]

@@ -39,9 +39,31 @@ pub struct Config {
     pub stream: StreamConfig,
     pub history: HistoryConfig,
     pub inbox: InboxConfig,
+    pub state: StateConfig,
     pub presence: PresenceConfig,
     pub cors: CorsConfig,
     pub cluster: ClusterConfig,
+}
+
+/// `[state]`: retained values (SPEC §6). A change that would pass a cap is
+/// refused `507 state_full`; deleting values makes room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Most values retained, across all topics. Default `100000`.
+    pub max_keys: usize,
+    /// Most bytes of retained values together (each as compact JSON, plus
+    /// its topic and key). Default `67108864` (64 MiB).
+    pub max_bytes: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            max_keys: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// `[auth]`: with no key configured the hub runs in dev mode (SPEC §1).
@@ -154,6 +176,14 @@ pub struct HistoryConfig {
     pub idempotency_window_secs: u64,
     /// Most idempotency keys remembered at once. Default `100000`.
     pub max_idempotency_keys: usize,
+    /// Most bytes all retained events may take together, as estimated
+    /// memory (text, encoded frame, topic names and about 256 bytes of
+    /// bookkeeping each). Past it the oldest events leave history, as with
+    /// `max_age_secs`. Default `1073741824` (1 GiB).
+    pub max_bytes: u64,
+    /// Most topics with retained events. Past it the oldest events leave
+    /// history until a topic has none. Default `100000`.
+    pub max_topics: usize,
 }
 
 /// `[inbox]`: events waiting for a user (SPEC §7): pending acknowledgements
@@ -254,6 +284,7 @@ impl Default for Config {
             stream: StreamConfig::default(),
             history: HistoryConfig::default(),
             inbox: InboxConfig::default(),
+            state: StateConfig::default(),
             presence: PresenceConfig::default(),
             cors: CorsConfig::default(),
             cluster: ClusterConfig::default(),
@@ -317,6 +348,8 @@ impl Default for HistoryConfig {
             fsync: Fsync::Batch,
             idempotency_window_secs: 3600,
             max_idempotency_keys: 100_000,
+            max_bytes: 1 << 30,
+            max_topics: 100_000,
         }
     }
 }
@@ -417,11 +450,25 @@ impl Config {
                 self.history.max_events_per_topic,
             ),
             ("inbox.max_per_user", self.inbox.max_per_user),
+            ("history.max_topics", self.history.max_topics),
+            ("state.max_keys", self.state.max_keys),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(invalid(name, "must be at least 1"));
             }
+        }
+        if self.history.max_bytes < (1 << 20) {
+            return Err(invalid(
+                "history.max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.state.max_bytes < self.limits.max_body_bytes as u64 {
+            return Err(invalid(
+                "state.max_bytes",
+                "must be at least limits.max_body_bytes (one value fits)",
+            ));
         }
         if self.stream.retry_ms == 0 {
             return Err(invalid("stream.retry_ms", "must be at least 1"));

@@ -286,6 +286,8 @@ fn history_settings(config: &Config) -> MemoryLogSettings {
         max_age: (h.max_age_secs != 0).then(|| Duration::from_secs(h.max_age_secs)),
         idempotency_window: Duration::from_secs(h.idempotency_window_secs),
         max_idempotency_keys: h.max_idempotency_keys,
+        max_bytes: h.max_bytes,
+        max_topics: h.max_topics,
     }
 }
 
@@ -457,6 +459,7 @@ impl Hub {
         })?;
         let node = log.node().map(str::to_owned);
         let metrics = Arc::new(Metrics::new());
+        state.report(&metrics);
         let registry = crate::metrics::registry(
             fanout.clone(),
             limiter.clone(),
@@ -1269,7 +1272,7 @@ mod tests {
         async fn read(
             &self,
             request: crate::log::ReadRequest<'_>,
-        ) -> Result<Vec<SharedEvent>, LogError> {
+        ) -> Result<crate::log::Page, LogError> {
             Ok(self
                 .inner
                 .lock()

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub replays: AtomicU64,
     pub resets_unknown: AtomicU64,
     pub resets_expired: AtomicU64,
+    /// Retained state values and their bytes, as of the last change.
+    pub state_values: AtomicU64,
+    pub state_bytes: AtomicU64,
     pub log_errors: AtomicU64,
     /// Presence joins and leaves of this node's streams written to the log
     /// (clustered: changes of the node's membership, announced or not).
@@ -191,6 +194,49 @@ impl Collector for HubCollector {
             )?;
             ConstGauge::new(f.connections as i64)
                 .encode(family.encode_family(&[("transport", "sse")])?)?;
+        }
+        gauge(
+            &mut encoder,
+            "herald_state_values",
+            "Retained state values (what state.max_keys bounds), as of the last change",
+            load(&m.state_values) as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_state_bytes",
+            "Bytes of retained state values (what state.max_bytes bounds), as of the last change",
+            load(&m.state_bytes) as i64,
+        )?;
+        let r = self.log.retention();
+        gauge(
+            &mut encoder,
+            "herald_history_events",
+            "Events retained in history on this node",
+            r.events as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_history_bytes",
+            "Estimated memory of the retained events (what history.max_bytes bounds)",
+            r.bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_history_topics",
+            "Topics with retained events (what history.max_topics bounds)",
+            r.topics as i64,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "herald_history_evicted",
+                "Events that left history early because a global cap was reached",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(r.evicted_for_bytes)
+                .encode(family.encode_family(&[("cap", "max_bytes")])?)?;
+            ConstCounter::new(r.evicted_for_topics)
+                .encode(family.encode_family(&[("cap", "max_topics")])?)?;
         }
         gauge(
             &mut encoder,

@@ -102,7 +102,7 @@ impl Hub {
                     limit,
                     selector: &conn.selector,
                 };
-                let page = self.log().read(request).await?;
+                let page = crate::log::read_all(&**self.log(), request).await?;
                 if !page.is_empty() || !waiting.is_empty() {
                     return answer(page, opened.head);
                 }

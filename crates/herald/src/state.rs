@@ -29,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,9 @@ pub enum StateError {
     BadValue(String),
     #[error("the value's version cannot grow past 18446744073709551615; delete the key to start again at 1")]
     VersionsExhausted,
+    /// A cap of `[state]` would be passed.
+    #[error("{0}")]
+    Full(String),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -109,6 +113,46 @@ struct StateMap {
     /// Clustered: the engine's retained state was read.
     #[serde(skip)]
     loaded: bool,
+    /// Values held, and their bytes by [`value_cost`]: what `[state]` caps.
+    #[serde(skip)]
+    count: usize,
+    #[serde(skip)]
+    bytes: u64,
+}
+
+/// What one retained value counts against `state.max_bytes`: its compact
+/// JSON, its topic and its key.
+fn value_cost(topic: &str, key: &str, value: &Value) -> u64 {
+    let mut counter = ByteCount(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0 + (topic.len() + key.len()) as u64
+}
+
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StateMap {
+    /// Counts values and bytes again (after a load).
+    fn recount(&mut self) {
+        self.count = 0;
+        self.bytes = 0;
+        for (topic, keys) in &self.topics {
+            for (key, entry) in keys {
+                self.count += 1;
+                self.bytes += value_cost(topic, key, &entry.value);
+            }
+        }
+    }
 }
 
 /// The retained state of a hub.
@@ -138,10 +182,22 @@ impl StateStore {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             _ => StateMap::default(),
         };
+        let mut map = map;
+        map.recount();
         Ok(StateStore {
             map: tokio::sync::Mutex::new(map),
             file,
         })
+    }
+
+    /// Sets the state gauges from the map as loaded (before any change).
+    pub fn report(&self, metrics: &crate::metrics::Metrics) {
+        if let Ok(map) = self.map.try_lock() {
+            metrics
+                .state_values
+                .store(map.count as u64, Ordering::Relaxed);
+            metrics.state_bytes.store(map.bytes, Ordering::Relaxed);
+        }
     }
 
     /// Writes the map to the file. The write and its sync run on a
@@ -185,20 +241,31 @@ fn apply(map: &mut StateMap, data: &Value) {
     if keys.get(key).is_some_and(|e| e.version >= version) {
         return;
     }
-    if data["deleted"] == true {
-        keys.remove(key);
+    let old = keys.get(key).map(|e| value_cost(topic, key, &e.value));
+    let new = if data["deleted"] == true {
+        None
     } else if let Some(value) = data.get("value") {
-        keys.insert(
-            key.to_owned(),
-            Entry {
-                version,
-                value: value.clone(),
-            },
-        );
+        Some(value.clone())
     } else if let Some(patch) = data.get("patch") {
         let mut value = keys.get(key).map_or(Value::Null, |e| e.value.clone());
         json_patch::merge(&mut value, patch);
-        keys.insert(key.to_owned(), Entry { version, value });
+        Some(value)
+    } else {
+        return;
+    };
+    if let Some(old) = old {
+        map.count -= 1;
+        map.bytes -= old;
+    }
+    match new {
+        Some(value) => {
+            map.count += 1;
+            map.bytes += value_cost(topic, key, &value);
+            keys.insert(key.to_owned(), Entry { version, value });
+        }
+        None => {
+            keys.remove(key);
+        }
     }
     if keys.is_empty() {
         map.topics.remove(topic);
@@ -232,6 +299,7 @@ impl Hub {
                     }
                     map.through = at.0;
                     map.loaded = true;
+                    map.recount();
                 }
                 // Tried again next time; the log still brings changes.
                 Err(err) => tracing::warn!(%err, "could not read retained state from the engine"),
@@ -256,7 +324,7 @@ impl Hub {
                 limit: 1000,
                 selector: &selector,
             };
-            let Ok(page) = self.log().read(request).await else {
+            let Ok(page) = crate::log::read_all(&**self.log(), request).await else {
                 return;
             };
             let Some(last) = page.last() else { break };
@@ -356,6 +424,25 @@ impl Hub {
                 }
                 Change::Delete => None,
             };
+            if let Some(value) = &value {
+                let limits = &self.config().state;
+                if current.is_none() && map.count >= limits.max_keys {
+                    return Err(StateError::Full(format!(
+                        "{} values are retained, the most state.max_keys allows; delete some first",
+                        map.count
+                    )));
+                }
+                let old = current
+                    .as_ref()
+                    .map_or(0, |e| value_cost(topic, key, &e.value));
+                let bytes = map.bytes - old + value_cost(topic, key, value);
+                if bytes > limits.max_bytes {
+                    return Err(StateError::Full(format!(
+                        "retained values would take {bytes} bytes, more than state.max_bytes ({}); delete some first",
+                        limits.max_bytes
+                    )));
+                }
+            }
             let guard = StateGuard {
                 slot: format!("{topic}\n{key}"),
                 expect: current.as_ref().map(|e| e.version),
@@ -368,6 +455,11 @@ impl Hub {
                     // then covers every state event up to (at least) this one.
                     self.reconcile(&mut map).await;
                     store.persist(&map).await;
+                    let metrics = self.metrics();
+                    metrics
+                        .state_values
+                        .store(map.count as u64, Ordering::Relaxed);
+                    metrics.state_bytes.store(map.bytes, Ordering::Relaxed);
                     return Ok(Changed { version, id });
                 }
                 Err(conflict) => {

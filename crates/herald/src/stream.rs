@@ -224,7 +224,7 @@ impl Writer {
                 limit,
                 selector: &self.conn.selector,
             };
-            let page = match hub.log().read(request).await {
+            let page = match crate::log::read_all(&**hub.log(), request).await {
                 Ok(page) => page,
                 Err(err) => {
                     crate::metrics::Metrics::add(&hub.metrics().log_errors, 1);

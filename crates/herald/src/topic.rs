@@ -16,6 +16,14 @@ pub const MAX_TOPIC_LEN: usize = 256;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
 
+/// Topics compare and hash as their text, so sets of them can be searched by
+/// a `&str` (a pattern's literal prefix).
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Why a topic (or a pattern) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {

@@ -79,6 +79,9 @@ impl ApiError {
                 crate::state::StateError::VersionsExhausted => {
                     (StatusCode::CONFLICT, "versions_exhausted")
                 }
+                crate::state::StateError::Full(_) => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "state_full")
+                }
                 crate::state::StateError::Publish(p) => publish_parts(p),
                 crate::state::StateError::Auth(a) => auth_parts(a),
             },

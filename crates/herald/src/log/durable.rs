@@ -277,7 +277,7 @@ impl EventLog for DurableLog {
             .map_err(|_| LogError::Failed("the journal writer stopped".into()))?
     }
 
-    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+    async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
         Ok(lock(&self.inner).read(&request, now_ms()))
     }
 
@@ -290,6 +290,10 @@ impl EventLog for DurableLog {
             Some(err) => Err(format!("the last journal write failed: {err}")),
             None => Ok(()),
         }
+    }
+
+    fn retention(&self) -> super::memory::Retention {
+        lock(&self.inner).retention()
     }
 
     fn kind(&self) -> &'static str {

@@ -183,6 +183,59 @@ pub struct ReadRequest<'a> {
     pub selector: &'a Selector,
 }
 
+/// Most candidate events one [`EventLog::read`] examines while it holds the
+/// log's lock. A read whose filter passes few of them (an event type no
+/// event has, a wildcard over many quiet topics) stops there and says where
+/// to go on, so publishes never wait behind a scan that grows with the
+/// retained log: [`read_all`] goes on, letting the lock go in between.
+pub const SCAN_BUDGET: usize = 4096;
+
+/// What one [`EventLog::read`] returns.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Oldest first.
+    pub events: Vec<SharedEvent>,
+    /// Set when the read stopped at [`SCAN_BUDGET`] before it had `limit`
+    /// events: the start and `until` of the read that goes on. For `After`
+    /// and `Since` its events follow these; for `Last` they come before
+    /// them, and it asks for the rest of the count.
+    pub resume: Option<(ReadFrom, EventId)>,
+}
+
+/// Reads up to `limit` events (for `Last(n)`, `n` at most), following
+/// pages that stopped at the scan budget. Fewer than `limit` events means
+/// there are no more up to `until`.
+pub async fn read_all<L: EventLog + ?Sized>(
+    log: &L,
+    mut request: ReadRequest<'_>,
+) -> Result<Vec<SharedEvent>, LogError> {
+    let limit = match request.from {
+        ReadFrom::Last(n) => n.min(request.limit),
+        _ => request.limit,
+    };
+    let mut out: Vec<SharedEvent> = Vec::new();
+    loop {
+        let page = log.read(request).await?;
+        if matches!(request.from, ReadFrom::Last(_)) {
+            let mut earlier = page.events;
+            earlier.append(&mut out);
+            out = earlier;
+        } else {
+            out.extend(page.events);
+        }
+        match page.resume {
+            Some((from, until)) if out.len() < limit => {
+                request.from = from;
+                request.until = until;
+                request.limit = limit - out.len();
+                // Others (a publish, another replay) take the lock now.
+                tokio::task::yield_now().await;
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
 /// Whether history can resume a stream after a given id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coverage {
@@ -236,7 +289,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// in order.
     async fn append(&self, drafts: Vec<EventDraft>) -> Result<Vec<Appended>, LogError>;
 
-    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError>;
+    /// One page of a read; see [`Page`] and [`read_all`], which callers use.
+    async fn read(&self, request: ReadRequest<'_>) -> Result<Page, LogError>;
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError>;
 
@@ -325,6 +379,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// The state of the connection to a cluster engine; `None` on one node.
     fn engine(&self) -> Option<EngineStatus> {
         None
+    }
+
+    /// What this node's history holds and what the global caps pushed
+    /// out (metrics).
+    fn retention(&self) -> memory::Retention {
+        memory::Retention::default()
     }
 
     /// A short name for logs and health output (`memory`, `redb`, `redis`…).

@@ -46,7 +46,7 @@ use super::{
     Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
     PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::event::{Event, EventDraft, EventId, SharedEvent};
+use crate::event::{Event, EventDraft, EventId};
 use crate::selector::Selector;
 use crate::topic::Topic;
 
@@ -1201,7 +1201,7 @@ impl EventLog for NatsLog {
         }
     }
 
-    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+    async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
         Ok(self.replica.read(&request))
     }
 
@@ -1234,6 +1234,10 @@ impl EventLog for NatsLog {
         Some(self.status.report())
     }
 
+    fn retention(&self) -> super::memory::Retention {
+        self.replica.retention()
+    }
+
     fn kind(&self) -> &'static str {
         "nats"
     }
@@ -1249,6 +1253,8 @@ mod tests {
             max_age: None,
             idempotency_window: Duration::from_millis(window_ms),
             max_idempotency_keys: 100,
+            max_bytes: u64::MAX,
+            max_topics: usize::MAX,
         };
         let options = ClusterOptions {
             name: "herald".into(),
@@ -1334,6 +1340,8 @@ pub fn fuzz_messages(messages: &[(u8, Vec<u8>)]) {
         max_age: None,
         idempotency_window: Duration::from_secs(60),
         max_idempotency_keys: 64,
+        max_bytes: u64::MAX,
+        max_topics: usize::MAX,
     };
     let options = ClusterOptions {
         name: "herald".into(),

@@ -57,7 +57,7 @@ use super::{
     Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
     PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::event::{Event, EventDraft, EventId, SharedEvent};
+use crate::event::{Event, EventDraft, EventId};
 use crate::selector::Selector;
 use crate::topic::Topic;
 
@@ -816,7 +816,7 @@ impl EventLog for RedisLog {
             }))
     }
 
-    async fn read(&self, request: ReadRequest<'_>) -> Result<Vec<SharedEvent>, LogError> {
+    async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
         Ok(self.replica.read(&request))
     }
 
@@ -936,6 +936,10 @@ impl EventLog for RedisLog {
 
     fn engine(&self) -> Option<EngineStatus> {
         Some(self.status.report())
+    }
+
+    fn retention(&self) -> super::memory::Retention {
+        self.replica.retention()
     }
 
     fn kind(&self) -> &'static str {

@@ -160,8 +160,12 @@ impl Replica {
         matches!(reached, Ok(Ok(_)))
     }
 
-    pub fn read(&self, request: &ReadRequest<'_>) -> Vec<SharedEvent> {
+    pub fn read(&self, request: &ReadRequest<'_>) -> super::Page {
         lock(&self.inner).read(request, now_ms())
+    }
+
+    pub fn retention(&self) -> super::memory::Retention {
+        lock(&self.inner).retention()
     }
 
     pub fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
