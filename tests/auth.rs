@@ -945,12 +945,31 @@ async fn randomized_isolation() {
     }
 }
 
-/// A JWKS endpoint on loopback whose key set the test can change; counts
-/// fetches.
+/// How the test JWKS endpoint answers.
+#[derive(Clone, Debug)]
+enum JwksMode {
+    Serve,
+    /// Answers 500.
+    Fail,
+    /// Takes the request and answers only once `release` is notified.
+    Hold,
+    /// Redirects to this URL.
+    Redirect(String),
+    /// A body over the hub's 1 MiB cap.
+    Huge,
+}
+
+/// A JWKS endpoint on loopback whose key set and behaviour the test can
+/// change; counts fetches.
 struct JwksServer {
     url: String,
     set: std::sync::Arc<std::sync::Mutex<String>>,
     fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    mode: std::sync::Arc<std::sync::Mutex<JwksMode>>,
+    /// Requests arrived so far.
+    arrived: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+    /// Lets held requests answer.
+    release: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl JwksServer {
@@ -963,13 +982,22 @@ impl JwksServer {
         );
         let set = std::sync::Arc::new(std::sync::Mutex::new(Self::render(initial)));
         let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, f) = (set.clone(), fetches.clone());
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(JwksMode::Serve));
+        let arrived = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let server = (
+            set.clone(),
+            fetches.clone(),
+            mode.clone(),
+            arrived.clone(),
+            release.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     break;
                 };
-                let (s, f) = (s.clone(), f.clone());
+                let (s, f, m, arrived, release) = server.clone();
                 tokio::spawn(async move {
                     let mut req = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -981,16 +1009,45 @@ impl JwksServer {
                         req.extend_from_slice(&buf[..n]);
                     }
                     f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body = s.lock().unwrap().clone();
+                    let mode = m.lock().unwrap().clone();
+                    arrived.send_modify(|n| *n += 1);
+                    let (status, extra, body) = match mode {
+                        JwksMode::Serve => ("200 OK", String::new(), s.lock().unwrap().clone()),
+                        JwksMode::Fail => ("500 Internal Server Error", String::new(), "{}".into()),
+                        JwksMode::Hold => {
+                            release.notified().await;
+                            ("200 OK", String::new(), s.lock().unwrap().clone())
+                        }
+                        JwksMode::Redirect(to) => {
+                            ("302 Found", format!("Location: {to}\r\n"), String::new())
+                        }
+                        JwksMode::Huge => {
+                            let set = s.lock().unwrap().clone();
+                            // Valid JSON, padded past the cap.
+                            let pad = " ".repeat(1 << 20);
+                            ("200 OK", String::new(), format!("{pad}{set}"))
+                        }
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = sock.write_all(resp.as_bytes()).await;
                 });
             }
         });
-        JwksServer { url, set, fetches }
+        JwksServer {
+            url,
+            set,
+            fetches,
+            mode,
+            arrived,
+            release,
+        }
+    }
+
+    fn set_mode(&self, mode: JwksMode) {
+        *self.mode.lock().unwrap() = mode;
     }
 
     fn render(keys: &[(Algorithm, &str)]) -> String {
@@ -1053,4 +1110,126 @@ async fn jwks_url_is_fetched_and_refetched_for_an_unknown_kid() {
         "at most one more fetch, got {}",
         jwks.fetches()
     );
+}
+
+/// L1: a slow identity provider does not hold up tokens whose key is
+/// known; redirects to another origin and oversized sets are refused; a
+/// failed fetch is tried again soon, not after the set's full age.
+#[tokio::test]
+async fn jwks_fetches_never_hold_up_known_keys_and_stay_bounded() {
+    let jwks = JwksServer::start(&[(Algorithm::RS256, "rsa")]).await;
+    jwks.set_mode(JwksMode::Fail);
+    let hub = HubProcess::start(&[&format!("auth.jwks=\"{}\"", jwks.url), "auth.leeway_secs=0"]);
+    let claims = json!({"sub": "u", "exp": now() + 120, "herald.subscribe": ["t"]});
+    let rsa = mint_with(Algorithm::RS256, claims.clone());
+    // The first fetch fails: refused, and tried again within seconds.
+    assert_eq!(refused(&hub, "/v1/events?topic=t", Some(&rsa)).await.0, 401);
+    jwks.set_mode(JwksMode::Serve);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut sub = subscribe(&hub, "/v1/events?topic=t", Some(&rsa)).await;
+        if sub.status == 200 {
+            sub.expect_connected().await;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never fetched again after a failure"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let fetched = jwks.fetches();
+
+    // A rotation whose fetch hangs: the token with the new kid waits for
+    // it, and a token with the known key does not.
+    jwks.rotate(&[(Algorithm::RS256, "rsa"), (Algorithm::ES256, "ec256")]);
+    jwks.set_mode(JwksMode::Hold);
+    let ec = mint_with(Algorithm::ES256, claims.clone());
+    let mut arrived = jwks.arrived.subscribe();
+    let waiting = {
+        let (addr, ec) = (hub.addr, ec.clone());
+        tokio::spawn(async move {
+            let mut sub = SseClient::connect_with(
+                addr,
+                "/v1/events?topic=t",
+                &[("Authorization", &format!("Bearer {ec}"))],
+                None,
+            )
+            .await;
+            sub.expect_connected().await;
+        })
+    };
+    arrived.wait_for(|&n| n > fetched).await.unwrap();
+    // Four seconds is under the fetch timeout: before the fix this waited
+    // for the held fetch.
+    tokio::time::timeout(std::time::Duration::from_secs(4), async {
+        subscribe(&hub, "/v1/events?topic=t", Some(&rsa))
+            .await
+            .expect_connected()
+            .await
+    })
+    .await
+    .expect("a known key verified while a fetch was in flight");
+    assert!(!waiting.is_finished());
+    jwks.release.notify_one();
+    waiting.await.unwrap();
+    assert_eq!(jwks.fetches(), fetched + 1);
+
+    // Tries the token until a fetch happens (unknown kids fetch at most
+    // every 10 s); it must be refused each time. Returns the fetches the
+    // attempt that fetched made.
+    let fetch_refused = |token: String| {
+        let (hub, jwks) = (&hub, &jwks);
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let before = jwks.fetches();
+                let status = subscribe(hub, "/v1/events?topic=t", Some(&token))
+                    .await
+                    .status;
+                assert_eq!(status, 401, "a token was verified by keys it may not take");
+                if jwks.fetches() > before {
+                    return jwks.fetches() - before;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no fetch for an unknown kid"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let port = jwks
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    jwks.rotate(&[
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::ES256, "ec256"),
+        (Algorithm::ES384, "ec384"),
+    ]);
+    let ec384 = mint_with(Algorithm::ES384, claims.clone());
+    // A redirect to another origin (`localhost` is this same server, under
+    // another name) is not followed.
+    jwks.set_mode(JwksMode::Redirect(format!(
+        "http://localhost:{port}/.well-known/jwks.json"
+    )));
+    assert_eq!(
+        fetch_refused(ec384.clone()).await,
+        1,
+        "the redirect was followed"
+    );
+    // A set over 1 MiB is not read.
+    jwks.set_mode(JwksMode::Huge);
+    fetch_refused(ec384.clone()).await;
+    // The keys known before still verify.
+    subscribe(&hub, "/v1/events?topic=t", Some(&ec))
+        .await
+        .expect_connected()
+        .await;
 }

@@ -120,7 +120,7 @@ pub enum AuthError {
 /// Checks credentials against the configured keys.
 pub struct Authenticator {
     keys: Vec<VerifyKey>,
-    remote: Option<jwks::RemoteJwks>,
+    remote: Option<Arc<jwks::RemoteJwks>>,
     api_keys: Vec<String>,
     anonymous_subscribe: Vec<Pattern>,
     leeway_secs: u64,
@@ -214,7 +214,7 @@ impl Authenticator {
         let mut remote = None;
         if let Some(jwks) = &config.jwks {
             if jwks.starts_with("http://") || jwks.starts_with("https://") {
-                remote = Some(jwks::RemoteJwks::new(jwks));
+                remote = Some(Arc::new(jwks::RemoteJwks::new(jwks)));
             } else {
                 keys.extend(keys::from_jwks_file(std::path::Path::new(jwks))?);
             }
@@ -275,11 +275,20 @@ impl Authenticator {
                         .any(|k| k.kid.as_ref() == Some(kid))
                 })
             };
-            if remote.is_stale().await {
-                remote.refresh(jwks::Reason::Stale).await;
-            }
-            if !known(&remote.keys()) {
-                remote.refresh(jwks::Reason::UnknownKid).await;
+            let keys = remote.keys();
+            if keys.is_empty() || !known(&keys) {
+                // No known key can verify it: wait for the fetch (the one
+                // in flight, or a new one).
+                let reason = if keys.is_empty() {
+                    jwks::Reason::Stale
+                } else {
+                    jwks::Reason::UnknownKid
+                };
+                remote.refresh(reason).await;
+            } else if remote.is_stale() {
+                // Known keys verify now; the set is renewed beside it.
+                let remote = remote.clone();
+                tokio::spawn(async move { remote.refresh(jwks::Reason::Stale).await });
             }
             remote_keys = remote.keys();
         }
