@@ -748,3 +748,23 @@ async fn l4_trusted_proxies_name_the_client() {
         "too_many_connections_from_address"
     );
 }
+
+/// L11: the console cannot be framed and runs only its own script.
+#[tokio::test]
+async fn l11_the_console_sets_a_content_security_policy() {
+    let hub = HubProcess::start(&[]);
+    let resp = reqwest::get(hub.url("/console/")).await.unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let csp = header("content-security-policy");
+    for rule in ["frame-ancestors 'none'", "script-src 'self'", "default-src 'none'"] {
+        assert!(csp.contains(rule), "{rule} missing from {csp:?}");
+    }
+    assert!(!csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+}
