@@ -761,10 +761,68 @@ async fn l11_the_console_sets_a_content_security_policy() {
             .unwrap_or_default()
     };
     let csp = header("content-security-policy");
-    for rule in ["frame-ancestors 'none'", "script-src 'self'", "default-src 'none'"] {
+    for rule in [
+        "frame-ancestors 'none'",
+        "script-src 'self'",
+        "default-src 'none'",
+    ] {
         assert!(csp.contains(rule), "{rule} missing from {csp:?}");
     }
     assert!(!csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
     assert_eq!(header("x-frame-options"), "DENY");
     assert_eq!(header("x-content-type-options"), "nosniff");
+}
+
+/// L5: a publisher key publishes (any topic, users, broadcasts) and changes
+/// state, and can do nothing else: no streams, no state reads, no admin.
+#[tokio::test]
+async fn l5_publisher_keys_only_publish() {
+    let hub = HubProcess::start(&[&secret_setting(), "auth.publisher_keys=[\"pub-key-1\"]"]);
+    let key = Some("pub-key-1");
+    let post = |body: Value| {
+        send(
+            reqwest::Method::POST,
+            hub.url("/v1/publish"),
+            key,
+            &[],
+            Some(body.to_string()),
+        )
+    };
+    assert_eq!(post(json!({"topic": "any/where", "data": 1})).await.0, 200);
+    assert_eq!(post(json!({"broadcast": true, "data": 1})).await.0, 200);
+    assert_eq!(
+        post(json!({"topic": "chat/1", "data": 1, "to": {"users": ["bob"]}}))
+            .await
+            .0,
+        200
+    );
+    let state = hub.url("/v1/state/room/k");
+    let (status, _) = send(
+        reqwest::Method::PUT,
+        state.clone(),
+        key,
+        &[],
+        Some("1".into()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = send(reqwest::Method::GET, state, key, &[], None).await;
+    assert_eq!(status, 403, "{body}");
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/stats"),
+        (reqwest::Method::GET, "/v1/topics"),
+        (reqwest::Method::GET, "/v1/users/bob"),
+        (reqwest::Method::DELETE, "/v1/users/bob/connections"),
+    ] {
+        let (status, body) = send(method, hub.url(path), key, &[], None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let sub = SseClient::connect_with(
+        hub.addr,
+        "/v1/events?topic=any/where",
+        &[("Authorization", "Bearer pub-key-1")],
+        None,
+    )
+    .await;
+    assert_eq!(sub.status, 403);
 }

@@ -81,8 +81,13 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud`. Default: not checked.
     pub audience: Option<String>,
-    /// Static API keys for server-side publishers. Default: none.
+    /// Static API keys with every right: publish, read, admin calls.
+    /// Default: none.
     pub api_keys: Vec<String>,
+    /// Static keys for server-side publishers: they may publish (any topic,
+    /// to users, broadcasts) and change retained state, and nothing else
+    /// (no streams, no state reads, no admin calls). Default: none.
+    pub publisher_keys: Vec<String>,
     /// Cookie that may carry the token. Default `herald_token`.
     pub cookie_name: String,
     /// Patterns anyone may read without a token once auth is on (public,
@@ -301,6 +306,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             api_keys: Vec::new(),
+            publisher_keys: Vec::new(),
             cookie_name: "herald_token".into(),
             anonymous_subscribe: Vec::new(),
             leeway_secs: 30,
@@ -409,7 +415,8 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// The same settings with secrets (`auth.jwt_secret`, `auth.api_keys`)
+    /// The same settings with secrets (`auth.jwt_secret`, `auth.api_keys`,
+    /// `auth.publisher_keys`)
     /// replaced by a placeholder: what `herald config` prints.
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
@@ -417,7 +424,12 @@ impl Config {
         if shown.auth.jwt_secret.is_some() {
             shown.auth.jwt_secret = Some(hidden.clone());
         }
-        for key in &mut shown.auth.api_keys {
+        for key in shown
+            .auth
+            .api_keys
+            .iter_mut()
+            .chain(&mut shown.auth.publisher_keys)
+        {
             key.clone_from(&hidden);
         }
         shown
@@ -541,6 +553,7 @@ impl Config {
             && a.jwt_public_key_file.is_none()
             && a.jwks.is_none()
             && a.api_keys.is_empty()
+            && a.publisher_keys.is_empty()
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -54,6 +54,8 @@ pub enum Proof {
     Anonymous,
     /// One of `auth.api_keys` (its position in the list).
     ApiKey(usize),
+    /// One of `auth.publisher_keys` (its position in the list).
+    PublisherKey(usize),
     /// A verified JWT.
     Token,
     /// Code in the same process (`Hub::publish` from Rust).
@@ -94,6 +96,7 @@ impl Identity {
     pub fn rate_key(&self, peer: Option<std::net::IpAddr>) -> String {
         match (&self.proof, &self.user) {
             (Proof::ApiKey(i), _) => format!("key:{i}"),
+            (Proof::PublisherKey(i), _) => format!("publisher-key:{i}"),
             (_, Some(user)) => format!("user:{user}"),
             _ => format!("ip:{}", peer.map(|p| p.to_string()).unwrap_or_default()),
         }
@@ -122,6 +125,7 @@ pub struct Authenticator {
     keys: Vec<VerifyKey>,
     remote: Option<Arc<jwks::RemoteJwks>>,
     api_keys: Vec<String>,
+    publisher_keys: Vec<String>,
     anonymous_subscribe: Vec<Pattern>,
     leeway_secs: u64,
     issuer: Option<String>,
@@ -219,7 +223,11 @@ impl Authenticator {
                 keys.extend(keys::from_jwks_file(std::path::Path::new(jwks))?);
             }
         }
-        if keys.is_empty() && config.api_keys.is_empty() && remote.is_none() {
+        if keys.is_empty()
+            && config.api_keys.is_empty()
+            && config.publisher_keys.is_empty()
+            && remote.is_none()
+        {
             return Ok(None);
         }
         let anonymous_subscribe = config
@@ -236,6 +244,7 @@ impl Authenticator {
             keys,
             remote,
             api_keys: config.api_keys.clone(),
+            publisher_keys: config.publisher_keys.clone(),
             anonymous_subscribe,
             leeway_secs: config.leeway_secs,
             issuer: config.issuer.clone(),
@@ -262,6 +271,21 @@ impl Authenticator {
             .position(|k| constant_time_eq(k.as_bytes(), token.as_bytes()))
         {
             return Ok(Identity::unrestricted(Proof::ApiKey(i)));
+        }
+        if let Some(i) = self
+            .publisher_keys
+            .iter()
+            .position(|k| constant_time_eq(k.as_bytes(), token.as_bytes()))
+        {
+            return Ok(Identity {
+                proof: Proof::PublisherKey(i),
+                user: None,
+                subscribe: Rights::Only(Vec::new()),
+                publish: Rights::All,
+                admin: false,
+                meta: Map::new(),
+                valid_until: None,
+            });
         }
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let mut remote_keys = Arc::new(Vec::new());
