@@ -155,10 +155,15 @@ fn printed_settings_hide_secrets() {
     );
     let text = c.to_string();
     assert!(
-        !text.contains("a-secret-of-at-least") && !text.contains("key-1") && !text.contains("pub-2"),
+        !text.contains("a-secret-of-at-least")
+            && !text.contains("key-1")
+            && !text.contains("pub-2"),
         "{text}"
     );
-    assert_eq!(c["auth"]["publisher_keys"][0].as_str(), Some("(set; hidden)"));
+    assert_eq!(
+        c["auth"]["publisher_keys"][0].as_str(),
+        Some("(set; hidden)")
+    );
     assert_eq!(c["auth"]["jwt_secret"].as_str(), Some("(set; hidden)"));
     assert_eq!(c["auth"]["api_keys"][0].as_str(), Some("(set; hidden)"));
 }

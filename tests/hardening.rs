@@ -689,6 +689,63 @@ async fn count_history(hub: &HubProcess, topic: &str, marker: &str) -> Vec<Strin
     }
 }
 
+/// M3: a fresh stream's state snapshot is read a page at a time as the
+/// client takes it: streams that never read hold one page each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m3_state_snapshots_are_paged() {
+    let hub = HubProcess::start(&["stream.write_timeout_secs=60"]);
+    let big = "y".repeat(60_000);
+    for i in 0..120 {
+        let (status, body) = send(
+            reqwest::Method::PUT,
+            hub.url(&format!("/v1/state/room/k{i:03}")),
+            None,
+            &[],
+            Some(json!(format!("{i} {big}")).to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let before = peak_rss_kib(hub.pid());
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut sub =
+            SseClient::connect_with(hub.addr, "/v1/events?topic=room", &[], Some(4096)).await;
+        sub.expect_connected().await;
+        stalled.push(sub);
+    }
+    // A reader gets every value once, in key order, then live events;
+    // meanwhile the stalled streams' writers have run as far as they can.
+    let mut sub = SseClient::connect(hub.addr, "/v1/events?topic=room").await;
+    sub.expect_connected().await;
+    for i in 0..120 {
+        let state = sub.expect_event("state").await.json();
+        assert_eq!(state["key"], format!("k{i:03}"));
+        assert!(state["value"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{i} ")));
+    }
+    hub.publish_ok(json!({"topic": "room", "data": "live"}))
+        .await;
+    assert_eq!(sub.next_event().await.data, "live");
+    let grown = peak_rss_kib(hub.pid()).saturating_sub(before);
+    // Built whole, each snapshot was 7 MB (144 MB for the twenty).
+    assert!(grown < 40 * 1024, "the peak RSS grew by {grown} KiB");
+    drop(stalled);
+}
+
+/// The most RSS the process has had (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// L4: behind a trusted proxy, limits see the client from
 /// `X-Forwarded-For`; from anyone else the header is ignored.
 #[tokio::test]

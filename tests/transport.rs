@@ -55,6 +55,29 @@ async fn refuses_bad_and_oversized_heads_and_keeps_serving() {
     sub.expect_connected().await;
 }
 
+/// L12: the subscribe path and hyper (every other path) take the same
+/// number of header fields, and refuse one more the same way.
+#[tokio::test]
+async fn both_paths_take_the_same_number_of_headers() {
+    let hub = HubProcess::start(&[]);
+    let head = |path: &str, fields: usize| {
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for i in 0..fields - 2 {
+            head.push_str(&format!("X-F{i}: v\r\n"));
+        }
+        head + "\r\n"
+    };
+    for path in ["/v1/events?topic=t&timeout=0", "/healthz"] {
+        let mut taken = TcpStream::connect(hub.addr).await.unwrap();
+        taken.write_all(head(path, 100).as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        taken.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "{path} with 100 fields");
+        let answer = exchange(&hub, head(path, 101).as_bytes()).await;
+        assert_eq!(status(&answer), "431", "{path} with 101 fields: {answer}");
+    }
+}
+
 #[tokio::test]
 async fn streams_are_chunked_and_end_with_the_connection() {
     let hub = HubProcess::start(&[]);

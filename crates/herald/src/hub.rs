@@ -114,7 +114,9 @@ pub(crate) struct Opened {
     pub start: Start,
     pub valid_until: Option<u64>,
     /// The retained state a fresh stream gets first (SPEC §6).
-    pub snapshot: bytes::Bytes,
+    /// A fresh stream sends its topics' retained state (SPEC §6), read
+    /// page by page as the client takes it.
+    pub snapshot: Option<crate::state::SnapshotCursor>,
     /// What waited for the user (SPEC §7), sent before anything else.
     pub waiting: Vec<crate::event::SharedEvent>,
     /// The Last-Event-ID the stream stands at before its backlog: sent
@@ -775,8 +777,8 @@ impl Hub {
         };
         // Long polls answer events only: no snapshot to build and drop.
         let snapshot = match (&request.last_event_id, request.long_poll) {
-            (None, false) => self.state_snapshot(&conn.selector).await,
-            _ => bytes::Bytes::new(),
+            (None, false) => crate::state::SnapshotCursor::new(&conn.selector),
+            _ => None,
         };
         let waiting = match &conn.selector.user {
             Some(user) => {

@@ -500,28 +500,71 @@ impl Hub {
     /// One `state` event per key of the topics `selector` reads: what a
     /// fresh stream receives before anything else. Called after the stream
     /// registered with fan-out (see the module documentation).
-    pub(crate) async fn state_snapshot(&self, selector: &Selector) -> Bytes {
-        if selector
-            .event_types
-            .as_ref()
-            .is_some_and(|t| !t.iter().any(|t| &**t == "state"))
-        {
-            return Bytes::new();
+    /// The next page of a fresh stream's state snapshot: a `state` event
+    /// (no `id:`) per retained value of its topics, after where `cursor`
+    /// stands, up to about [`crate::stream::CHUNK_BYTES`]. `None` once
+    /// every value was sent.
+    ///
+    /// The map's lock is held for one page only. Each page is read after
+    /// the stream joined fan-out, so a change either shows in a page or
+    /// arrives live after the snapshot (or both, with the same version).
+    pub(crate) async fn state_page(
+        &self,
+        selector: &Selector,
+        cursor: &mut SnapshotCursor,
+    ) -> Option<Bytes> {
+        if cursor.done {
+            return None;
         }
         let mut map = self.state_store().map.lock().await;
         self.reconcile(&mut map).await;
         let mut buf = BytesMut::new();
-        for (topic, keys) in &map.topics {
+        let from = match &cursor.after {
+            Some((topic, _)) => std::ops::Bound::Included(topic.as_str()),
+            None => std::ops::Bound::Unbounded,
+        };
+        for (topic, keys) in map
+            .topics
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+        {
             let Ok(t) = Topic::new(topic) else { continue };
             if !selector.patterns.iter().any(|p| p.matches(&t)) {
                 continue;
             }
-            for (key, entry) in keys {
+            let start = match &cursor.after {
+                Some((at, key)) if at == topic => std::ops::Bound::Excluded(key.as_str()),
+                _ => std::ops::Bound::Unbounded,
+            };
+            for (key, entry) in keys.range::<str, _>((start, std::ops::Bound::Unbounded)) {
                 let data = json!({"topic": topic, "key": key, "version": entry.version, "value": entry.value});
                 sse::write_event(&mut buf, None, Some("state"), &data.to_string());
+                if buf.len() >= crate::stream::CHUNK_BYTES {
+                    cursor.after = Some((topic.clone(), key.clone()));
+                    return Some(buf.freeze());
+                }
             }
         }
-        buf.freeze()
+        cursor.done = true;
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+/// Where a stream's state snapshot stands: the last (topic, key) sent.
+#[derive(Debug, Default)]
+pub struct SnapshotCursor {
+    after: Option<(String, String)>,
+    done: bool,
+}
+
+impl SnapshotCursor {
+    /// A cursor at the start, or `None` when the stream's `event=` types
+    /// leave out `state`.
+    pub fn new(selector: &Selector) -> Option<SnapshotCursor> {
+        let wanted = selector
+            .event_types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| &**t == "state"));
+        wanted.then(SnapshotCursor::default)
     }
 }
 

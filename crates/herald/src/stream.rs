@@ -49,8 +49,12 @@ pub(crate) struct Writer {
     hub: Hub,
     conn: Arc<Connection>,
     _permit: ConnectionPermit,
-    /// What goes before the backlog, in parts (shared, not yet copied).
+    /// What goes before the state snapshot, in parts (shared, not yet copied).
     preamble: VecDeque<Bytes>,
+    /// A fresh stream's retained state, read a page at a time.
+    snapshot: Option<crate::state::SnapshotCursor>,
+    /// What goes after the snapshot and before the backlog (`herald.reset`).
+    after_snapshot: Bytes,
     /// The backlog still to read, and the id it stops at.
     replay: Option<(ReadFrom, EventId)>,
     /// Id of the last event written; nothing at or below it is written again.
@@ -109,7 +113,6 @@ impl Writer {
         }
         // A fresh stream's retained state comes right after (SPEC §6).
         parts.push_back(preamble.split().freeze());
-        parts.push_back(snapshot);
         let replay = match start {
             Start::Live => None,
             Start::Replay(from) => Some((from, head)),
@@ -122,13 +125,14 @@ impl Writer {
                 None
             }
         };
-        parts.push_back(preamble.freeze());
         parts.retain(|p| !p.is_empty());
         Writer {
             hub,
             conn,
             _permit: permit,
             preamble: parts,
+            snapshot,
+            after_snapshot: preamble.freeze(),
             replay,
             // Nothing at or below where the stream starts is written: a
             // client resuming from an id fan-out has not dispatched yet
@@ -206,6 +210,18 @@ impl Writer {
         if let Some(waited) = self.waited.take() {
             // Asked for more: the preamble is written.
             self.hub.waited_events_delivered(&self.conn, &waited);
+        }
+        if let Some(cursor) = self.snapshot.as_mut() {
+            let hub = self.hub.clone();
+            if let Some(page) = hub.state_page(&self.conn.selector, cursor).await {
+                self.wrote();
+                return Some(page);
+            }
+            self.snapshot = None;
+        }
+        if !self.after_snapshot.is_empty() {
+            self.wrote();
+            return Some(std::mem::take(&mut self.after_snapshot));
         }
         loop {
             // What is left of the last page goes first.

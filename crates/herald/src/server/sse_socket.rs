@@ -165,9 +165,13 @@ fn ends_head(buf: &[u8], new: usize) -> bool {
     buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
+/// Most header fields in a head: hyper's limit, so that the lean path and
+/// hyper take and refuse the same heads.
+const MAX_HEADERS: usize = 100;
+
 /// A whole request head at the start of `buf`; `None` while it is partial.
 fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, Bad> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
