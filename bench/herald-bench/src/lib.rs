@@ -6,7 +6,8 @@
 //! Modes: `idle` (memory per idle connection), `fanout` (a fixed publish
 //! rate to many subscribers: deliveries, loss, duplicates, latency, CPU),
 //! `ramp` (the highest rate with p99 under a bound and nothing lost),
-//! `publish` (publish throughput and latency) and `resume` (everyone
+//! `publish` (publish throughput and latency), `connects` (a connect flood)
+//! and `resume` (everyone
 //! reconnects at once with Last-Event-ID). Each prints a summary and,
 //! last, one line of JSON with every figure.
 

@@ -159,3 +159,98 @@ pub async fn idle(
     swarm.close();
     Ok(run)
 }
+
+/// What `connects` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectsRun {
+    pub asked_per_sec: f64,
+    pub seconds: f64,
+    pub asked: u64,
+    pub answered: u64,
+    /// Connects refused, reset, timed out (5 s) or answered other than 2xx.
+    pub failed: u64,
+    pub answered_per_sec: f64,
+    /// From connect to the whole answer.
+    pub latency_ms: Latency,
+}
+
+/// Opens connections at `rate` per second for `seconds`, each sending one
+/// `GET` with `Connection: close` and reading the answer to its end; at
+/// most `concurrency` at once (a start that would pass it counts as
+/// failed, so an overloaded server shows as failures, not as a slower
+/// loader).
+pub async fn connects(
+    url: UrlTemplate,
+    rate: f64,
+    seconds: f64,
+    sources: usize,
+    concurrency: usize,
+) -> anyhow::Result<ConnectsRun> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        url.path("")
+    );
+    let request: Arc<[u8]> = request.into_bytes().into();
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let began = Instant::now();
+    let total = (rate * seconds) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = began + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
+        let (request, histogram, answered, failed) = (
+            request.clone(),
+            histogram.clone(),
+            answered.clone(),
+            failed.clone(),
+        );
+        let source = wire::source_ip(i as usize, sources);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let exchange = async {
+                use tokio::io::AsyncReadExt;
+                let mut stream = wire::connect(url.addr, Some(source)).await?;
+                stream.write_all(&request).await?;
+                let mut answer = Vec::with_capacity(512);
+                stream.read_to_end(&mut answer).await?;
+                anyhow::Ok(answer.starts_with(b"HTTP/1.1 2"))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+                Ok(Ok(true)) => {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = histogram
+                        .lock()
+                        .record(started.elapsed().as_micros().max(1) as u64);
+                }
+                _ => {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        // Reap finished ones now and then.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let secs = began.elapsed().as_secs_f64();
+    let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+    let latency = Latency::of_histogram(&histogram.lock());
+    Ok(ConnectsRun {
+        asked_per_sec: rate,
+        seconds: secs,
+        asked: total,
+        answered,
+        failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+        answered_per_sec: answered as f64 / secs,
+        latency_ms: latency,
+    })
+}

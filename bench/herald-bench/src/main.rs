@@ -75,6 +75,25 @@ enum Mode {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
+    /// New connections at a fixed rate, each one `GET` answered and closed
+    /// (a connect flood): how many were answered, and how fast.
+    Connects {
+        /// URL each connection asks.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Connections per second.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Loopback source addresses (127.0.0.1..N), so that ports in
+        /// TIME_WAIT do not run out.
+        #[arg(long, default_value_t = 16)]
+        sources: usize,
+        /// Most connections in flight at once.
+        #[arg(long, default_value_t = 2000)]
+        concurrency: usize,
+    },
     /// Publish throughput and latency.
     Publish {
         /// Publish URL; `{topic}` is replaced by a topic per connection.
@@ -306,6 +325,34 @@ async fn run(mode: Mode, files: u64) -> anyhow::Result<serde_json::Value> {
                 run.duplicated
             );
             json!({"mode": "resume", "resume": run})
+        }
+        Mode::Connects {
+            url,
+            rate,
+            seconds,
+            sources,
+            concurrency,
+        } => {
+            let run = herald_bench::load::connects(
+                UrlTemplate::parse(&url)?,
+                rate,
+                seconds,
+                sources,
+                concurrency,
+            )
+            .await?;
+            eprintln!(
+                "connects: asked {} at {:.0}/s; answered {} ({:.0}/s), failed {}; latency ms p50 {:.2} p99 {:.2} max {:.2}",
+                run.asked,
+                rate,
+                run.answered,
+                run.answered_per_sec,
+                run.failed,
+                run.latency_ms.p50,
+                run.latency_ms.p99,
+                run.latency_ms.max
+            );
+            json!({"mode": "connects", "connects": run})
         }
         Mode::Publish {
             publish,

@@ -152,6 +152,11 @@ pub struct StreamConfig {
     /// A stream whose socket accepts no bytes for this long is closed (its
     /// client resumes with Last-Event-ID); `0`: never. Default `30`.
     pub write_timeout_secs: u64,
+    /// The kernel send buffer of each accepted socket (`SO_SNDBUF`; Linux
+    /// doubles it); `0` leaves it to the kernel's autotuning, which lets
+    /// each socket that stops reading hold up to 4 MiB of kernel memory.
+    /// Default `131072`.
+    pub send_buffer_bytes: usize,
 }
 
 /// What happens when a connection's queue is full.
@@ -342,6 +347,7 @@ impl Default for StreamConfig {
             replay_batch: 500,
             max_history: 1000,
             write_timeout_secs: 30,
+            send_buffer_bytes: 128 * 1024,
         }
     }
 }

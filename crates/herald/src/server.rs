@@ -107,6 +107,9 @@ impl Drop for PendingHead {
     }
 }
 
+/// Connections the kernel queues before `accept` takes them.
+const LISTEN_BACKLOG: u32 = 8192;
+
 pub struct Server {
     listener: TcpListener,
     hub: Hub,
@@ -115,7 +118,17 @@ pub struct Server {
 impl Server {
     /// Binds `listen` from the hub's configuration.
     pub async fn bind(hub: Hub) -> io::Result<Server> {
-        let listener = TcpListener::bind(hub.config().listen).await?;
+        let addr = hub.config().listen;
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deep accept queue (the kernel caps it at `net.core.somaxconn`):
+        // a burst of connects waits for `accept` instead of having its SYNs
+        // dropped and retried a second later.
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         Ok(Server { listener, hub })
     }
 
@@ -127,6 +140,7 @@ impl Server {
     pub async fn run(self, signal: impl Future<Output = ()>) -> io::Result<()> {
         let Server { listener, hub } = self;
         let router = crate::http::router(hub.clone());
+        let send_buffer = hub.config().stream.send_buffer_bytes;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -157,6 +171,12 @@ impl Server {
                     };
                     let (pending, evicted) = pending_heads.join();
                     let _ = stream.set_nodelay(true);
+                    if send_buffer > 0 {
+                        // Autotuned, a socket whose reader stalls holds up
+                        // to 4 MiB of kernel memory: a thousand of them put
+                        // the whole machine's TCP under memory pressure.
+                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
+                    }
                     // Lets the hub drop this socket when it closes a stream
                     // whose writes are blocked (see `Connection`).
                     let kill = CancellationToken::new();

@@ -113,6 +113,15 @@ impl DurableLog {
         for event in recovered.events {
             inner.restore(Arc::new(event));
         }
+        let ahead = inner.last_ms().saturating_sub(now_ms());
+        if ahead > 60_000 {
+            // Times never go back along the log (`since=` searches by them),
+            // so new events carry the stored time until the clock catches up.
+            tracing::warn!(
+                ahead_secs = ahead / 1000,
+                "the journal's last event is later than this machine's clock; new events keep its time until the clock passes it"
+            );
+        }
         inner.sweep(now_ms());
         let report = OpenReport {
             events_read,

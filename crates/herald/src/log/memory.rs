@@ -288,6 +288,11 @@ impl Inner {
         self.events.first_key_value().map(|(id, _)| *id)
     }
 
+    /// The latest publish time given out (or read back).
+    pub(crate) fn last_ms(&self) -> u64 {
+        self.last_ms
+    }
+
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id
     }
