@@ -185,3 +185,72 @@ async fn history_replays_presence_events() {
         .collect();
     assert_eq!(actions, [json!("join"), json!("leave")]);
 }
+
+/// L6 of the security review: a user who joins and leaves over and over
+/// does not push a topic's events out of its history. Announcements are
+/// counted apart (`history.max_events_per_topic` of them), and those that
+/// age out of that count do not reset a resuming client.
+#[tokio::test]
+async fn churn_does_not_flush_a_topics_history() {
+    let mut hub = HubProcess::start(&[
+        &format!("auth.jwt_secret=\"{SECRET}\""),
+        &format!("auth.api_keys=[\"{API_KEY}\"]"),
+        "presence.topics=[\"rooms/*\"]",
+        "history.max_events_per_topic=5",
+    ]);
+    hub.admin_key = Some(API_KEY.into());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let answer: Value = reqwest::Client::new()
+            .post(hub.url("/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"topic": "rooms/1", "data": format!("m{i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    let mallory = token("mallory");
+    for round in 1..=20u64 {
+        let (s, _) = stream(&hub, "topic=rooms/1", &mallory).await;
+        drop(s);
+        hub.wait_for_stats("the join and the leave announced", |s| {
+            s["connections"] == 0 && s["presence_updates"].as_u64() >= Some(2 * round)
+        })
+        .await;
+    }
+    // The five messages are all still there, with the last five
+    // announcements after them.
+    let (mut late, _) = stream(&hub, "topic=rooms/1&history=100", API_KEY).await;
+    let mut messages = Vec::new();
+    let mut announcements = 0;
+    for _ in 0..10 {
+        let e = late.next_event().await;
+        match e.event.as_str() {
+            "message" => messages.push(e.data),
+            "herald.presence" => announcements += 1,
+            other => panic!("unexpected {other}: {e:?}"),
+        }
+    }
+    assert_eq!(messages, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(announcements, 5);
+    // A client that read up to the first message resumes without a reset.
+    let auth = format!("Bearer {API_KEY}");
+    let mut resumed = SseClient::connect_with(
+        hub.addr,
+        "/v1/events?topic=rooms/1",
+        &[("Authorization", &auth), ("Last-Event-ID", &ids[0])],
+        None,
+    )
+    .await;
+    resumed.expect_connected().await;
+    let first = resumed.next_event().await;
+    assert_eq!(
+        (first.event.as_str(), first.data.as_str()),
+        ("message", "m1"),
+        "{first:?}"
+    );
+}

@@ -92,6 +92,11 @@ struct Stored {
 struct History {
     /// Ascending. May hold ids that expired by ttl; they are skipped.
     ids: VecDeque<u64>,
+    /// `herald.presence` announcements, ascending, kept apart and counted
+    /// on their own: a subscriber that joins and leaves over and over does
+    /// not push the topic's events out of history. One that leaves this
+    /// list by count has ended its life, like a `ttl` (no reset for it).
+    presence: VecDeque<u64>,
     /// Highest id evicted from this history (0: none).
     evicted_through: u64,
 }
@@ -327,10 +332,10 @@ impl Inner {
         in_direct_history(event)
             || event.topics.iter().any(|t| {
                 selector.patterns.iter().any(|p| p.matches(t))
-                    && self
-                        .topics
-                        .get(t)
-                        .is_some_and(|h| h.ids.binary_search(&event.id.0).is_ok())
+                    && self.topics.get(t).is_some_and(|h| {
+                        h.ids.binary_search(&event.id.0).is_ok()
+                            || h.presence.binary_search(&event.id.0).is_ok()
+                    })
             })
     }
 
@@ -388,19 +393,20 @@ impl Inner {
             },
             None => &mut self.direct,
         };
-        while history
-            .ids
-            .front()
-            .is_some_and(|&f| (evicted && f <= id) || !self.events.contains_key(&f))
-        {
-            history.ids.pop_front();
+        for ids in [&mut history.ids, &mut history.presence] {
+            while ids
+                .front()
+                .is_some_and(|&f| (evicted && f <= id) || !self.events.contains_key(&f))
+            {
+                ids.pop_front();
+            }
         }
         if evicted {
             history.evicted_through = history.evicted_through.max(id);
             self.max_evicted = self.max_evicted.max(id);
         }
         if let Some(t) = topic {
-            if history.ids.is_empty() {
+            if history.ids.is_empty() && history.presence.is_empty() {
                 let through = history.evicted_through;
                 self.topics.remove(t);
                 self.names.remove(t);
@@ -414,6 +420,8 @@ impl Inner {
         let max = self.settings.max_events_per_topic.max(1);
         let mut refs = 0;
         let mut evict = Vec::new();
+        let mut ended = Vec::new();
+        let presence = event.event_type.as_deref() == Some(super::PRESENCE_EVENT);
         let topics: &[Topic] = if in_direct_history(&event) {
             refs = 1;
             self.direct.ids.push_back(id);
@@ -430,6 +438,13 @@ impl Inner {
                 self.names.insert(topic.clone());
                 History::default()
             });
+            if presence {
+                history.presence.push_back(id);
+                while history.presence.len() > max {
+                    ended.push(history.presence.pop_front().expect("non-empty"));
+                }
+                continue;
+            }
             history.ids.push_back(id);
             while history.ids.len() > max {
                 evict.push((
@@ -445,6 +460,10 @@ impl Inner {
         self.events.insert(id, Stored { event, refs });
         for (topic, old) in evict {
             self.release(topic.as_ref(), old);
+        }
+        for old in ended {
+            // Announcements are on one topic each: nothing else holds it.
+            self.take(old);
         }
         self.enforce_caps();
     }
@@ -549,6 +568,16 @@ impl Inner {
         self.events.range(lo..=until).next().map(|(&id, _)| id)
     }
 
+    /// The id lists a read merges: each history's events and its
+    /// presence announcements.
+    fn id_lists<'a>(histories: &[&'a History]) -> Vec<&'a VecDeque<u64>> {
+        histories
+            .iter()
+            .flat_map(|h| [&h.ids, &h.presence])
+            .filter(|ids| !ids.is_empty())
+            .collect()
+    }
+
     /// The histories a selector can receive events from: its topics'
     /// (exact patterns are looked up; a wildcard walks only the topics
     /// that share its literal prefix) and the topic-less one. A topic two
@@ -600,7 +629,7 @@ impl Inner {
             },
             ReadFrom::Last(_) => 0,
         };
-        let histories = self.histories(req.selector);
+        let histories = Self::id_lists(&self.histories(req.selector));
         let mut page = Page::default();
         let mut examined = 0;
         match req.from {
@@ -608,10 +637,10 @@ impl Inner {
                 let want = n.min(req.limit);
                 // Newest first: each history from its last id at or below `until`.
                 let mut heads: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
-                for (h, history) in histories.iter().enumerate() {
-                    let end = history.ids.partition_point(|&id| id <= until);
+                for (h, ids) in histories.iter().enumerate() {
+                    let end = ids.partition_point(|&id| id <= until);
                     if end > 0 {
-                        heads.push((history.ids[end - 1], h, end - 1));
+                        heads.push((ids[end - 1], h, end - 1));
                     }
                 }
                 let mut previous = u64::MAX;
@@ -620,7 +649,7 @@ impl Inner {
                         break;
                     };
                     if at > 0 {
-                        heads.push((histories[h].ids[at - 1], h, at - 1));
+                        heads.push((histories[h][at - 1], h, at - 1));
                     }
                     if id == previous {
                         continue;
@@ -644,9 +673,9 @@ impl Inner {
                     return page;
                 }
                 let mut heads: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
-                for (h, history) in histories.iter().enumerate() {
-                    let start = history.ids.partition_point(|&id| id <= after);
-                    if let Some(&id) = history.ids.get(start) {
+                for (h, ids) in histories.iter().enumerate() {
+                    let start = ids.partition_point(|&id| id <= after);
+                    if let Some(&id) = ids.get(start) {
                         heads.push(Reverse((id, h, start)));
                     }
                 }
@@ -658,7 +687,7 @@ impl Inner {
                     if id > until {
                         break;
                     }
-                    if let Some(&next) = histories[h].ids.get(at + 1) {
+                    if let Some(&next) = histories[h].get(at + 1) {
                         heads.push(Reverse((next, h, at + 1)));
                     }
                     if id == previous {
@@ -933,6 +962,11 @@ mod tests {
             d.event_type = Some(if i % 997 == 0 { "rare" } else { "common" }.into());
             if i % 5 == 0 {
                 d.topics.push(Topic::new("room/1").unwrap());
+            }
+            if i % 13 == 0 {
+                // Presence announcements: one topic, a history of their own.
+                d.event_type = Some(crate::log::PRESENCE_EVENT.into());
+                d.topics.truncate(1);
             }
             if i % 1001 == 0 {
                 d.topics = if i % 2002 == 0 {
