@@ -17,8 +17,9 @@
 //! (write, sync, rename) after each change, with the id of the last event it
 //! covers; at first use, `state` events after that id still in the log are
 //! applied, which repairs a crash between a change's append and its file
-//! write. Every change rewrites the file: fine for the small per-key
-//! records state is for, not a database.
+//! write. Every change rewrites the file (bounded by `state.max_bytes`):
+//! fine for the small per-key records state is for, not a database. The
+//! disk work runs on a blocking thread after the map's lock is let go.
 //!
 //! Clustered, the engine holds every value beside the log and checks each
 //! change's version in the same atomic step as its append
@@ -160,6 +161,8 @@ pub struct StateStore {
     map: tokio::sync::Mutex<StateMap>,
     /// `None`: memory only.
     file: Option<PathBuf>,
+    /// Held while the file is written (see [`StateStore::persist`]).
+    writer: tokio::sync::Mutex<()>,
 }
 
 fn check_key(key: &str) -> Result<(), StateError> {
@@ -187,6 +190,7 @@ impl StateStore {
         Ok(StateStore {
             map: tokio::sync::Mutex::new(map),
             file,
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -200,19 +204,23 @@ impl StateStore {
         }
     }
 
-    /// Writes the map to the file. The write and its sync run on a
-    /// blocking thread, never on a runtime worker; the caller holds the
-    /// map's lock meanwhile, so writes land in order.
-    async fn persist(&self, map: &StateMap) {
+    /// Writes the map to the file, and lets the map's lock go before the
+    /// disk work. The map is encoded under its lock; the writer's lock is
+    /// taken before the map's is let go, so files land in change order,
+    /// and the write, sync and rename run on a blocking thread while other
+    /// changes and fresh streams' snapshots go on.
+    async fn persist(&self, map: tokio::sync::MutexGuard<'_, StateMap>) {
         let Some(path) = &self.file else { return };
-        let tmp = path.with_extension("json.tmp");
-        let bytes = match serde_json::to_vec(map) {
+        let bytes = match serde_json::to_vec(&*map) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::warn!(%err, "could not encode the state file");
                 return;
             }
         };
+        let _writing = self.writer.lock().await;
+        drop(map);
+        let tmp = path.with_extension("json.tmp");
         let target = path.clone();
         let written = tokio::task::spawn_blocking(move || {
             std::fs::write(&tmp, bytes)?;
@@ -454,12 +462,12 @@ impl Hub {
                     // Takes in what other nodes changed meanwhile; the map
                     // then covers every state event up to (at least) this one.
                     self.reconcile(&mut map).await;
-                    store.persist(&map).await;
                     let metrics = self.metrics();
                     metrics
                         .state_values
                         .store(map.count as u64, Ordering::Relaxed);
                     metrics.state_bytes.store(map.bytes, Ordering::Relaxed);
+                    store.persist(map).await;
                     return Ok(Changed { version, id });
                 }
                 Err(conflict) => {
