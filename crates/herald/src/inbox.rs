@@ -233,12 +233,15 @@ impl State {
             at += size;
             match crate::json::from_slice::<Change>(body) {
                 Ok(change) => self.replay(change, max),
-                Err(err) => tracing::error!(
-                    path = %path.display(),
-                    offset = at - size,
-                    %err,
-                    "an inbox record is whole but unreadable; skipped"
-                ),
+                Err(err) => {
+                    crate::log::skipped_unreadable();
+                    tracing::error!(
+                        path = %path.display(),
+                        offset = at - size,
+                        %err,
+                        "an inbox record is whole but unreadable; skipped"
+                    )
+                }
             }
         }
         at

@@ -207,6 +207,12 @@ impl Collector for HubCollector {
             "Bytes of retained state values (what state.max_bytes bounds), as of the last change",
             load(&m.state_bytes) as i64,
         )?;
+        counter(
+            &mut encoder,
+            "herald_unreadable_records",
+            "Stored records skipped because they could not be decoded (journal, inbox, cluster engine); each is logged",
+            crate::log::unreadable_records(),
+        )?;
         let r = self.log.retention();
         gauge(
             &mut encoder,

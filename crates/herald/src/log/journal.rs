@@ -339,12 +339,15 @@ pub(crate) fn decode_records(bytes: &[u8], events: &mut Vec<Event>, path: &Path)
                 last_id = record.id;
                 events.push(record.into_event());
             }
-            Err(err) => tracing::error!(
-                path = %path.display(),
-                offset = at - size,
-                %err,
-                "a journal record is whole but unreadable; skipped, the records after it are kept"
-            ),
+            Err(err) => {
+                super::skipped_unreadable();
+                tracing::error!(
+                    path = %path.display(),
+                    offset = at - size,
+                    %err,
+                    "a journal record is whole but unreadable; skipped, the records after it are kept"
+                )
+            }
         }
     }
     (at, last_id)

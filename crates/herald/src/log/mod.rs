@@ -161,6 +161,22 @@ impl Entry {
     }
 }
 
+/// Records this process skipped because it could not decode them (a
+/// journal or inbox record whose CRC holds, a Redis or NATS message): no
+/// writer of this version makes them, so any is worth a look. Counted for
+/// `herald_unreadable_records_total` and logged where it is met.
+static UNREADABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one skipped unreadable record (see [`unreadable_records`]).
+pub(crate) fn skipped_unreadable() {
+    UNREADABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Unreadable records skipped since this process started.
+pub fn unreadable_records() -> u64 {
+    UNREADABLE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadFrom {

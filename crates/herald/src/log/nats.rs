@@ -488,12 +488,15 @@ fn apply(
                 Ok(decoded) => entries.extend(decoded),
                 // One bad message must not stop every node (no writer of
                 // this version makes them): skipped and said.
-                Err(err) => tracing::error!(
-                    seq,
-                    subject = %message.subject,
-                    %err,
-                    "a message in the engine is unreadable; skipped"
-                ),
+                Err(err) => {
+                    super::skipped_unreadable();
+                    tracing::error!(
+                        seq,
+                        subject = %message.subject,
+                        %err,
+                        "a message in the engine is unreadable; skipped"
+                    )
+                }
             }
             last = Some(seq);
         }

@@ -31,6 +31,7 @@ pub(crate) struct Replica {
 }
 
 fn unreadable(id: EventId, reason: &str) {
+    super::skipped_unreadable();
     tracing::error!(
         id = id.0,
         reason,
