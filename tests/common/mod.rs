@@ -571,6 +571,21 @@ impl SseClient {
 }
 
 /// Events only, from a list of items.
+/// Says that the running test did nothing because `reason` (software it
+/// needs is missing). Written straight to stderr, past the test harness's
+/// capture, so that `cargo test` shows `SKIPPED` beside the `ok` it prints
+/// for the test; under `CI` a skip is a failure instead.
+#[allow(dead_code)]
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install what every test needs (see .ci/run): {reason}"
+    );
+    let name = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {reason}");
+}
+
 pub fn events(items: &[Item]) -> Vec<SseEvent> {
     items
         .iter()
