@@ -24,11 +24,7 @@ async fn python_snippet_mints_an_accepted_token() {
         .is_ok_and(|s| s.success());
     if !has_pyjwt {
         // .ci/run installs PyJWT; a developer machine may not have it.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install PyJWT (see .ci/run)"
-        );
-        eprintln!("skipped: python3 has no PyJWT (pip install PyJWT)");
+        common::skip("python3 has no PyJWT (pip install PyJWT)");
         return;
     }
     let script = format!(

@@ -81,11 +81,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     };
     let has_st = st(&["--version"]).is_ok_and(|o| o.status.success());
     if !has_st {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install schemathesis (see .ci/run)"
-        );
-        eprintln!("skipped: schemathesis is not installed (pip install schemathesis)");
+        common::skip("schemathesis is not installed (pip install schemathesis)");
         return;
     }
     let hub = HubProcess::start(&[]);
