@@ -1113,11 +1113,12 @@ mod tests {
                 let inner = log.lock();
                 let walk = if after.0 >= inner.max_evicted.max(inner.pruned_floor) {
                     Coverage::Covered
-                } else if after.0 < inner.pruned_floor || after.0 < inner.direct.evicted_through {
-                    Coverage::Expired
-                } else if inner.topics.iter().any(|(t, h)| {
-                    h.evicted_through > after.0 && sel.patterns.iter().any(|p| p.matches(t))
-                }) {
+                } else if after.0 < inner.pruned_floor
+                    || after.0 < inner.direct.evicted_through
+                    || inner.topics.iter().any(|(t, h)| {
+                        h.evicted_through > after.0 && sel.patterns.iter().any(|p| p.matches(t))
+                    })
+                {
                     Coverage::Expired
                 } else {
                     Coverage::Covered
