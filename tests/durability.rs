@@ -14,17 +14,6 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The journal's segment files, oldest first.
-fn segments(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal/log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9_and_resume_exactly_once() {
     let dir = data_dir("kill9");
@@ -102,7 +91,7 @@ async fn a_torn_tail_is_cut_back_to_the_last_whole_record() {
     }
     hub.kill9();
     // Cut the last record in the middle, as a crash mid-write would.
-    let last = segments(&dir).pop().unwrap();
+    let last = common::journal_segments(&dir).pop().unwrap();
     let len = std::fs::metadata(&last).unwrap().len();
     let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
     file.set_len(len - 10).unwrap();
@@ -193,14 +182,14 @@ async fn a_store_that_cannot_be_opened_stops_the_hub() {
     let mut hub = HubProcess::start_durable(&dir, &[]);
     hub.publish_ok(json!({"topic": "t", "data": "one"})).await;
     hub.kill9();
-    let segment = segments(&dir).pop().unwrap();
+    let segment = common::journal_segments(&dir).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[12] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
     // The only segment is also the last: its damaged record is a torn tail.
     // Make it a middle one by adding a later segment.
     std::fs::write(
-        segments(&dir)[0].with_file_name("99999999999999999999.log"),
+        common::journal_segments(&dir)[0].with_file_name("99999999999999999999.log"),
         b"",
     )
     .unwrap();
@@ -325,7 +314,7 @@ async fn a_failed_write_is_refused_undone_and_reported_by_readyz() {
     let http = reqwest::Client::new();
     let mut sub = SseClient::connect(hub.addr, "/v1/events?topic=t").await;
     sub.expect_connected().await;
-    let segment = segments(&dir).pop().unwrap();
+    let segment = common::journal_segments(&dir).pop().unwrap();
     let size = || std::fs::metadata(&segment).unwrap().len();
     let mut acked = Vec::new();
     while size() < limit - 8 * 1024 {

@@ -149,18 +149,17 @@ async fn h1_a_publisher_cannot_forge_retained_state() {
 
 /// A 400 with `code` whose message names the depth limit.
 fn refused_at_the_limit(status: u16, body: &Value, code: &str) {
+    refused_naming(status, body, (400, code), "the limit is 32");
+}
+
+/// A refusal with this status and error code whose message names `limit`.
+fn refused_naming(status: u16, body: &Value, expected: (u16, &str), limit: &str) {
     assert_eq!(
         (status, body["error"].as_str()),
-        (400, Some(code)),
+        (expected.0, Some(expected.1)),
         "{body}"
     );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("the limit is 32"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains(limit), "{body}");
 }
 
 /// H2: values nested past the limit are refused at the edge with a message
@@ -253,17 +252,11 @@ async fn h3_recipients_are_capped_and_inbox_writes_grow_linearly() {
     let (status, body) = hub
         .publish(json!({"topic": "chat/lobby", "data": "hi", "to": {"users": users(1001)}}))
         .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_field")),
-        "{body}"
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("limits.max_recipients"),
-        "{body}"
+    refused_naming(
+        status,
+        &body,
+        (400, "invalid_field"),
+        "limits.max_recipients",
     );
     let (status, body) = hub
         .publish(json!({"topic": "chat/lobby", "data": "hi", "to": {"connections": users(1001)}}))
@@ -616,15 +609,7 @@ async fn m4_state_is_capped_in_values_and_bytes() {
         assert_eq!(put(&hub, key, json!(key)).await.0, 200);
     }
     let (status, body) = put(&hub, "d", json!("d")).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (507, Some("state_full")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("state.max_keys"),
-        "{body}"
-    );
+    refused_naming(status, &body, (507, "state_full"), "state.max_keys");
     // A value that exists may change; room is made by deleting.
     assert_eq!(put(&hub, "a", json!("again")).await.0, 200);
     let (status, _) = send(
@@ -642,18 +627,7 @@ async fn m4_state_is_capped_in_values_and_bytes() {
     let big = "x".repeat(1400);
     assert_eq!(put(&hub, "a", json!(big)).await.0, 200);
     let (status, body) = put(&hub, "b", json!(big)).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (507, Some("state_full")),
-        "{body}"
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("state.max_bytes"),
-        "{body}"
-    );
+    refused_naming(status, &body, (507, "state_full"), "state.max_bytes");
     let (_, kept) = hub.get_json("/v1/state/room/b").await;
     assert_eq!(
         kept["value"], "b",
@@ -894,12 +868,7 @@ async fn unreadable_records_are_skipped_and_counted() {
     let a = hub.publish_ok(json!({"topic": "t", "data": "a"})).await;
     let b = hub.publish_ok(json!({"topic": "t", "data": "b"})).await;
     hub.stop(false);
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("journal/log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let segments = common::journal_segments(&dir);
     let body = br#"{"neither":"an event nor a record"}"#;
     let mut framed = (body.len() as u32).to_le_bytes().to_vec();
     framed.extend_from_slice(&crc32fast::hash(body).to_le_bytes());

@@ -571,6 +571,17 @@ impl SseClient {
 }
 
 /// Events only, from a list of items.
+/// The journal's segment files under a data directory, oldest first.
+pub fn journal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("journal/log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// Says that the running test did nothing because `reason` (software it
 /// needs is missing). Written straight to stderr, past the test harness's
 /// capture, so that `cargo test` shows `SKIPPED` beside the `ok` it prints

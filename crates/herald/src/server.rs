@@ -124,6 +124,13 @@ impl Server {
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         socket.set_reuseaddr(true)?;
+        let send_buffer = hub.config().stream.send_buffer_bytes;
+        if send_buffer > 0 {
+            // Autotuned, a socket whose reader stalls holds up to 4 MiB of
+            // kernel memory: a thousand of them put the whole machine's TCP
+            // under memory pressure. Accepted sockets inherit the size.
+            socket.set_send_buffer_size(send_buffer.try_into().unwrap_or(u32::MAX))?;
+        }
         socket.bind(addr)?;
         // A deep accept queue (the kernel caps it at `net.core.somaxconn`):
         // a burst of connects waits for `accept` instead of having its SYNs
@@ -140,7 +147,6 @@ impl Server {
     pub async fn run(self, signal: impl Future<Output = ()>) -> io::Result<()> {
         let Server { listener, hub } = self;
         let router = crate::http::router(hub.clone());
-        let send_buffer = hub.config().stream.send_buffer_bytes;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -171,12 +177,6 @@ impl Server {
                     };
                     let (pending, evicted) = pending_heads.join();
                     let _ = stream.set_nodelay(true);
-                    if send_buffer > 0 {
-                        // Autotuned, a socket whose reader stalls holds up
-                        // to 4 MiB of kernel memory: a thousand of them put
-                        // the whole machine's TCP under memory pressure.
-                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
-                    }
                     // Lets the hub drop this socket when it closes a stream
                     // whose writes are blocked (see `Connection`).
                     let kill = CancellationToken::new();

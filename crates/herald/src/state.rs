@@ -143,6 +143,14 @@ impl std::io::Write for ByteCount {
 }
 
 impl StateMap {
+    /// Sets the state gauges from the counts.
+    fn report(&self, metrics: &crate::metrics::Metrics) {
+        metrics
+            .state_values
+            .store(self.count as u64, Ordering::Relaxed);
+        metrics.state_bytes.store(self.bytes, Ordering::Relaxed);
+    }
+
     /// Counts values and bytes again (after a load).
     fn recount(&mut self) {
         self.count = 0;
@@ -197,10 +205,7 @@ impl StateStore {
     /// Sets the state gauges from the map as loaded (before any change).
     pub fn report(&self, metrics: &crate::metrics::Metrics) {
         if let Ok(map) = self.map.try_lock() {
-            metrics
-                .state_values
-                .store(map.count as u64, Ordering::Relaxed);
-            metrics.state_bytes.store(map.bytes, Ordering::Relaxed);
+            map.report(metrics);
         }
     }
 
@@ -462,11 +467,7 @@ impl Hub {
                     // Takes in what other nodes changed meanwhile; the map
                     // then covers every state event up to (at least) this one.
                     self.reconcile(&mut map).await;
-                    let metrics = self.metrics();
-                    metrics
-                        .state_values
-                        .store(map.count as u64, Ordering::Relaxed);
-                    metrics.state_bytes.store(map.bytes, Ordering::Relaxed);
+                    map.report(self.metrics());
                     store.persist(map).await;
                     return Ok(Changed { version, id });
                 }

@@ -634,150 +634,145 @@ impl Inner {
 
     /// Reads a page. Candidates are the ids of the histories the selector
     /// can receive from, merged in id order (an event on two of them comes
-    /// once); at most [`SCAN_BUDGET`] of them are examined under the lock,
-    /// and a read that stops there says where to go on.
+    /// once), or, when too many topics match to merge their histories,
+    /// every retained event in id order. At most [`SCAN_BUDGET`] of them
+    /// are examined under the lock, and a read that stops there says where
+    /// to go on.
     pub(crate) fn read(&self, req: &ReadRequest<'_>, now: u64) -> Page {
         let until = req.until.0;
-        let visible =
-            |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
-        let after = match req.from {
-            ReadFrom::After(id) => id.0,
+        let (after, want, newest_first) = match req.from {
+            ReadFrom::After(id) => (id.0, req.limit, false),
             ReadFrom::Since(ms) => match self.first_id_since(ms, until) {
-                Some(first) => first - 1,
+                Some(first) => (first - 1, req.limit, false),
                 None => return Page::default(),
             },
-            ReadFrom::Last(_) => 0,
+            ReadFrom::Last(n) => (0, n.min(req.limit), true),
         };
-        let Some(histories) = self.histories(req.selector) else {
-            return self.scan(req, after, now);
+        if !newest_first && after >= until {
+            return Page::default();
+        }
+        let visible =
+            |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
+        type Candidates<'a> = Box<dyn Iterator<Item = (u64, Option<&'a SharedEvent>)> + 'a>;
+        let candidates: Candidates<'_> = match self.histories(req.selector) {
+            Some(histories) => {
+                let lists = Self::id_lists(&histories);
+                let merged = match newest_first {
+                    true => Merged::newest_first(lists, until),
+                    false => Merged::oldest_first(lists, after),
+                };
+                Box::new(
+                    merged
+                        .take_while(move |&id| id <= until)
+                        .map(|id| (id, self.events.get(&id).map(|s| &s.event))),
+                )
+            }
+            None if newest_first => Box::new(
+                self.events
+                    .range(..=until)
+                    .rev()
+                    .map(|(&id, s)| (id, Some(&s.event))),
+            ),
+            None => Box::new(
+                self.events
+                    .range(after + 1..=until)
+                    .map(|(&id, s)| (id, Some(&s.event))),
+            ),
         };
-        let histories = Self::id_lists(&histories);
         let mut page = Page::default();
-        let mut examined = 0;
-        match req.from {
-            ReadFrom::Last(n) => {
-                let want = n.min(req.limit);
-                // Newest first: each history from its last id at or below `until`.
-                let mut heads: BinaryHeap<(u64, usize, usize)> = BinaryHeap::new();
-                for (h, ids) in histories.iter().enumerate() {
-                    let end = ids.partition_point(|&id| id <= until);
-                    if end > 0 {
-                        heads.push((ids[end - 1], h, end - 1));
-                    }
-                }
-                let mut previous = u64::MAX;
-                while page.events.len() < want {
-                    let Some((id, h, at)) = heads.pop() else {
-                        break;
-                    };
-                    if at > 0 {
-                        heads.push((histories[h][at - 1], h, at - 1));
-                    }
-                    if id == previous {
-                        continue;
-                    }
-                    previous = id;
-                    if examined == SCAN_BUDGET {
-                        page.resume = Some((ReadFrom::Last(want - page.events.len()), EventId(id)));
-                        break;
-                    }
-                    examined += 1;
-                    if let Some(stored) = self.events.get(&id) {
-                        if visible(&stored.event) {
-                            page.events.push(stored.event.clone());
-                        }
-                    }
-                }
-                page.events.reverse();
+        for (examined, (id, event)) in candidates.enumerate() {
+            if page.events.len() == want {
+                break;
             }
-            ReadFrom::After(_) | ReadFrom::Since(_) => {
-                if after >= until {
-                    return page;
-                }
-                let mut heads: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
-                for (h, ids) in histories.iter().enumerate() {
-                    let start = ids.partition_point(|&id| id <= after);
-                    if let Some(&id) = ids.get(start) {
-                        heads.push(Reverse((id, h, start)));
-                    }
-                }
-                let mut previous = 0;
-                while page.events.len() < req.limit {
-                    let Some(Reverse((id, h, at))) = heads.pop() else {
-                        break;
-                    };
-                    if id > until {
-                        break;
-                    }
-                    if let Some(&next) = histories[h].get(at + 1) {
-                        heads.push(Reverse((next, h, at + 1)));
-                    }
-                    if id == previous {
-                        continue;
-                    }
-                    previous = id;
-                    if examined == SCAN_BUDGET {
-                        page.resume = Some((ReadFrom::After(EventId(id - 1)), req.until));
-                        break;
-                    }
-                    examined += 1;
-                    if let Some(stored) = self.events.get(&id) {
-                        if visible(&stored.event) {
-                            page.events.push(stored.event.clone());
-                        }
-                    }
-                }
+            if examined == SCAN_BUDGET {
+                page.resume = Some(match newest_first {
+                    true => (ReadFrom::Last(want - page.events.len()), EventId(id)),
+                    false => (ReadFrom::After(EventId(id - 1)), req.until),
+                });
+                break;
             }
+            if let Some(event) = event.filter(|e| visible(e)) {
+                page.events.push(event.clone());
+            }
+        }
+        if newest_first {
+            page.events.reverse();
         }
         page
     }
 }
 
-impl Inner {
-    /// A page read in id order over every retained event (when too many
-    /// topics match to merge their histories), at most [`SCAN_BUDGET`]
-    /// events examined.
-    fn scan(&self, req: &ReadRequest<'_>, after: u64, now: u64) -> Page {
-        let until = req.until.0;
-        let visible =
-            |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
-        let mut page = Page::default();
-        match req.from {
-            ReadFrom::Last(n) => {
-                let want = n.min(req.limit);
-                for (examined, (&id, stored)) in self.events.range(..=until).rev().enumerate() {
-                    if page.events.len() == want {
-                        break;
-                    }
-                    if examined == SCAN_BUDGET {
-                        page.resume = Some((ReadFrom::Last(want - page.events.len()), EventId(id)));
-                        break;
-                    }
-                    if visible(&stored.event) {
-                        page.events.push(stored.event.clone());
-                    }
-                }
-                page.events.reverse();
-            }
-            ReadFrom::After(_) | ReadFrom::Since(_) => {
-                if after >= until {
-                    return page;
-                }
-                for (examined, (&id, stored)) in self.events.range(after + 1..=until).enumerate() {
-                    if page.events.len() == req.limit {
-                        break;
-                    }
-                    if examined == SCAN_BUDGET {
-                        page.resume = Some((ReadFrom::After(EventId(id - 1)), req.until));
-                        break;
-                    }
-                    if visible(&stored.event) {
-                        page.events.push(stored.event.clone());
-                    }
-                }
+/// The ids of ascending lists merged into one order, oldest or newest
+/// first, each id once (an event on two topics is in both lists).
+struct Merged<'a> {
+    lists: Vec<&'a VecDeque<u64>>,
+    /// The next id of each list not yet taken, with its list and place;
+    /// keyed so that the heap's greatest comes next.
+    heads: BinaryHeap<(u64, usize, usize)>,
+    newest_first: bool,
+    previous: Option<u64>,
+}
+
+impl<'a> Merged<'a> {
+    /// Ids above `after`, ascending.
+    fn oldest_first(lists: Vec<&'a VecDeque<u64>>, after: u64) -> Merged<'a> {
+        let mut heads = BinaryHeap::with_capacity(lists.len());
+        for (l, ids) in lists.iter().enumerate() {
+            let at = ids.partition_point(|&id| id <= after);
+            if let Some(&id) = ids.get(at) {
+                heads.push((u64::MAX - id, l, at));
             }
         }
-        page
+        Merged {
+            lists,
+            heads,
+            newest_first: false,
+            previous: None,
+        }
+    }
+
+    /// Ids at or below `until`, descending.
+    fn newest_first(lists: Vec<&'a VecDeque<u64>>, until: u64) -> Merged<'a> {
+        let mut heads = BinaryHeap::with_capacity(lists.len());
+        for (l, ids) in lists.iter().enumerate() {
+            let end = ids.partition_point(|&id| id <= until);
+            if end > 0 {
+                heads.push((ids[end - 1], l, end - 1));
+            }
+        }
+        Merged {
+            lists,
+            heads,
+            newest_first: true,
+            previous: None,
+        }
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        loop {
+            let (key, l, at) = self.heads.pop()?;
+            let ids = self.lists[l];
+            let (id, next) = match self.newest_first {
+                true => (key, at.checked_sub(1)),
+                false => (u64::MAX - key, Some(at + 1).filter(|&n| n < ids.len())),
+            };
+            if let Some(n) = next {
+                let key = if self.newest_first {
+                    ids[n]
+                } else {
+                    u64::MAX - ids[n]
+                };
+                self.heads.push((key, l, n));
+            }
+            if self.previous != Some(id) {
+                self.previous = Some(id);
+                return Some(id);
+            }
+        }
     }
 }
 

@@ -1246,27 +1246,40 @@ impl EventLog for NatsLog {
     }
 }
 
+/// A decoder for a node named `node` of a cluster named `herald`, outside
+/// any engine connection (unit tests, fuzzing).
+#[cfg(any(test, feature = "fuzzing"))]
+fn standalone_decoder(
+    node: &str,
+    first_id: u64,
+    max_events_per_topic: usize,
+    idempotency_window: Duration,
+    max_idempotency_keys: usize,
+) -> Decoder {
+    let settings = MemoryLogSettings {
+        max_events_per_topic,
+        max_age: None,
+        idempotency_window,
+        max_idempotency_keys,
+        max_bytes: u64::MAX,
+        max_topics: usize::MAX,
+    };
+    let options = ClusterOptions {
+        name: "herald".into(),
+        max_log_events: 0,
+        connect_timeout: Duration::from_secs(1),
+        apply_timeout: Duration::from_secs(1),
+        node: node.into(),
+    };
+    Decoder::new(first_id, &settings, &options, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn decoder(window_ms: u64) -> Decoder {
-        let settings = MemoryLogSettings {
-            max_events_per_topic: 10,
-            max_age: None,
-            idempotency_window: Duration::from_millis(window_ms),
-            max_idempotency_keys: 100,
-            max_bytes: u64::MAX,
-            max_topics: usize::MAX,
-        };
-        let options = ClusterOptions {
-            name: "herald".into(),
-            max_log_events: 0,
-            connect_timeout: Duration::from_secs(1),
-            apply_timeout: Duration::from_secs(1),
-            node: "me".into(),
-        };
-        Decoder::new(1_000_000, &settings, &options, 0)
+        standalone_decoder("me", 1_000_000, 10, Duration::from_millis(window_ms), 100)
     }
 
     fn keyed(key: &str) -> EventDraft {
@@ -1338,22 +1351,7 @@ mod tests {
 /// grow.
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_messages(messages: &[(u8, Vec<u8>)]) {
-    let settings = MemoryLogSettings {
-        max_events_per_topic: 16,
-        max_age: None,
-        idempotency_window: Duration::from_secs(60),
-        max_idempotency_keys: 64,
-        max_bytes: u64::MAX,
-        max_topics: usize::MAX,
-    };
-    let options = ClusterOptions {
-        name: "herald".into(),
-        max_log_events: 0,
-        connect_timeout: Duration::from_secs(1),
-        apply_timeout: Duration::from_secs(1),
-        node: "fuzz".into(),
-    };
-    let mut decoder = Decoder::new(1 << 40, &settings, &options, 0);
+    let mut decoder = standalone_decoder("fuzz", 1 << 40, 16, Duration::from_secs(60), 64);
     let mut last_id = 0;
     for (i, (kind, payload)) in messages.iter().enumerate() {
         let subject = match kind % 4 {
