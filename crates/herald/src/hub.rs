@@ -113,10 +113,11 @@ pub(crate) struct Opened {
     pub head: EventId,
     pub start: Start,
     pub valid_until: Option<u64>,
-    /// The retained state a fresh stream gets first (SPEC §6).
-    /// A fresh stream sends its topics' retained state (SPEC §6), read
-    /// page by page as the client takes it.
-    pub snapshot: Option<crate::state::SnapshotCursor>,
+    /// A fresh stream sends its topics' retained state (SPEC §6): the
+    /// first page, read here before the stream starts (so a change made
+    /// once a client has its `herald.connected` reaches it live), and where
+    /// the rest is read from, page by page as the client takes it.
+    pub snapshot: Option<(bytes::Bytes, crate::state::SnapshotCursor)>,
     /// What waited for the user (SPEC §7), sent before anything else.
     pub waiting: Vec<crate::event::SharedEvent>,
     /// The Last-Event-ID the stream stands at before its backlog: sent
@@ -777,7 +778,13 @@ impl Hub {
         };
         // Long polls answer events only: no snapshot to build and drop.
         let snapshot = match (&request.last_event_id, request.long_poll) {
-            (None, false) => crate::state::SnapshotCursor::new(&conn.selector),
+            (None, false) => match crate::state::SnapshotCursor::new(&conn.selector) {
+                Some(mut cursor) => {
+                    let first = self.state_page(&conn.selector, &mut cursor).await;
+                    Some((first.unwrap_or_default(), cursor))
+                }
+                None => None,
+            },
             _ => None,
         };
         let waiting = match &conn.selector.user {

@@ -113,6 +113,10 @@ impl Writer {
         }
         // A fresh stream's retained state comes right after (SPEC §6).
         parts.push_back(preamble.split().freeze());
+        let snapshot = snapshot.map(|(first, rest)| {
+            parts.push_back(first);
+            rest
+        });
         let replay = match start {
             Start::Live => None,
             Start::Replay(from) => Some((from, head)),
