@@ -69,22 +69,69 @@ pub fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-/// User plus system CPU seconds of the process tree.
-pub fn cpu_secs(pid: u32) -> f64 {
-    let ticks: u64 = tree(pid)
+/// CPU time of a process tree, user space and kernel apart, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cpu {
+    /// utime: the process's own code.
+    pub user: f64,
+    /// stime: the kernel on its behalf (for a push server mostly socket writes).
+    pub system: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was spent from `before` to `self`.
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            system: self.system - before.system,
+        }
+    }
+}
+
+/// CPU time of the process tree.
+pub fn cpu(pid: u32) -> Cpu {
+    let (user, system) = tree(pid)
         .into_iter()
         .filter_map(|p| {
             let f = stat_fields(p)?;
             // utime and stime are fields 14 and 15: 12 and 13 here.
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            Some((
+                f.get(11)?.parse::<u64>().ok()?,
+                f.get(12)?.parse::<u64>().ok()?,
+            ))
         })
-        .sum();
-    ticks as f64 / ticks_per_sec()
+        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
+    let tick = ticks_per_sec();
+    Cpu {
+        user: user as f64 / tick,
+        system: system as f64 / tick,
+    }
+}
+
+/// User plus system CPU seconds of the process tree.
+pub fn cpu_secs(pid: u32) -> f64 {
+    cpu(pid).total()
+}
+
+/// CPU time of several process trees; `None` when no pid is given.
+pub fn cpu_of(pids: &[u32]) -> Option<Cpu> {
+    (!pids.is_empty()).then(|| {
+        pids.iter()
+            .map(|p| cpu(*p))
+            .fold(Cpu::default(), |a, b| Cpu {
+                user: a.user + b.user,
+                system: a.system + b.system,
+            })
+    })
 }
 
 /// CPU seconds of several process trees; `None` when no pid is given.
 pub fn cpu_secs_of(pids: &[u32]) -> Option<f64> {
-    (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_secs(*p)).sum())
+    cpu_of(pids).map(Cpu::total)
 }
 
 /// Resident KiB of several process trees; `None` when no pid is given.
@@ -135,5 +182,27 @@ mod tests {
         let spin = std::time::Instant::now();
         while spin.elapsed().as_millis() < 50 {}
         assert!(cpu_secs(me) > 0.0 || own_cpu_secs() >= 0.0);
+    }
+
+    #[test]
+    fn user_and_system_time_are_apart() {
+        let me = std::process::id();
+        let before = cpu(me);
+        // User space: a loop without system calls, until it has had 0.1 s
+        // of CPU (looked at every 20 ms: reading /proc is kernel time).
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut spent = Cpu::default();
+        while spent.user < 0.1 && wall.elapsed().as_secs() < 20 {
+            let slice = std::time::Instant::now();
+            while slice.elapsed().as_millis() < 20 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            spent = cpu(me).since(before);
+        }
+        assert!(spent.user >= 0.1, "{spent:?}");
+        assert!(spent.system < spent.user, "{spent:?}");
+        assert_eq!(cpu_of(&[]), None);
+        assert!((cpu_secs(me) - cpu(me).total()).abs() < 0.05);
     }
 }

@@ -130,6 +130,10 @@ pub struct Phase {
     pub latency_ms: Latency,
     pub client_cpu_secs: f64,
     pub server_cpu_secs: Option<f64>,
+    /// Of `server_cpu_secs`, user space (utime) and the kernel (stime):
+    /// a socket write's kernel cost is the floor every server pays.
+    pub server_user_secs: Option<f64>,
+    pub server_system_secs: Option<f64>,
     /// Subscribers whose stream ended during the phase.
     pub streams_closed: u64,
 }
@@ -290,7 +294,7 @@ impl Swarm {
         self.shared.latency_us.lock().reset();
         self.shared.recording.store(true, Ordering::Relaxed);
         let cpu_client = procfs::own_cpu_secs();
-        let cpu_server = procfs::cpu_secs_of(&self.target.server_pids);
+        let cpu_server = procfs::cpu_of(&self.target.server_pids);
 
         let publishers = publishers.clamp(1, self.topics);
         let acked: Arc<Vec<AtomicU64>> = Arc::new((0..self.topics).map(|_| 0.into()).collect());
@@ -363,6 +367,9 @@ impl Swarm {
         let duplicated = dups - dups_before;
         let distinct = received - duplicated;
         let latency = Latency::of_histogram(&self.shared.latency_us.lock());
+        let server_cpu = cpu_server
+            .zip(procfs::cpu_of(&self.target.server_pids))
+            .map(|(before, after)| after.since(before));
         Ok(Phase {
             rate_per_sec: rate,
             payload_bytes: payload,
@@ -376,9 +383,9 @@ impl Swarm {
             deliveries_per_sec: distinct as f64 / publish_secs,
             latency_ms: latency,
             client_cpu_secs: procfs::own_cpu_secs() - cpu_client,
-            server_cpu_secs: cpu_server
-                .zip(procfs::cpu_secs_of(&self.target.server_pids))
-                .map(|(before, after)| after - before),
+            server_cpu_secs: server_cpu.map(procfs::Cpu::total),
+            server_user_secs: server_cpu.map(|c| c.user),
+            server_system_secs: server_cpu.map(|c| c.system),
             streams_closed: closed - closed_before,
         })
     }
