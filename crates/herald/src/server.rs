@@ -161,6 +161,7 @@ impl Server {
         let graceful = GracefulShutdown::new();
         let subscribes = tokio_util::task::TaskTracker::new();
         let pending_heads = PendingHeads::default();
+        let openings = sse_socket::Openings::default();
         tokio::pin!(signal);
         loop {
             tokio::select! {
@@ -185,6 +186,7 @@ impl Server {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let subscribes = subscribes.clone();
+                    let openings = openings.clone();
                     tokio::spawn(async move {
                         let served = async move {
                         // Subscribers get the lean path (see `sse_socket`);
@@ -206,6 +208,7 @@ impl Server {
                                     // One deadline for the whole head.
                                     head_timeout: HEADER_READ_TIMEOUT.saturating_sub(accepted.elapsed()),
                                     write_timeout,
+                                    openings,
                                 },
                                 pending,
                             ));

@@ -53,6 +53,8 @@ pub(super) struct Bounds {
     pub max_head: usize,
     pub head_timeout: Duration,
     pub write_timeout: Option<Duration>,
+    /// Turns to open a stream, shared by every socket (see [`Openings`]).
+    pub openings: Openings,
 }
 
 /// Serves one subscribe request on `stream`, then closes it.
@@ -64,23 +66,11 @@ pub(super) async fn serve(
     bounds: Bounds,
     pending: super::PendingHead,
 ) -> io::Result<()> {
-    let Bounds {
-        max_head,
-        head_timeout,
-        write_timeout,
-    } = bounds;
     // Boxed: reading the head, routing and writing the response head take
     // far more state than streaming the body, and only for a moment; the
     // connection's task keeps only what streaming needs.
-    let answered = Box::pin(answer(
-        &mut stream,
-        addr,
-        router,
-        handle,
-        max_head,
-        head_timeout,
-        pending,
-    ));
+    let write_timeout = bounds.write_timeout;
+    let answered = Box::pin(answer(&mut stream, addr, router, handle, bounds, pending));
     match answered.await? {
         Some((body, chunked)) => stream_body(&mut stream, body, chunked, write_timeout).await,
         None => Ok(()),
@@ -94,11 +84,10 @@ async fn answer(
     addr: SocketAddr,
     router: axum::Router,
     handle: CancellationToken,
-    max_head: usize,
-    head_timeout: Duration,
+    bounds: Bounds,
     pending: super::PendingHead,
 ) -> io::Result<Option<(Body, bool)>> {
-    let head = tokio::time::timeout(head_timeout, read_head(stream, max_head)).await;
+    let head = tokio::time::timeout(bounds.head_timeout, read_head(stream, bounds.max_head)).await;
     drop(pending);
     let request = match head {
         Err(_) => return Ok(None),
@@ -116,11 +105,61 @@ async fn answer(
     let chunked = request.version() != axum::http::Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(addr));
     request.extensions_mut().insert(handle);
-    let response = router
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|never| match never {});
-    write_head(stream, response, chunked).await.map(Some)
+    let mut turn = Some(bounds.openings.take_turn().await);
+    let routed = router.oneshot(request);
+    tokio::pin!(routed);
+    let response = tokio::select! {
+        response = &mut routed => response,
+        () = tokio::time::sleep(OPENING_TURN) => {
+            // Waiting for something (a key set being fetched): the turn
+            // goes to the next stream meanwhile.
+            turn = None;
+            (&mut routed).await
+        }
+    }
+    .unwrap_or_else(|never| match never {});
+    let answered = write_head(stream, response, chunked).await.map(Some);
+    drop(turn);
+    answered
+}
+
+/// Streams opening at once, at most.
+///
+/// Opening a stream (auth, registering, the first state page, the head,
+/// then in the same turn the first chunks of its replay until the socket
+/// is full) takes a few hundred µs. When a thousand subscribers arrive
+/// together, tokio queues all of those turns first in, first out, and a
+/// request arriving meanwhile (a publish, `/healthz`) waited for every one
+/// of them: 110 to 230 ms on one core (`bench/floods`, `nonreaders`). A
+/// stream takes a turn here, then yields before opening: at most this many
+/// openings are queued at any time, and the others wait parked.
+pub const MAX_OPENING: usize = 32;
+
+/// Longest a stream holds its turn while its route waits (for a key set
+/// being fetched, say): past it the turn is given back and the route goes
+/// on without it.
+const OPENING_TURN: Duration = Duration::from_millis(20);
+
+/// The turns to open a stream, shared by the sockets a server accepts.
+#[derive(Clone)]
+pub(super) struct Openings(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for Openings {
+    fn default() -> Openings {
+        Openings(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            MAX_OPENING,
+        )))
+    }
+}
+
+impl Openings {
+    async fn take_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let turn = self.0.clone().acquire_owned().await.ok();
+        // Queued behind the openings under way, holding the turn: the
+        // workers' queues never hold more than `MAX_OPENING` of them.
+        tokio::task::yield_now().await;
+        turn
+    }
 }
 
 /// Why a request head was refused: answered with this status and closed.
@@ -344,5 +383,102 @@ async fn within<T>(
         Some(limit) => tokio::time::timeout(limit, write)
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::RawQuery;
+    use axum::routing::get;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn at_most_max_opening_turns_are_held() {
+        let openings = Openings::default();
+        let mut held = Vec::new();
+        for _ in 0..MAX_OPENING {
+            held.push(openings.take_turn().await);
+        }
+        let next = openings.take_turn();
+        tokio::pin!(next);
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut next).await;
+        assert!(waited.is_err(), "a turn past the bound was given");
+        held.pop();
+        assert!(next.await.is_some());
+    }
+
+    /// Serves every accepted socket with `serve`, as the accept loop does.
+    async fn server(router: axum::Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let openings = Openings::default();
+        let heads = super::super::PendingHeads::default();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let (pending, _) = heads.join();
+                let bounds = Bounds {
+                    max_head: 64 * 1024,
+                    head_timeout: Duration::from_secs(10),
+                    write_timeout: None,
+                    openings: openings.clone(),
+                };
+                let router = router.clone();
+                tokio::spawn(serve(
+                    stream,
+                    peer,
+                    router,
+                    CancellationToken::new(),
+                    bounds,
+                    pending,
+                ));
+            }
+        });
+        addr
+    }
+
+    async fn subscribe(addr: SocketAddr, query: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET /v1/events?{query} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_that_waits_gives_its_turn_back() {
+        // Every `slow` route waits for good, holding a turn if it kept it.
+        let never = Arc::new(tokio::sync::Notify::new());
+        let router = axum::Router::new().route(
+            "/v1/events",
+            get(move |RawQuery(query): RawQuery| {
+                let never = never.clone();
+                async move {
+                    if query.as_deref() == Some("topic=slow") {
+                        never.notified().await;
+                    }
+                    "opened"
+                }
+            }),
+        );
+        let addr = server(router).await;
+        let mut slow = Vec::new();
+        for _ in 0..MAX_OPENING + 1 {
+            slow.push(subscribe(addr, "topic=slow").await);
+        }
+        let mut fast = subscribe(addr, "topic=fast").await;
+        let mut answer = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 1024];
+            while !answer.ends_with(b"opened") {
+                let n = fast.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without an answer");
+                answer.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the fast subscribe waited behind routes that hold their turns");
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
 }
