@@ -570,7 +570,6 @@ impl SseClient {
     }
 }
 
-/// Events only, from a list of items.
 /// The journal's segment files under a data directory, oldest first.
 pub fn journal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("journal/log"))
@@ -597,6 +596,7 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {reason}");
 }
 
+/// Events only, from a list of items.
 pub fn events(items: &[Item]) -> Vec<SseEvent> {
     items
         .iter()

@@ -92,24 +92,35 @@ impl Cpu {
     }
 }
 
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// CPU time of one process (its threads, not its children).
+fn process_cpu(pid: u32) -> Option<Cpu> {
+    let f = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15: 12 and 13 here.
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    let tick = ticks_per_sec();
+    Some(Cpu {
+        user: ticks(11)? as f64 / tick,
+        system: ticks(12)? as f64 / tick,
+    })
+}
+
 /// CPU time of the process tree.
 pub fn cpu(pid: u32) -> Cpu {
-    let (user, system) = tree(pid)
+    tree(pid)
         .into_iter()
-        .filter_map(|p| {
-            let f = stat_fields(p)?;
-            // utime and stime are fields 14 and 15: 12 and 13 here.
-            Some((
-                f.get(11)?.parse::<u64>().ok()?,
-                f.get(12)?.parse::<u64>().ok()?,
-            ))
-        })
-        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
-    let tick = ticks_per_sec();
-    Cpu {
-        user: user as f64 / tick,
-        system: system as f64 / tick,
-    }
+        .filter_map(process_cpu)
+        .fold(Cpu::default(), std::ops::Add::add)
 }
 
 /// User plus system CPU seconds of the process tree.
@@ -122,10 +133,7 @@ pub fn cpu_of(pids: &[u32]) -> Option<Cpu> {
     (!pids.is_empty()).then(|| {
         pids.iter()
             .map(|p| cpu(*p))
-            .fold(Cpu::default(), |a, b| Cpu {
-                user: a.user + b.user,
-                system: a.system + b.system,
-            })
+            .fold(Cpu::default(), std::ops::Add::add)
     })
 }
 
@@ -141,15 +149,7 @@ pub fn rss_kib_of(pids: &[u32]) -> Option<u64> {
 
 /// CPU seconds of this process.
 pub fn own_cpu_secs() -> f64 {
-    cpu_secs_of_self()
-}
-
-fn cpu_secs_of_self() -> f64 {
-    let Some(f) = stat_fields(std::process::id()) else {
-        return 0.0;
-    };
-    let t = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    (t(11) + t(12)) as f64 / ticks_per_sec()
+    process_cpu(std::process::id()).map_or(0.0, Cpu::total)
 }
 
 /// Raises the open-file limit to its hard maximum; returns the new limit.

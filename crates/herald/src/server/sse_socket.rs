@@ -105,7 +105,7 @@ async fn answer(
     let chunked = request.version() != axum::http::Version::HTTP_10;
     request.extensions_mut().insert(ConnectInfo(addr));
     request.extensions_mut().insert(handle);
-    let mut turn = Some(bounds.openings.take_turn().await);
+    let mut turn = bounds.openings.take_turn().await;
     let routed = router.oneshot(request);
     tokio::pin!(routed);
     let response = tokio::select! {
