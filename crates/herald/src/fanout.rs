@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::blocking::{Lock, Ordered};
 
 use crate::connection::{Connection, Offered};
 use crate::event::{EventId, SharedEvent};
@@ -119,6 +121,16 @@ impl FanoutStats {
 }
 
 impl Fanout {
+    /// The registry, read (second in the hub's lock order, `blocking.rs`).
+    fn read_registry(&self) -> Ordered<RwLockReadGuard<'_, Registry>> {
+        Ordered::take(Lock::Registry, || self.registry.read())
+    }
+
+    /// The registry, written.
+    fn write_registry(&self) -> Ordered<RwLockWriteGuard<'_, Registry>> {
+        Ordered::take(Lock::Registry, || self.registry.write())
+    }
+
     pub fn new() -> Fanout {
         Fanout::default()
     }
@@ -164,7 +176,7 @@ impl Fanout {
 
     /// The (topic, user) pairs with a stream here on a presence topic.
     pub fn present_pairs(&self) -> Vec<(Topic, String)> {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         reg.present
             .keys()
             .map(|(topic, user)| (topic.clone(), user.to_string()))
@@ -247,7 +259,7 @@ impl Fanout {
     /// Adds a connection and returns the id of the last event dispatched
     /// before it joined; every later event is offered to it.
     pub fn register(&self, conn: Arc<Connection>) -> EventId {
-        let mut reg = self.registry.write();
+        let mut reg = self.write_registry();
         {
             let patterns = conn.patterns.lock();
             for pattern in patterns.iter() {
@@ -268,7 +280,7 @@ impl Fanout {
 
     /// Removes a connection and everything that points at it.
     pub fn unregister(&self, key: u64) {
-        let mut reg = self.registry.write();
+        let mut reg = self.write_registry();
         let Some(conn) = reg.connections.remove(&key) else {
             return;
         };
@@ -303,7 +315,7 @@ impl Fanout {
 
     /// A connection by its public id.
     pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         reg.by_id
             .get(id)
             .and_then(|k| reg.connections.get(k))
@@ -318,7 +330,7 @@ impl Fanout {
         add: &[Pattern],
         remove: &[Pattern],
     ) -> Option<Vec<Pattern>> {
-        let mut reg = self.registry.write();
+        let mut reg = self.write_registry();
         let conn = reg.connections.get(&key)?.clone();
         let mut patterns = conn.patterns.lock();
         let mut left = Vec::new();
@@ -345,7 +357,7 @@ impl Fanout {
 
     /// Subscription patterns of open streams, with how many streams hold each.
     pub fn subscriptions(&self) -> BTreeMap<String, usize> {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         let mut counts = BTreeMap::new();
         for conn in reg.connections.values() {
             for p in conn.patterns.lock().iter() {
@@ -357,7 +369,7 @@ impl Fanout {
 
     /// Every open connection of a user.
     pub fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         reg.by_user
             .get(user)
             .into_iter()
@@ -370,7 +382,7 @@ impl Fanout {
     /// shares at least one topic with it. An exact topic is looked up in the
     /// index; a pattern is compared with every connection's patterns.
     pub fn presence(&self, pattern: &Pattern) -> Presence {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         let mut present: HashSet<u64> = HashSet::new();
         match Topic::new(pattern.as_str()) {
             Ok(topic) => reg.index.for_each_match(&topic, |k, _| {
@@ -400,7 +412,7 @@ impl Fanout {
     }
 
     pub fn stats(&self) -> FanoutStats {
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         let c = &self.counters;
         FanoutStats {
             connections: reg.connections.len(),
@@ -495,7 +507,7 @@ impl Tally {
 impl CommitSink for Fanout {
     fn committed(&self, events: &[SharedEvent]) {
         let mut closed = Vec::new();
-        let reg = self.registry.read();
+        let reg = self.read_registry();
         for event in events {
             self.dispatch(&reg, event, &mut closed);
             // Advanced while the read lock is held: a registration (write
@@ -503,12 +515,8 @@ impl CommitSink for Fanout {
             self.head.store(event.id.0, Ordering::Release);
         }
         drop(reg);
-        // Before the publisher is answered: what waits survives a crash.
-        if let Some(inboxes) = &self.inboxes {
-            if let Err(err) = inboxes.flush() {
-                tracing::error!(%err, "could not write the inbox file");
-            }
-        }
+        // What now waits in inboxes is only queued for their writer: the
+        // publisher awaits it (`Hub::publish_as`), nothing waits here.
         // Overflowed streams leave the books now, not when their writer next
         // runs: a stalled socket may keep it from ever running.
         for key in closed {
@@ -522,13 +530,10 @@ impl CommitSink for Fanout {
             return;
         }
         let Some(inboxes) = &self.inboxes else { return };
-        let written = match record {
+        match record {
             Control::Delivered { user, ids } => inboxes.delivered(user, ids),
-            Control::Acked { user, ids } => inboxes.ack(user, ids).map(|_| ()),
-            Control::Close { .. } => Ok(()),
-        };
-        if let Err(err) = written {
-            tracing::error!(%err, "could not write the inbox file");
+            Control::Acked { user, ids } => drop(inboxes.ack(user, ids)),
+            Control::Close { .. } => {}
         }
     }
 

@@ -341,7 +341,8 @@ impl Hub {
             Arc::new(MemoryLog::new(settings))
         } else {
             let dir = config.data_dir.join("journal");
-            let (log, report) = DurableLog::open(&dir, settings, h.fsync)?;
+            let (log, report) =
+                crate::blocking::at_start(|| DurableLog::open(&dir, settings, h.fsync))?;
             if report.cut_bytes > 0 {
                 tracing::warn!(
                     cut_bytes = report.cut_bytes,
@@ -604,6 +605,9 @@ impl Hub {
                 },
             })?;
         }
+        let addressed = drafts
+            .iter()
+            .any(|d| !d.target.users.is_empty() && !d.target.broadcast);
         let appended = match self.shared.log.append(drafts).await {
             Ok(appended) => appended,
             Err(err) => {
@@ -611,6 +615,13 @@ impl Hub {
                 return Err(err.into());
             }
         };
+        if addressed {
+            // Fan-out has held what waits for users by now: answer once
+            // it is in the inbox file, so it survives a crash. A failed
+            // write is counted and said by the writer and in readiness;
+            // the events themselves are committed.
+            let _ = self.shared.inboxes().written().await;
+        }
         let duplicates = appended.iter().filter(|a| a.duplicate).count() as u64;
         Metrics::add(
             &self.shared.metrics.published,
@@ -904,10 +915,13 @@ impl Hub {
             }
             return Ok(AckOutcome { acked, unknown });
         }
-        self.shared.inboxes().ack(user, ids).map_err(|e| {
+        let inboxes = self.shared.inboxes();
+        let outcome = inboxes.ack(user, ids);
+        inboxes.written().await.map_err(|e| {
             tracing::error!(err = %e, "could not write the inbox file");
             AckError::Store(e.to_string())
-        })
+        })?;
+        Ok(outcome)
     }
 
     /// Totals of every inbox.
@@ -936,9 +950,9 @@ impl Hub {
                 }
             });
         }
-        if let Err(err) = self.shared.inboxes().delivered(user, &ids) {
-            tracing::error!(%err, "could not write the inbox file");
-        }
+        // Written soon, not waited for: lost in a crash, the messages are
+        // delivered again (at least once, never lost).
+        self.shared.inboxes().delivered(user, &ids);
     }
 
     /// Closes one stream (it gets `retry:` and ends, so its client

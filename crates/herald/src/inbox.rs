@@ -25,22 +25,35 @@
 //! ages out (`inbox.max_age_secs`, and each event's `ttl`).
 //!
 //! **Durability.** Every change is a record in `DATA_DIR/inbox.log`, framed
-//! like the journal's (length, CRC, JSON). Records of a dispatch are written
-//! before the publish is answered, so they survive `kill -9`, and synced
-//! unless `history.fsync = "never"`. At start the file is replayed (a torn
-//! tail is cut) and rewritten with only what still waits; it is rewritten
-//! again whenever it has grown well past that.
+//! like the journal's (length, CRC, JSON), and synced unless
+//! `history.fsync = "never"`. Changes are made in memory, under the inbox
+//! state's lock, and only queue their records; one writer thread writes
+//! and syncs whatever has queued, many changes per sync, so no fsync runs
+//! on a runtime worker or under a lock that a publish or a subscribe needs
+//! (`blocking.rs`). Who must know a change is on disk awaits
+//! [`Inboxes::written`]: a publish addressed to users before it is
+//! answered (so what waits survives `kill -9`), an acknowledgement before
+//! it is answered. A stream that delivered waiting messages does not wait:
+//! lost in a crash, they are delivered again (at least once, never lost).
+//! At start the file is replayed (a torn tail is cut) and rewritten with
+//! only what still waits; it is rewritten again whenever it has grown well
+//! past that.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
+use crate::blocking::{self, Lock, Ordered};
 use crate::event::{EventId, SharedEvent};
 use crate::log::journal::{frame, unframe, Record};
 use crate::log::now_ms;
@@ -58,10 +71,34 @@ pub struct InboxSettings {
 
 /// The inboxes of every user.
 pub struct Inboxes {
+    core: Arc<Core>,
+    /// Rings the writer thread; `None`: memory only. It holds one ring: a
+    /// ring while one is pending adds nothing, since the writer takes every
+    /// record queued by the time it runs.
+    doorbell: Option<SyncSender<()>>,
+    writer: Option<JoinHandle<()>>,
+    written: watch::Receiver<Written>,
+}
+
+/// What the writer thread shares with the handle.
+struct Core {
     state: Mutex<State>,
     /// `None`: memory only.
     store: Option<Mutex<Store>>,
+    /// The file's last write failed (until a rewrite succeeds).
+    broken: AtomicBool,
     settings: InboxSettings,
+    written: watch::Sender<Written>,
+}
+
+/// How far the file is written, counted in changes.
+#[derive(Debug, Clone, Default)]
+struct Written {
+    /// Every change up to this one is in the file.
+    through: u64,
+    /// The last write that failed: every change up to its first number
+    /// may be lost, and why.
+    failed: Option<(u64, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -71,6 +108,8 @@ struct State {
     totals: InboxTotals,
     /// Records of changes not yet written, in the order of the changes.
     unwritten: Vec<u8>,
+    /// Changes recorded so far (the last one's number).
+    changes: u64,
     recording: bool,
 }
 
@@ -154,6 +193,7 @@ impl State {
         if self.recording {
             let body = serde_json::to_vec(change).expect("inbox changes serialize");
             frame(&body, &mut self.unwritten);
+            self.changes += 1;
         }
     }
 
@@ -298,14 +338,23 @@ impl Held {
 impl Inboxes {
     /// Inboxes in memory only.
     pub fn in_memory(settings: InboxSettings) -> Inboxes {
+        let (written, watching) = watch::channel(Written::default());
         Inboxes {
-            state: Mutex::new(State::default()),
-            store: None,
-            settings,
+            core: Arc::new(Core {
+                state: Mutex::new(State::default()),
+                store: None,
+                broken: AtomicBool::new(false),
+                settings,
+                written,
+            }),
+            doorbell: None,
+            writer: None,
+            written: watching,
         }
     }
 
-    /// Inboxes kept in `path`, read back from it.
+    /// Inboxes kept in `path`, read back from it. Blocks on the disk (a
+    /// start, before the hub serves); starts the writer thread.
     pub fn open(path: &Path, settings: InboxSettings) -> io::Result<Inboxes> {
         let mut state = State::default();
         let mut bytes = Vec::new();
@@ -325,12 +374,28 @@ impl Inboxes {
             );
         }
         state.totals = InboxTotals::default();
-        let store = Store::rewrite(path, &state, settings.sync)?;
+        let store = blocking::at_start(|| Store::replace(path, &state.snapshot(), settings.sync))?;
         state.recording = true;
-        let inboxes = Inboxes {
+        let (written, watching) = watch::channel(Written::default());
+        let core = Arc::new(Core {
             state: Mutex::new(state),
             store: Some(Mutex::new(store)),
+            broken: AtomicBool::new(false),
             settings,
+            written,
+        });
+        let (doorbell, rings) = mpsc::sync_channel(1);
+        let writer = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("herald-inbox".into())
+                .spawn(move || core.write_on_ring(rings))?
+        };
+        let inboxes = Inboxes {
+            core,
+            doorbell: Some(doorbell),
+            writer: Some(writer),
+            written: watching,
         };
         inboxes.sweep(now_ms());
         Ok(inboxes)
@@ -349,7 +414,7 @@ impl Inboxes {
         if event.is_expired(now_ms()) {
             return;
         }
-        let mut state = self.state.lock();
+        let mut state = self.core.state();
         let mut held = Vec::new();
         for user in &event.target.users {
             if event.require_ack || !online(user) {
@@ -358,7 +423,7 @@ impl Inboxes {
                     event,
                     event.require_ack,
                     now,
-                    self.settings.max_per_user,
+                    self.core.settings.max_per_user,
                 );
                 held.push(user.to_string());
             }
@@ -370,6 +435,8 @@ impl Inboxes {
                 since: now,
                 event: Box::new(Record::of(event)),
             });
+            drop(state);
+            self.ring();
         }
     }
 
@@ -377,7 +444,7 @@ impl Inboxes {
     /// `selector` receives first, oldest first.
     pub fn waiting_for(&self, user: &str, selector: &Selector, head: EventId) -> Vec<SharedEvent> {
         let now = now_ms();
-        let state = self.state.lock();
+        let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
             return Vec::new();
         };
@@ -385,27 +452,28 @@ impl Inboxes {
             .entries
             .range(..=head)
             .filter(|(_, held)| {
-                !held.expired(now, self.settings.max_age_ms) && selector.wants(&held.event)
+                !held.expired(now, self.core.settings.max_age_ms) && selector.wants(&held.event)
             })
             .map(|(_, held)| held.event.clone())
             .collect()
     }
 
     /// A connection of `user` received these events: direct messages that
-    /// waited for it stop waiting; events waiting for an ack still do.
-    pub fn delivered(&self, user: &str, ids: &[EventId]) -> io::Result<()> {
+    /// waited for it stop waiting; events waiting for an ack still do. The
+    /// change is written soon; nobody waits for it.
+    pub fn delivered(&self, user: &str, ids: &[EventId]) {
         {
-            let mut state = self.state.lock();
+            let mut state = self.core.state();
             let removed = state.remove(user, ids.iter().copied(), |held| !held.ack);
             state.totals.delivered += removed.len() as u64;
         }
-        self.flush()
+        self.ring();
     }
 
     /// Which of `ids` wait for `user` now (what an ack of them would
     /// remove).
     pub fn held(&self, user: &str, ids: &[EventId]) -> Vec<EventId> {
-        let state = self.state.lock();
+        let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
             return Vec::new();
         };
@@ -415,28 +483,29 @@ impl Inboxes {
             .collect()
     }
 
-    /// `user` acknowledges these events.
-    pub fn ack(&self, user: &str, ids: &[EventId]) -> io::Result<AckOutcome> {
+    /// `user` acknowledges these events. Await [`Inboxes::written`] before
+    /// telling the user it is done.
+    pub fn ack(&self, user: &str, ids: &[EventId]) -> AckOutcome {
         let acked = {
-            let mut state = self.state.lock();
+            let mut state = self.core.state();
             let acked = state.remove(user, ids.iter().copied(), |_| true);
             state.totals.acked += acked.len() as u64;
             acked
         };
+        self.ring();
         let unknown = ids
             .iter()
             .filter(|id| !acked.contains(id))
             .copied()
             .collect();
-        self.flush()?;
-        Ok(AckOutcome { acked, unknown })
+        AckOutcome { acked, unknown }
     }
 
     /// Removes what has waited past its `ttl` or the age limit.
     pub fn sweep(&self, now_ms: u64) {
-        let max_age = self.settings.max_age_ms;
+        let max_age = self.core.settings.max_age_ms;
         {
-            let mut state = self.state.lock();
+            let mut state = self.core.state();
             let expired: Vec<(Box<str>, Vec<EventId>)> = state
                 .users
                 .iter()
@@ -455,58 +524,56 @@ impl Inboxes {
                 state.totals.expired += n as u64;
             }
         }
-        if let Err(err) = self.flush() {
-            tracing::warn!(%err, "could not write the inbox file");
+        self.ring();
+    }
+
+    /// Returns once every change made before the call is in the file (at
+    /// once in memory), or says why it may not be.
+    pub async fn written(&self) -> io::Result<()> {
+        if self.doorbell.is_none() {
+            return Ok(());
+        }
+        let change = self.core.state().changes;
+        self.ring();
+        let mut written = self.written.clone();
+        let outcome = written
+            .wait_for(|w| {
+                w.through >= change || w.failed.as_ref().is_some_and(|(at, _)| *at >= change)
+            })
+            .await
+            .map_err(|_| io::Error::other("the inbox writer stopped"))?;
+        match (&outcome.failed, outcome.through >= change) {
+            (_, true) => Ok(()),
+            (Some((_, why)), false) => Err(io::Error::other(why.to_string())),
+            (None, false) => unreachable!("waited for one of the two"),
         }
     }
 
-    /// Writes the changes made so far to the file (and syncs it). After a
-    /// failed write the next flush rewrites the whole file.
+    /// Writes the changes made so far to the file (and syncs it), on the
+    /// calling thread: for threads that may wait for the disk.
     pub fn flush(&self) -> io::Result<()> {
-        let result = self.write_out();
-        if result.is_err() {
-            self.state.lock().totals.write_errors += 1;
-        }
-        result
+        self.core.flush()
     }
 
-    fn write_out(&self) -> io::Result<()> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let mut store = store.lock();
-        if store.broken || store.len > 2 * store.compact_len + (4 << 20) {
-            // Rare: the file is rewritten from what waits now, with the
-            // changes held back meanwhile so none is written twice.
-            let mut state = self.state.lock();
-            state.unwritten.clear();
-            store.broken = true;
-            *store = Store::rewrite(&store.path, &state, self.settings.sync)?;
-            return Ok(());
+    /// Asks the writer thread to write what has queued.
+    fn ring(&self) {
+        if let Some(doorbell) = &self.doorbell {
+            // Full: a ring is pending, and the writer will take this
+            // change too. Gone: the writer ended; `written` says so.
+            let _ = doorbell.try_send(());
         }
-        let bytes = std::mem::take(&mut self.state.lock().unwritten);
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if let Err(err) = store.append(&bytes) {
-            store.broken = true;
-            return Err(err);
-        }
-        Ok(())
     }
 
     /// `Err` while the file's last write failed (until a rewrite succeeds).
     pub fn health(&self) -> Result<(), String> {
-        match &self.store {
-            Some(store) if store.lock().broken => {
-                Err("the last write of the inbox file failed".into())
-            }
-            _ => Ok(()),
+        match self.core.broken.load(Ordering::Relaxed) {
+            true => Err("the last write of the inbox file failed".into()),
+            false => Ok(()),
         }
     }
 
     pub fn user_counts(&self, user: &str) -> UserInboxCounts {
-        let state = self.state.lock();
+        let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
             return UserInboxCounts::default();
         };
@@ -519,11 +586,87 @@ impl Inboxes {
     }
 
     pub fn totals(&self) -> InboxTotals {
-        let state = self.state.lock();
+        let state = self.core.state();
         InboxTotals {
             waiting: state.held,
             ..state.totals
         }
+    }
+}
+
+impl Drop for Inboxes {
+    /// The writer writes what is left and ends; it is waited for, so a
+    /// hub opened again on the same directory reads everything.
+    fn drop(&mut self) {
+        self.doorbell.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Core {
+    /// The inbox state, last in the hub's lock order (`blocking.rs`).
+    fn state(&self) -> Ordered<MutexGuard<'_, State>> {
+        Ordered::take(Lock::InboxState, || self.state.lock())
+    }
+
+    /// The writer thread: one write per ring, of every change queued by
+    /// then. Ends when the handle is dropped, after a last write.
+    fn write_on_ring(&self, rings: Receiver<()>) {
+        blocking::disk_thread();
+        while rings.recv().is_ok() {
+            if let Err(err) = self.flush() {
+                tracing::error!(%err, "could not write the inbox file");
+            }
+        }
+        if let Err(err) = self.flush() {
+            tracing::error!(%err, "could not write the inbox file");
+        }
+    }
+
+    /// Writes and syncs the records queued so far; after a failed write,
+    /// rewrites the whole file instead. Holds the file's lock throughout
+    /// and the state's only to take the records (or a snapshot).
+    fn flush(&self) -> io::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut store = Ordered::take(Lock::InboxFile, || store.lock());
+        let rewrite =
+            self.broken.load(Ordering::Relaxed) || store.len > 2 * store.compact_len + (4 << 20);
+        let (bytes, through) = {
+            let mut state = self.state();
+            let bytes = match rewrite {
+                // Rare: the file is rewritten from what waits now, and the
+                // records queued meanwhile are dropped, so none is written
+                // twice.
+                true => {
+                    state.unwritten.clear();
+                    state.snapshot()
+                }
+                false => std::mem::take(&mut state.unwritten),
+            };
+            (bytes, state.changes)
+        };
+        let result = match rewrite {
+            true => Store::replace(&store.path, &bytes, self.settings.sync).map(|new| *store = new),
+            false if bytes.is_empty() => Ok(()),
+            false => store.append(&bytes),
+        };
+        self.broken.store(result.is_err(), Ordering::Relaxed);
+        match &result {
+            Ok(()) => self
+                .written
+                .send_modify(|w| w.through = w.through.max(through)),
+            Err(err) => {
+                self.state().totals.write_errors += 1;
+                let why: Arc<str> = err.to_string().into();
+                self.written
+                    .send_modify(|w| w.failed = Some((through, why)));
+            }
+        }
+        result
     }
 }
 
@@ -535,16 +678,15 @@ struct Store {
     /// Length right after the last rewrite.
     compact_len: u64,
     sync: bool,
-    broken: bool,
 }
 
-impl Store {
-    /// Replaces the file with the changes that rebuild `state`.
-    fn rewrite(path: &Path, state: &State, sync: bool) -> io::Result<Store> {
-        // One record per event (and kind of wait), naming its users.
+impl State {
+    /// The records that rebuild what waits now: one per event (and kind
+    /// of wait), naming its users.
+    fn snapshot(&self) -> Vec<u8> {
         let mut events: BTreeMap<(EventId, bool, u64), (&SharedEvent, Vec<String>)> =
             BTreeMap::new();
-        for (user, inbox) in &state.users {
+        for (user, inbox) in &self.users {
             for held in inbox.entries.values() {
                 events
                     .entry((held.event.id, held.ack, held.since_ms))
@@ -566,31 +708,38 @@ impl Store {
                 &mut buf,
             );
         }
+        buf
+    }
+}
+
+impl Store {
+    /// Replaces the file with `records` (write, sync, rename, sync the
+    /// directory).
+    fn replace(path: &Path, records: &[u8], sync: bool) -> io::Result<Store> {
         let tmp = path.with_extension("tmp");
         {
             let mut file = File::create(&tmp)?;
-            file.write_all(&buf)?;
-            file.sync_all()?;
+            file.write_all(records)?;
+            blocking::sync_all(&file)?;
         }
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
+            blocking::sync_all(&File::open(dir)?)?;
         }
         let file = OpenOptions::new().append(true).open(path)?;
         Ok(Store {
             path: path.to_owned(),
             file,
-            len: buf.len() as u64,
-            compact_len: buf.len() as u64,
+            len: records.len() as u64,
+            compact_len: records.len() as u64,
             sync,
-            broken: false,
         })
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         if self.sync {
-            self.file.sync_data()?;
+            blocking::sync_data(&self.file)?;
         }
         self.len += bytes.len() as u64;
         Ok(())
@@ -657,11 +806,9 @@ mod tests {
         assert_eq!(ids(&inboxes.waiting_for("bob", &bob, EventId(9))), [2]);
         // Only what was dispatched before the connection joined.
         assert_eq!(ids(&inboxes.waiting_for("alice", &alice, EventId(1))), [1]);
-        inboxes
-            .delivered("alice", &[EventId(1), EventId(2)])
-            .unwrap();
+        inboxes.delivered("alice", &[EventId(1), EventId(2)]);
         assert_eq!(ids(&inboxes.waiting_for("alice", &alice, EventId(9))), [2]);
-        let outcome = inboxes.ack("alice", &[EventId(2), EventId(7)]).unwrap();
+        let outcome = inboxes.ack("alice", &[EventId(2), EventId(7)]);
         assert_eq!(outcome.acked, [EventId(2)]);
         assert_eq!(outcome.unknown, [EventId(7)]);
         assert!(inboxes.waiting_for("alice", &alice, EventId(9)).is_empty());
@@ -734,6 +881,40 @@ mod tests {
         assert_eq!((t.waiting, t.expired), (0, 2));
     }
 
+    /// What the file holds now, read as a start would read it.
+    fn on_disk(path: &Path) -> State {
+        let mut state = State::default();
+        state.replay_records(&std::fs::read(path).unwrap(), 10, path);
+        state
+    }
+
+    #[tokio::test]
+    async fn written_returns_once_the_changes_are_in_the_file() {
+        use futures_util::FutureExt;
+        let dir = std::env::temp_dir().join(format!("herald-inbox-w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.log");
+        let _ = std::fs::remove_file(&path);
+        let mut s = settings(10);
+        s.sync = true;
+        let inboxes = Inboxes::open(&path, s).unwrap();
+        // The test holds the file: no write can land, so `written` waits.
+        let file = inboxes.core.store.as_ref().unwrap().lock();
+        inboxes.offer(&direct(1, &["alice"], true), |_| false);
+        let mut written = Box::pin(inboxes.written());
+        assert!((&mut written).now_or_never().is_none());
+        drop(file);
+        written.await.unwrap();
+        assert_eq!(on_disk(&path).held, 1);
+        let outcome = inboxes.ack("alice", &[EventId(1)]);
+        assert_eq!(outcome.acked, [EventId(1)]);
+        inboxes.written().await.unwrap();
+        assert_eq!(on_disk(&path).held, 0);
+        assert!(inboxes.health().is_ok());
+        drop(inboxes);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_file_brings_everything_back_and_cuts_a_torn_tail() {
         let dir = std::env::temp_dir().join(format!("herald-inbox-{}", std::process::id()));
@@ -746,8 +927,8 @@ mod tests {
             inboxes.offer(&direct(2, &["alice", "bob"], true), |_| true);
             inboxes.offer(&direct(3, &["alice"], false), |_| false);
             inboxes.flush().unwrap();
-            inboxes.ack("bob", &[EventId(2)]).unwrap();
-            inboxes.delivered("alice", &[EventId(3)]).unwrap();
+            inboxes.ack("bob", &[EventId(2)]);
+            inboxes.delivered("alice", &[EventId(3)]);
             inboxes.offer(&direct(4, &["carol"], false), |_| false);
             inboxes.flush().unwrap();
         }

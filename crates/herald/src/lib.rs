@@ -25,6 +25,7 @@
 //! `stream.rs` for why that makes resume exactly once.
 
 pub mod auth;
+mod blocking;
 pub mod config;
 pub mod connection;
 pub mod event;

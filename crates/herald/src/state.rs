@@ -228,8 +228,9 @@ impl StateStore {
         let tmp = path.with_extension("json.tmp");
         let target = path.clone();
         let written = tokio::task::spawn_blocking(move || {
+            crate::blocking::disk_thread();
             std::fs::write(&tmp, bytes)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
+            crate::blocking::sync_all(&std::fs::File::open(&tmp)?)?;
             std::fs::rename(&tmp, &target)
         })
         .await

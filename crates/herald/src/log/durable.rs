@@ -173,6 +173,7 @@ impl Committer {
             failure,
             fsync,
         } = self;
+        crate::blocking::disk_thread();
         while let Ok(first) = jobs.recv() {
             let mut group = vec![first];
             if fsync != Fsync::Always {
@@ -211,8 +212,9 @@ impl Committer {
                     // wakes the subscribers' writers, so that their tasks run
                     // first and the next publish on their connections is not
                     // read only after every writer has run. Not when the
-                    // group holds events for users' inboxes: those are
-                    // written to the inbox file by fan-out, before the answer.
+                    // group holds events for users' inboxes: fan-out holds
+                    // them there first, so that the publisher's wait for the
+                    // inbox file (`Hub::publish_as`) covers them.
                     let for_inboxes = events
                         .iter()
                         .any(|e| !e.target.users.is_empty() && !e.target.broadcast);

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::blocking;
 use crate::event::{Event, EventDraft, EventId};
 
 /// A segment is closed and a new one begun past this size.
@@ -125,7 +126,7 @@ fn write_number(dir: &Path, name: &str, value: u64) -> Result<(), JournalError> 
     let tmp = dir.join(format!("{name}.tmp"));
     fs::write(&tmp, value.to_string()).map_err(io_err(&tmp))?;
     File::open(&tmp)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| blocking::sync_all(&f))
         .map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)
@@ -227,7 +228,7 @@ impl Journal {
             });
         }
         let written = self.file.write_all(&buf).and_then(|()| match sync {
-            true => self.file.sync_data(),
+            true => blocking::sync_data(&self.file),
             false => Ok(()),
         });
         if let Err(source) = written {
@@ -244,7 +245,7 @@ impl Journal {
     }
 
     fn roll(&mut self, next: EventId) -> Result<(), JournalError> {
-        self.file.sync_all().map_err(io_err(&self.current.path))?;
+        blocking::sync_all(&self.file).map_err(io_err(&self.current.path))?;
         let path = self.dir.join(segment_name(next.0));
         let file = OpenOptions::new()
             .create(true)
@@ -289,7 +290,7 @@ impl Journal {
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| blocking::sync_all(&d))
         .map_err(io_err(dir))
 }
 
@@ -320,7 +321,7 @@ fn read_segment(
         .open(path)
         .map_err(io_err(path))?;
     file.set_len(at as u64).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))?;
+    blocking::sync_all(&file).map_err(io_err(path))?;
     Ok((last_id, cut))
 }
 

@@ -19,6 +19,7 @@ use super::{
     now_ms, Appended, CommitSink, Coverage, EventLog, LogError, Page, ReadFrom, ReadRequest,
     SCAN_BUDGET,
 };
+use crate::blocking::{Lock, Ordered};
 use crate::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::pattern::{Pattern, Segment};
 use crate::selector::Selector;
@@ -135,7 +136,7 @@ impl MemoryLog {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> HistoryGuard<'_> {
         lock(&self.inner)
     }
 
@@ -155,10 +156,15 @@ impl MemoryLog {
     }
 }
 
+/// A held history index, first in the hub's lock order (`blocking.rs`).
+pub(crate) type HistoryGuard<'a> = Ordered<std::sync::MutexGuard<'a, Inner>>;
+
 /// Locks an index. A panic while it was held leaves consistent-enough data
 /// (every step is a whole insert or remove): keep serving.
-pub(crate) fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|e| e.into_inner())
+pub(crate) fn lock(inner: &Mutex<Inner>) -> HistoryGuard<'_> {
+    Ordered::take(Lock::History, || {
+        inner.lock().unwrap_or_else(|e| e.into_inner())
+    })
 }
 
 /// Quiet logs still age out: sweeps the index once a second while it lives

@@ -43,8 +43,10 @@ use crate::selector::Selector;
 pub use durable::DurableLog;
 pub use memory::MemoryLog;
 
-/// Receives committed events, in id order. Implemented by fan-out; must not
-/// block (it is called with the log's ordering lock held).
+/// Receives committed events, in id order. Implemented by fan-out. It is
+/// called with the log's history lock held, so it must not block: it
+/// queues, and takes only locks that come after the history's in the
+/// hub's lock order (`blocking.rs`, checked in debug builds).
 pub trait CommitSink: Send + Sync + 'static {
     fn committed(&self, events: &[SharedEvent]);
 
