@@ -26,6 +26,8 @@ use crate::blocking::{Lock, Ordered};
 
 use crate::connection::{Connection, Offered};
 use crate::event::{EventId, SharedEvent};
+pub use crate::handoff::PresenceChange;
+use crate::handoff::{LiveDeliveries, PresenceChanges};
 use crate::inbox::Inboxes;
 use crate::index::SubscriptionIndex;
 use crate::log::{CommitSink, Control, Entry};
@@ -46,21 +48,12 @@ pub struct Fanout {
     /// Clustered: where to report direct messages this node delivered live
     /// (user, id), so that other nodes, where the user had no stream, stop
     /// holding them.
-    delivered_live: Option<tokio::sync::mpsc::UnboundedSender<(Box<str>, EventId)>>,
-}
-
-/// A user's first stream subscribed to a presence topic (`joined`), or
-/// their last one left it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceChange {
-    pub topic: Topic,
-    pub user: Box<str>,
-    pub joined: bool,
+    delivered_live: Option<Arc<LiveDeliveries>>,
 }
 
 struct PresenceTracker {
     patterns: Vec<Pattern>,
-    changes: tokio::sync::mpsc::UnboundedSender<PresenceChange>,
+    changes: Arc<PresenceChanges>,
 }
 
 #[derive(Default)]
@@ -143,14 +136,15 @@ impl Fanout {
         }
     }
 
-    /// Sends a [`PresenceChange`] to `changes` whenever a user's first
+    /// Hands a [`PresenceChange`] to `changes` whenever a user's first
     /// stream subscribes to an exact topic that one of `patterns` matches,
-    /// and when their last such stream leaves it. Changes are sent under the
-    /// registry's write lock, so they arrive in the order they happened.
-    pub fn announce_presence(
+    /// and when their last such stream leaves it. Changes are handed over
+    /// under the registry's write lock, so they arrive in the order they
+    /// happened.
+    pub(crate) fn announce_presence(
         mut self,
         patterns: Vec<Pattern>,
-        changes: tokio::sync::mpsc::UnboundedSender<PresenceChange>,
+        changes: Arc<PresenceChanges>,
     ) -> Fanout {
         self.presence = Some(PresenceTracker { patterns, changes });
         self
@@ -185,10 +179,7 @@ impl Fanout {
 
     /// Reports every direct message delivered live to a user with a stream
     /// here (clustered: see [`crate::log::Control::Delivered`]).
-    pub fn report_live_deliveries(
-        mut self,
-        reports: tokio::sync::mpsc::UnboundedSender<(Box<str>, EventId)>,
-    ) -> Fanout {
+    pub(crate) fn report_live_deliveries(mut self, reports: Arc<LiveDeliveries>) -> Fanout {
         self.delivered_live = Some(reports);
         self
     }
@@ -242,8 +233,7 @@ impl Fanout {
                 }
             };
             if changed {
-                // Nobody listens once the hub is gone; nothing to announce then.
-                let _ = tracker.changes.send(PresenceChange {
+                tracker.changes.push(PresenceChange {
                     topic: key.0,
                     user: key.1,
                     joined: joining,
@@ -468,7 +458,7 @@ impl Fanout {
                 if let (Some(reports), false) = (&self.delivered_live, event.require_ack) {
                     for user in &event.target.users {
                         if reg.by_user.contains_key(user.as_str()) {
-                            let _ = reports.send((user.as_str().into(), event.id));
+                            reports.push(user.as_str(), event.id);
                         }
                     }
                 }

@@ -32,6 +32,7 @@ pub mod event;
 pub mod fanout;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+mod handoff;
 pub mod http;
 pub mod hub;
 pub mod inbox;

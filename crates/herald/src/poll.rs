@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::event::{EventId, SharedEvent};
-use crate::hub::Hub;
+use crate::hub::{Hub, Opening};
 use crate::log::ReadRequest;
 use crate::subscribe::{Refusal, Start, SubscribeError, SubscribeRequest};
 
@@ -23,6 +23,14 @@ use crate::subscribe::{Refusal, Start, SubscribeError, SubscribeRequest};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
 /// Longest wait a poll may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a long poll gives back.
+#[derive(Debug)]
+pub enum Polled {
+    Answer(PollAnswer),
+    /// Refused for now (limits, shutdown); the client should retry later.
+    Refused(Refusal),
+}
 
 /// One poll's answer.
 #[derive(Debug)]
@@ -49,12 +57,12 @@ impl Hub {
         &self,
         request: SubscribeRequest,
         timeout: Duration,
-    ) -> Result<Result<PollAnswer, Refusal>, SubscribeError> {
+    ) -> Result<Polled, SubscribeError> {
         let mut request = request;
         request.long_poll = true;
         let opened = match self.open(request).await? {
-            Ok(opened) => opened,
-            Err(refusal) => return Ok(Err(refusal)),
+            Opening::Opened(opened) => opened,
+            Opening::Refused(refusal) => return Ok(Polled::Refused(refusal)),
         };
         let _registered = Registered(self, opened.conn.key);
         let _permit = opened.permit;
@@ -74,7 +82,7 @@ impl Hub {
                 .cloned()
                 .chain(events.into_iter().filter(|e| !skip(e)))
                 .collect();
-            Ok(Ok(PollAnswer {
+            Ok(Polled::Answer(PollAnswer {
                 last_event_id,
                 events,
                 reset: None,
@@ -90,7 +98,7 @@ impl Hub {
         match opened.start {
             Start::Reset(coverage) => {
                 let mut reset = answer(Vec::new(), opened.head);
-                if let Ok(Ok(a)) = &mut reset {
+                if let Ok(Polled::Answer(a)) = &mut reset {
                     a.reset = coverage.reset_reason();
                 }
                 return reset;

@@ -278,6 +278,14 @@ impl Server {
                 "shutdown timeout reached; closing remaining connections"
             ),
         }
+        // The streams are gone: their presence leaves and delivery reports
+        // are written last, then the timers stop.
+        if tokio::time::timeout(Duration::from_secs(5), hub.stop_background())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work did not stop within 5 s; leaving it");
+        }
         Ok(())
     }
 }

@@ -463,7 +463,7 @@ impl Hub {
                 entry: value.map(|value| json!({"version": version, "value": value}).to_string()),
             };
             match self.publish_guarded(identity, request, guard).await? {
-                Ok(id) => {
+                crate::hub::Guarded::Published(id) => {
                     apply(&mut map, &data);
                     // Takes in what other nodes changed meanwhile; the map
                     // then covers every state event up to (at least) this one.
@@ -472,7 +472,7 @@ impl Hub {
                     store.persist(map).await;
                     return Ok(Changed { version, id });
                 }
-                Err(conflict) => {
+                crate::hub::Guarded::Conflict(conflict) => {
                     attempts += 1;
                     if attempts >= MAX_ATTEMPTS {
                         return Err(StateError::VersionMismatch {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller};
 use crate::hub::Hub;
-use crate::poll::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
+use crate::poll::{Polled, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::subscribe::SubscribeError;
 
 #[utoipa::path(get, path = "/v1/poll", tag = "subscribe",
@@ -50,7 +50,7 @@ pub async fn poll(
         },
     };
     match hub.poll(request, timeout).await? {
-        Ok(answer) => {
+        Polled::Answer(answer) => {
             let events: Vec<Value> = answer
                 .events
                 .iter()
@@ -70,7 +70,7 @@ pub async fn poll(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
         }
-        Err(refusal) => {
+        Polled::Refused(refusal) => {
             let status = match refusal.error {
                 "hub_full" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::TOO_MANY_REQUESTS,
