@@ -216,6 +216,12 @@ async fn churn_does_not_flush_a_topics_history() {
     let mallory = token("mallory");
     for round in 1..=20u64 {
         let (s, _) = stream(&hub, "topic=rooms/1", &mallory).await;
+        // A join and its leave that wait together cancel out: let the
+        // join be announced first.
+        hub.wait_for_stats("the join announced", |s| {
+            s["presence_updates"].as_u64() >= Some(2 * round - 1)
+        })
+        .await;
         drop(s);
         hub.wait_for_stats("the join and the leave announced", |s| {
             s["connections"] == 0 && s["presence_updates"].as_u64() >= Some(2 * round)

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::log::Fsync;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -216,18 +218,6 @@ impl Default for InboxConfig {
             max_age_secs: 7 * 86_400,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fsync {
-    /// Sync every publish before acknowledging it.
-    Always,
-    /// Acknowledge after the sync that covers it; concurrent publishes share
-    /// one sync.
-    Batch,
-    /// Leave syncing to the operating system.
-    Never,
 }
 
 /// `[presence]`: join and leave events.

@@ -20,7 +20,7 @@
 //! 4. `stream.rs` — each connection's writer wakes, takes everything
 //!    waiting, and writes it in one chunk to the socket (`server.rs`).
 //!
-//! Subscribing runs `http/events.rs` → `subscribe.rs` → `hub.rs`, which
+//! Subscribing runs `http/events.rs` → `subscribe.rs` → `hub/open.rs`, which
 //! registers the connection with fan-out before reading any backlog: see
 //! `stream.rs` for why that makes resume exactly once.
 
@@ -35,6 +35,7 @@ pub mod fuzz;
 mod handoff;
 pub mod http;
 pub mod hub;
+mod id;
 pub mod inbox;
 pub mod index;
 pub mod json;
@@ -45,6 +46,7 @@ pub mod pattern;
 pub mod poll;
 pub mod publish;
 pub mod rate;
+mod schema;
 pub mod selector;
 pub mod server;
 pub mod sse;

@@ -24,14 +24,14 @@ pub const STATE_EVENT: &str = "state";
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::TopicName>)]
+    #[schema(value_type = Option<crate::schema::TopicName>)]
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<crate::http::openapi::TopicName>)]
+    #[schema(value_type = Vec<crate::schema::TopicName>)]
     pub topics: Vec<String>,
     /// SSE event type; absent or `message` is the default type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::PublishedEventName>)]
+    #[schema(value_type = Option<crate::schema::PublishedEventName>)]
     pub event: Option<String>,
     /// A string is sent as is; any other JSON value as compact JSON.
     #[serde(
@@ -68,10 +68,10 @@ pub struct PublishRequest {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_ack: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::ShortName>)]
+    #[schema(value_type = Option<crate::schema::ShortName>)]
     pub coalesce_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::ShortName>)]
+    #[schema(value_type = Option<crate::schema::ShortName>)]
     pub idempotency_key: Option<String>,
 }
 
@@ -80,10 +80,10 @@ pub struct PublishRequest {
 #[serde(deny_unknown_fields)]
 pub struct PublishTo {
     #[serde(default)]
-    #[schema(value_type = Vec<crate::http::openapi::ShortName>)]
+    #[schema(value_type = Vec<crate::schema::ShortName>)]
     pub users: Vec<String>,
     #[serde(default)]
-    #[schema(value_type = Vec<crate::http::openapi::ShortName>)]
+    #[schema(value_type = Vec<crate::schema::ShortName>)]
     pub connections: Vec<String>,
 }
 

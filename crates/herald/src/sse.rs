@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event::EventId;
+use crate::id::EventId;
 
 /// Sent when nothing else was sent for the heartbeat interval.
 pub const HEARTBEAT: &[u8] = b": ping\n\n";

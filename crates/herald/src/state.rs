@@ -31,15 +31,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::{AuthError, Identity, Proof};
+use crate::config::StateConfig;
 use crate::event::EventId;
-use crate::hub::Hub;
-use crate::log::{ReadFrom, ReadRequest, StateGuard};
+use crate::log::{EventLog, ReadFrom, ReadRequest, StateGuard};
+use crate::metrics::Metrics;
 
 /// Tries of one change that keeps losing races to other nodes' changes
 /// (each after a random pause that grows, so racing writers fall apart).
@@ -286,15 +288,41 @@ fn apply(map: &mut StateMap, data: &Value) {
     }
 }
 
-impl Hub {
+/// What a guarded publish did (see [`StateHost::publish_guarded`]).
+pub(crate) enum Guarded {
+    Published(EventId),
+    /// The value's version was no longer the one expected: nothing published.
+    Conflict(crate::log::Conflict),
+}
+
+/// What retained state needs from the hub around it.
+#[async_trait::async_trait]
+pub(crate) trait StateHost: Send + Sync {
+    fn log(&self) -> &Arc<dyn EventLog>;
+    /// The last event fan-out dispatched.
+    fn head(&self) -> EventId;
+    fn metrics(&self) -> &Arc<Metrics>;
+    fn state_limits(&self) -> &StateConfig;
+    /// Publishes `request` as the `state` event of a change, only if the
+    /// value's version is still the one `guard` expects (see
+    /// [`EventLog::append_guarded`]).
+    async fn publish_guarded(
+        &self,
+        identity: &Identity,
+        request: PublishRequest,
+        guard: StateGuard,
+    ) -> Result<Guarded, PublishError>;
+}
+
+impl StateStore {
     /// Applies the `state` events the map does not include yet: after a
     /// restart, those the file missed; clustered, those other nodes
     /// published. Reads only what was logged since the last call.
-    async fn reconcile(&self, map: &mut StateMap) {
+    async fn reconcile(host: &dyn StateHost, map: &mut StateMap) {
         if !map.loaded {
             // Clustered, the engine holds every retained value; a node reads
             // them once, then follows the log.
-            match self.log().retained_state().await {
+            match host.log().retained_state().await {
                 Ok(None) => map.loaded = true,
                 Ok(Some((at, values))) => {
                     map.topics.clear();
@@ -326,7 +354,7 @@ impl Hub {
             user: None,
             meta: Default::default(),
         };
-        let until = self.fanout().head();
+        let until = host.head();
         if map.through >= until.0 {
             return;
         }
@@ -338,7 +366,7 @@ impl Hub {
                 limit: 1000,
                 selector: &selector,
             };
-            let Ok(page) = crate::log::read_all(&**self.log(), request).await else {
+            let Ok(page) = crate::log::read_all(&**host.log(), request).await else {
                 return;
             };
             let Some(last) = page.last() else { break };
@@ -364,8 +392,9 @@ impl Hub {
 
     /// Changes one value, publishing its `state` event (SPEC §6). Needs the
     /// right to publish on the topic.
-    pub async fn change_state(
+    pub(crate) async fn change(
         &self,
+        host: &dyn StateHost,
         identity: &Identity,
         topic: &str,
         key: &str,
@@ -380,14 +409,14 @@ impl Hub {
                 return Err(StateError::BadValue(format!("the value {why}")));
             }
         }
-        let store = self.state_store();
+        let store = self;
         let mut map = store.map.lock().await;
         // Clustered, another node may change the value between this node's
         // look at it and the append: the engine checks the version, and a
         // lost race reads the winner's change and decides again.
         let mut attempts = 0;
         loop {
-            self.reconcile(&mut map).await;
+            Self::reconcile(host, &mut map).await;
             let current = map.topics.get(topic).and_then(|k| k.get(key)).cloned();
             let matches = match if_match {
                 None => true,
@@ -439,7 +468,7 @@ impl Hub {
                 Change::Delete => None,
             };
             if let Some(value) = &value {
-                let limits = &self.config().state;
+                let limits = host.state_limits();
                 if current.is_none() && map.count >= limits.max_keys {
                     return Err(StateError::Full(format!(
                         "{} values are retained, the most state.max_keys allows; delete some first",
@@ -462,24 +491,24 @@ impl Hub {
                 expect: current.as_ref().map(|e| e.version),
                 entry: value.map(|value| json!({"version": version, "value": value}).to_string()),
             };
-            match self.publish_guarded(identity, request, guard).await? {
-                crate::hub::Guarded::Published(id) => {
+            match host.publish_guarded(identity, request, guard).await? {
+                Guarded::Published(id) => {
                     apply(&mut map, &data);
                     // Takes in what other nodes changed meanwhile; the map
                     // then covers every state event up to (at least) this one.
-                    self.reconcile(&mut map).await;
-                    map.report(self.metrics());
+                    Self::reconcile(host, &mut map).await;
+                    map.report(host.metrics());
                     store.persist(map).await;
                     return Ok(Changed { version, id });
                 }
-                crate::hub::Guarded::Conflict(conflict) => {
+                Guarded::Conflict(conflict) => {
                     attempts += 1;
                     if attempts >= MAX_ATTEMPTS {
                         return Err(StateError::VersionMismatch {
                             current: conflict.current,
                         });
                     }
-                    self.log().catch_up(conflict.engine_head).await;
+                    host.log().catch_up(conflict.engine_head).await;
                     let pause = fastrand::u64(0..=attempts * 2);
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
@@ -488,8 +517,9 @@ impl Hub {
     }
 
     /// Every key of a topic. Needs the right to read the topic.
-    pub async fn read_state(
+    pub(crate) async fn read(
         &self,
+        host: &dyn StateHost,
         identity: &Identity,
         topic: &str,
     ) -> Result<BTreeMap<String, Entry>, StateError> {
@@ -502,8 +532,8 @@ impl Hub {
                 _ => AuthError::Forbidden(format!("the token may not read {topic}")),
             }));
         }
-        let mut map = self.state_store().map.lock().await;
-        self.reconcile(&mut map).await;
+        let mut map = self.map.lock().await;
+        Self::reconcile(host, &mut map).await;
         Ok(map.topics.get(topic).cloned().unwrap_or_default())
     }
 
@@ -512,22 +542,24 @@ impl Hub {
     /// registered with fan-out (see the module documentation).
     /// The next page of a fresh stream's state snapshot: a `state` event
     /// (no `id:`) per retained value of its topics, after where `cursor`
-    /// stands, up to about [`crate::stream::CHUNK_BYTES`]. `None` once
+    /// stands, up to about `max_bytes`. `None` once
     /// every value was sent.
     ///
     /// The map's lock is held for one page only. Each page is read after
     /// the stream joined fan-out, so a change either shows in a page or
     /// arrives live after the snapshot (or both, with the same version).
-    pub(crate) async fn state_page(
+    pub(crate) async fn page(
         &self,
+        host: &dyn StateHost,
         selector: &Selector,
         cursor: &mut SnapshotCursor,
+        max_bytes: usize,
     ) -> Option<Bytes> {
         if cursor.done {
             return None;
         }
-        let mut map = self.state_store().map.lock().await;
-        self.reconcile(&mut map).await;
+        let mut map = self.map.lock().await;
+        Self::reconcile(host, &mut map).await;
         let mut buf = BytesMut::new();
         let from = match &cursor.after {
             Some((topic, _)) => std::ops::Bound::Included(topic.as_str()),
@@ -548,7 +580,7 @@ impl Hub {
             for (key, entry) in keys.range::<str, _>((start, std::ops::Bound::Unbounded)) {
                 let data = json!({"topic": topic, "key": key, "version": entry.version, "value": entry.value});
                 sse::write_event(&mut buf, None, Some("state"), &data.to_string());
-                if buf.len() >= crate::stream::CHUNK_BYTES {
+                if buf.len() >= max_bytes {
                     cursor.after = Some((topic.clone(), key.clone()));
                     return Some(buf.freeze());
                 }

@@ -30,13 +30,18 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
+use crate::config::Config;
 use crate::connection::{CloseReason, Connection};
 use crate::event::{EventId, SharedEvent};
-use crate::hub::{Hub, Opened};
+use crate::fanout::Fanout;
 use crate::limits::ConnectionPermit;
-use crate::log::{ReadFrom, ReadRequest};
+use crate::log::{EventLog, ReadFrom, ReadRequest};
+use crate::metrics::Metrics;
+use crate::selector::Selector;
 use crate::sse;
+use crate::state::SnapshotCursor;
 use crate::subscribe::Start;
+use tokio_util::sync::CancellationToken;
 
 /// Most bytes copied into one chunk (a single larger event goes alone,
 /// uncopied).
@@ -45,14 +50,55 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// The body of an SSE response: chunks of encoded events.
 pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
-pub(crate) struct Writer {
-    hub: Hub,
+/// What a stream needs from the hub around it (`hub/open.rs` implements
+/// it for [`crate::Hub`]).
+pub(crate) trait StreamHost: Clone + Send + Sync + 'static {
+    fn config(&self) -> &Config;
+    fn log(&self) -> &Arc<dyn EventLog>;
+    fn metrics(&self) -> &Arc<Metrics>;
+    fn fanout(&self) -> &Arc<Fanout>;
+    fn is_shutting_down(&self) -> bool;
+    fn shutdown_token(&self) -> &CancellationToken;
+    /// A reconnect delay for the `retry:` a stream ends with.
+    fn jittered_retry_ms(&self) -> u64;
+    /// The connection received what waited for its user (the preamble
+    /// carrying it is written).
+    fn waited_events_delivered(&self, conn: &Connection, events: &[SharedEvent]);
+    /// The next page of a fresh stream's retained state.
+    fn state_page(
+        &self,
+        selector: &Selector,
+        cursor: &mut SnapshotCursor,
+    ) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+}
+
+/// A registered connection and where its backlog starts.
+pub(crate) struct Opened {
+    pub conn: Arc<Connection>,
+    pub permit: crate::limits::ConnectionPermit,
+    pub head: EventId,
+    pub start: Start,
+    pub valid_until: Option<u64>,
+    /// A fresh stream sends its topics' retained state (SPEC §6): the
+    /// first page, read here before the stream starts (so a change made
+    /// once a client has its `herald.connected` reaches it live), and where
+    /// the rest is read from, page by page as the client takes it.
+    pub snapshot: Option<(Bytes, SnapshotCursor)>,
+    /// What waited for the user (SPEC §7), sent before anything else.
+    pub waiting: Vec<SharedEvent>,
+    /// The Last-Event-ID the stream stands at before its backlog: sent
+    /// after the waiting events, whose ids may lie anywhere.
+    pub position: String,
+}
+
+pub(crate) struct Writer<H: StreamHost> {
+    hub: H,
     conn: Arc<Connection>,
     _permit: ConnectionPermit,
     /// What goes before the state snapshot, in parts (shared, not yet copied).
     preamble: VecDeque<Bytes>,
     /// A fresh stream's retained state, read a page at a time.
-    snapshot: Option<crate::state::SnapshotCursor>,
+    snapshot: Option<SnapshotCursor>,
     /// What goes after the snapshot and before the backlog (`herald.reset`).
     after_snapshot: Bytes,
     /// The backlog still to read, and the id it stops at.
@@ -73,8 +119,8 @@ pub(crate) struct Writer {
     skip: Vec<u64>,
 }
 
-impl Writer {
-    pub(crate) fn new(hub: Hub, opened: Opened) -> Writer {
+impl<H: StreamHost> Writer<H> {
+    pub(crate) fn new(hub: H, opened: Opened) -> Writer<H> {
         let Opened {
             conn,
             permit,
@@ -357,7 +403,7 @@ impl Chunk {
     }
 }
 
-impl Drop for Writer {
+impl<H: StreamHost> Drop for Writer<H> {
     fn drop(&mut self) {
         self.hub.fanout().unregister(self.conn.key);
         tracing::debug!(connection = %self.conn.id, "stream closed");

@@ -8,6 +8,8 @@
 //!
 //! - `build`: building a hub: the log, the inbox, fan-out, limits;
 //! - `open`: opening a stream or a long poll, changing its subscriptions;
+//! - `poll`: answering a long poll;
+//! - `state`: retained state, through [`crate::state::StateHost`];
 //! - `acks`: acknowledgements and what waited for a user;
 //! - `admin`: numbers, users, presence, closing streams;
 //! - `tasks`: the background work and how it stops.
@@ -28,13 +30,6 @@ use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
 use crate::rate::RateLimits;
-
-/// What a guarded publish did (see [`Hub::publish_guarded`]).
-pub(crate) enum Guarded {
-    Published(EventId),
-    /// The value's version was no longer the one expected: nothing published.
-    Conflict(crate::log::Conflict),
-}
 
 /// A handle to a running hub. Clone it freely: clones share one hub.
 ///
@@ -172,42 +167,6 @@ impl Hub {
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
 
-    /// Publishes `request` as the `state` event of a retained value's
-    /// change, only if the value's version is still the one `guard` expects (see
-    /// [`EventLog::append_guarded`]).
-    pub(crate) async fn publish_guarded(
-        &self,
-        identity: &Identity,
-        request: PublishRequest,
-        guard: crate::log::StateGuard,
-    ) -> Result<Guarded, PublishError> {
-        let mut drafts = validate_batch(vec![request], &self.shared.config.limits)?;
-        check_rights(identity, &drafts[0]).map_err(PublishError::Auth)?;
-        // The one way a `state` event enters the log (publishers may not
-        // name it: see `publish::STATE_EVENT`).
-        drafts[0].event_type = Some(crate::publish::STATE_EVENT.into());
-        match self
-            .shared
-            .log
-            .append_guarded(drafts.remove(0), guard)
-            .await
-        {
-            Ok(Ok(appended)) => {
-                Metrics::add(&self.shared.metrics.published, 1);
-                Ok(Guarded::Published(appended.id))
-            }
-            Ok(Err(conflict)) => Ok(Guarded::Conflict(conflict)),
-            Err(err) => {
-                Metrics::add(&self.shared.metrics.log_errors, 1);
-                Err(err.into())
-            }
-        }
-    }
-
-    pub(crate) fn state_store(&self) -> &crate::state::StateStore {
-        &self.shared.state
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }
@@ -245,10 +204,6 @@ impl Hub {
         self.shared.shutdown.clone().cancelled_owned()
     }
 
-    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
-        &self.shared.shutdown
-    }
-
     /// A reconnect delay between `retry_ms` and twice that, so that clients
     /// sent away together do not come back together.
     pub fn jittered_retry_ms(&self) -> u64 {
@@ -271,12 +226,14 @@ mod acks;
 mod admin;
 mod build;
 mod open;
+mod poll;
+mod state;
 mod tasks;
 
 pub use acks::{AckError, MAX_ACK_IDS};
 pub use admin::{Closing, ClusterStats, HubStats, NodeStats, NodeTotals, UserInfo};
 pub use build::StartError;
-pub(crate) use open::{Opened, Opening};
+pub(crate) use open::Opening;
 pub use open::{ResubscribeError, Subscription};
 
 #[cfg(test)]

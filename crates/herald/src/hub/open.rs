@@ -5,16 +5,21 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
 use super::Hub;
 use crate::auth::{now_secs, AuthError, Proof};
+use crate::config::Config;
 use crate::connection::Connection;
-use crate::event::EventId;
+use crate::event::{EventId, SharedEvent};
+use crate::fanout::Fanout;
 use crate::limits::LimitRefusal;
-use crate::log::ReadFrom;
+use crate::log::{EventLog, ReadFrom};
 use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::selector::Selector;
-use crate::stream::{EventStream, Writer};
+use crate::stream::{EventStream, Opened, StreamHost, Writer};
 use crate::subscribe::{
     parse_event_types, parse_last_event_id, parse_patterns, Refusal, Start, SubscribeError,
     SubscribeRequest,
@@ -36,25 +41,6 @@ pub(crate) enum Opening {
     Opened(Opened),
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),
-}
-
-/// A registered connection and where its backlog starts.
-pub(crate) struct Opened {
-    pub conn: Arc<Connection>,
-    pub permit: crate::limits::ConnectionPermit,
-    pub head: EventId,
-    pub start: Start,
-    pub valid_until: Option<u64>,
-    /// A fresh stream sends its topics' retained state (SPEC §6): the
-    /// first page, read here before the stream starts (so a change made
-    /// once a client has its `herald.connected` reaches it live), and where
-    /// the rest is read from, page by page as the client takes it.
-    pub snapshot: Option<(bytes::Bytes, crate::state::SnapshotCursor)>,
-    /// What waited for the user (SPEC §7), sent before anything else.
-    pub waiting: Vec<crate::event::SharedEvent>,
-    /// The Last-Event-ID the stream stands at before its backlog: sent
-    /// after the waiting events, whose ids may lie anywhere.
-    pub position: String,
 }
 
 /// What `subscribe` gives back.
@@ -319,4 +305,46 @@ impl Hub {
 /// away its neighbours'.
 fn new_connection_id(key: u64) -> String {
     format!("c{key:x}-{:016x}", fastrand::u64(..))
+}
+
+impl StreamHost for Hub {
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn log(&self) -> &Arc<dyn EventLog> {
+        &self.shared.log
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    fn fanout(&self) -> &Arc<Fanout> {
+        &self.shared.fanout
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        Hub::is_shutting_down(self)
+    }
+
+    fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    fn jittered_retry_ms(&self) -> u64 {
+        Hub::jittered_retry_ms(self)
+    }
+
+    fn waited_events_delivered(&self, conn: &Connection, events: &[SharedEvent]) {
+        Hub::waited_events_delivered(self, conn, events)
+    }
+
+    async fn state_page(
+        &self,
+        selector: &Selector,
+        cursor: &mut crate::state::SnapshotCursor,
+    ) -> Option<Bytes> {
+        Hub::state_page(self, selector, cursor).await
+    }
 }

@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 use super::journal::{Journal, JournalError};
 use super::memory::{lock, Inner, MemoryLogSettings};
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadRequest};
-use crate::config::Fsync;
 use crate::event::{EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
 
@@ -49,6 +48,19 @@ pub enum OpenError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+}
+
+/// When the journal syncs (`history.fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Sync every publish before acknowledging it.
+    Always,
+    /// Acknowledge after the sync that covers it; concurrent publishes share
+    /// one sync.
+    Batch,
+    /// Leave syncing to the operating system.
+    Never,
 }
 
 struct Job {

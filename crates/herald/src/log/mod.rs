@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use crate::event::{EventDraft, EventId, SharedEvent};
 use crate::selector::Selector;
 
-pub use durable::DurableLog;
+pub use durable::{DurableLog, Fsync};
 pub use memory::MemoryLog;
 
 /// Receives committed events, in id order. Implemented by fan-out. It is
