@@ -515,7 +515,14 @@ impl Config {
                     format!("{url:?} is neither redis://HOST:PORT nor nats://HOST:PORT"),
                 ));
             }
-            let most = crate::log::nats::MAX_RECORDS;
+            let engine = if nats { "nats" } else { "redis" };
+            if !crate::log::engine::built_in(engine) {
+                return Err(invalid(
+                    "cluster.url",
+                    format!("this build of Herald has no {engine} client (the `herald` crate's cargo feature `{engine}`)"),
+                ));
+            }
+            let most = crate::log::engine::NATS_MAX_RECORDS;
             if nats && self.limits.max_batch > most {
                 return Err(invalid(
                     "limits.max_batch",

@@ -171,7 +171,7 @@ impl Collector for HubCollector {
         let f = self.fanout.stats();
         let m = &self.metrics;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        if let Some(engine) = self.log.engine() {
+        if let Some(engine) = self.log.cluster().map(|c| c.engine()) {
             gauge(
                 &mut encoder,
                 "herald_cluster_engine_up",

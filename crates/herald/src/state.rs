@@ -322,7 +322,11 @@ impl StateStore {
         if !map.loaded {
             // Clustered, the engine holds every retained value; a node reads
             // them once, then follows the log.
-            match host.log().retained_state().await {
+            let retained = match host.log().cluster() {
+                Some(cluster) => cluster.retained_state().await.map(Some),
+                None => Ok(None),
+            };
+            match retained {
                 Ok(None) => map.loaded = true,
                 Ok(Some((at, values))) => {
                     map.topics.clear();
@@ -508,7 +512,9 @@ impl StateStore {
                             current: conflict.current,
                         });
                     }
-                    host.log().catch_up(conflict.engine_head).await;
+                    if let Some(cluster) = host.log().cluster() {
+                        cluster.catch_up(conflict.engine_head).await;
+                    }
                     let pause = fastrand::u64(0..=attempts * 2);
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }

@@ -41,7 +41,7 @@ impl Hub {
         if ids.len() > MAX_ACK_IDS {
             return Err(AckError::TooMany(ids.len()));
         }
-        if self.shared.log.clustered() {
+        if let Some(cluster) = self.shared.log.cluster() {
             // Every node holds the user's inbox: the acknowledgement goes
             // through the log, and this node has applied it on return.
             let acked = self.shared.inboxes().held(user, ids);
@@ -55,8 +55,7 @@ impl Hub {
                 ids: acked.clone(),
             };
             if !acked.is_empty() {
-                self.shared
-                    .log
+                cluster
                     .append_control(vec![record])
                     .await
                     .map_err(|e| AckError::Unavailable(e.to_string()))?;
@@ -91,7 +90,8 @@ impl Hub {
             };
             let log = self.shared.log.clone();
             tokio::spawn(async move {
-                if let Err(err) = log.append_control(vec![record]).await {
+                let Some(cluster) = log.cluster() else { return };
+                if let Err(err) = cluster.append_control(vec![record]).await {
                     // Other nodes keep the messages: the user may get them
                     // again there (at least once, never lost).
                     tracing::warn!(%err, "could not tell the cluster that waiting messages were delivered");

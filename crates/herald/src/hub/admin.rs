@@ -123,10 +123,14 @@ impl Hub {
         connection: Option<String>,
         user: Option<String>,
     ) -> Result<(), LogError> {
-        self.shared
-            .log
-            .append_control(vec![crate::log::Control::Close { connection, user }])
-            .await
+        match self.shared.log.cluster() {
+            Some(cluster) => {
+                cluster
+                    .append_control(vec![crate::log::Control::Close { connection, user }])
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Closes every stream of a user; returns how many.
@@ -180,11 +184,11 @@ impl Hub {
     /// sums. When the engine cannot be read, `cluster` holds this node only.
     pub async fn cluster_stats(&self) -> HubStats {
         let mut stats = self.stats();
-        if !self.shared.log.clustered() {
+        let Some(cluster) = self.shared.log.cluster() else {
             return stats;
-        }
+        };
         let own = self.node_stats();
-        let mut nodes: Vec<NodeStats> = match self.shared.log.nodes().await {
+        let mut nodes: Vec<NodeStats> = match cluster.nodes().await {
             Ok(reports) => reports
                 .into_iter()
                 .filter_map(|r| serde_json::from_value::<NodeStats>(r).ok())

@@ -34,6 +34,32 @@ pub enum StartError {
     NeedsConnect,
 }
 
+/// The shared log on the engine `url` names, through the client this build
+/// holds (`Config::validate` refuses an engine it does not).
+async fn engine_log(
+    url: &str,
+    settings: MemoryLogSettings,
+    options: crate::log::engine::ClusterOptions,
+) -> Result<Arc<dyn EventLog>, StartError> {
+    #[cfg(feature = "nats")]
+    if url.starts_with("nats://") {
+        return Ok(Arc::new(
+            crate::log::nats::NatsLog::connect(url, settings, options).await?,
+        ));
+    }
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") {
+        return Ok(Arc::new(
+            crate::log::redis::RedisLog::connect(url, settings, options).await?,
+        ));
+    }
+    let _ = (settings, options);
+    Err(StartError::Config(ConfigError {
+        setting: "cluster.url".into(),
+        reason: format!("this build of Herald has no client for {url:?}"),
+    }))
+}
+
 /// The history retention `[history]` asks for.
 pub(super) fn history_settings(config: &Config) -> MemoryLogSettings {
     let h = &config.history;
@@ -102,11 +128,7 @@ impl Hub {
         };
         tracing::info!(node = options.node, "this node's name in the cluster");
         let settings = history_settings(&config);
-        let log: Arc<dyn EventLog> = if url.starts_with("nats://") {
-            Arc::new(crate::log::nats::NatsLog::connect(&url, settings, options).await?)
-        } else {
-            Arc::new(crate::log::redis::RedisLog::connect(&url, settings, options).await?)
-        };
+        let log = engine_log(&url, settings, options).await?;
         Ok(Hub::with_log(config, log)?)
     }
 
@@ -180,7 +202,7 @@ impl Hub {
             setting: "data_dir".into(),
             reason: format!("cannot read the state file: {e}"),
         })?;
-        let node = log.node().map(str::to_owned);
+        let node = log.cluster().map(|c| c.node().to_owned());
         let metrics = Arc::new(Metrics::new());
         state.report(&metrics);
         let registry = crate::metrics::registry(

@@ -155,7 +155,9 @@ impl Hub {
             .and_then(parse_last_event_id);
         if let Some(after) = resumed_after {
             // Clustered, the id may come from a node ahead of this one.
-            self.shared.log.catch_up(after).await;
+            if let Some(cluster) = self.shared.log.cluster() {
+                cluster.catch_up(after).await;
+            }
         }
         let head = self.shared.fanout.register(conn.clone());
         // From here on the writer owns the registration: dropping it (on any

@@ -213,9 +213,11 @@ fn updates_of(changes: &PresenceChanges) -> Vec<PresenceUpdate> {
 /// the streams: a change between the two is announced twice (harmless),
 /// never missed.
 async fn differences(shared: &Shared) -> Vec<PresenceUpdate> {
-    let counted = match shared.log.presence_here().await {
-        Ok(Some(counted)) => counted,
-        _ => return Vec::new(),
+    let Some(cluster) = shared.log.cluster() else {
+        return Vec::new();
+    };
+    let Ok(counted) = cluster.presence_here().await else {
+        return Vec::new();
     };
     let here = shared.fanout.present_pairs();
     let counted_set: std::collections::HashSet<_> = counted.iter().cloned().collect();
@@ -267,7 +269,10 @@ async fn report_live_deliveries(
                     ids,
                 })
                 .collect();
-            if let Err(err) = shared.log.append_control(records).await {
+            let Some(cluster) = shared.log.cluster() else {
+                break;
+            };
+            if let Err(err) = cluster.append_control(records).await {
                 // The other nodes keep the messages: the user may get them
                 // again there (at least once, never lost).
                 tracing::warn!(%err, "could not tell the cluster about messages delivered here");
@@ -292,13 +297,16 @@ async fn report_this_node(shared: Weak<Shared>, stop: CancellationToken) {
             break;
         };
         let hub = Hub { shared };
+        let Some(cluster) = hub.shared.log.cluster() else {
+            break;
+        };
         let stats = hub.node_stats();
         let Ok(json) = serde_json::to_value(&stats) else {
             continue;
         };
-        if let Err(err) = hub.shared.log.report_node(&stats.node, json).await {
+        if let Err(err) = cluster.report_node(&stats.node, json).await {
             tracing::debug!(%err, "could not report this node's numbers");
         }
-        hub.shared.log.maintain().await;
+        cluster.maintain().await;
     }
 }

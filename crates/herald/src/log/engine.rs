@@ -2,11 +2,25 @@
 //! errors, the connection state `/readyz` and metrics report, and the
 //! reconnect backoff.
 
+// Without both engine clients, some of what they share goes unused.
+#![cfg_attr(not(all(feature = "redis", feature = "nats")), allow(dead_code))]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{EngineStatus, LogError};
+
+/// Records one NATS message holds at most: the id step between messages
+/// (see `log/nats`).
+pub const NATS_MAX_RECORDS: usize = 1024;
+
+/// Whether this build holds the client of a cluster engine (`redis`,
+/// `nats`): each is a cargo feature of the `herald` crate, both on in the
+/// `herald` binary.
+pub fn built_in(engine: &str) -> bool {
+    (engine == "redis" && cfg!(feature = "redis")) || (engine == "nats" && cfg!(feature = "nats"))
+}
 
 /// What a clustered log needs besides history retention.
 #[derive(Debug, Clone)]

@@ -29,8 +29,11 @@ pub mod durable;
 pub mod engine;
 pub mod journal;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "redis", feature = "nats"))]
 mod replica;
 
 use std::sync::Arc;
@@ -319,12 +322,6 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Waits (briefly) until every event up to `id` is readable here. A
-    /// clustered node may not have read an id another node issued yet; a
-    /// stream resuming from it waits for that before it starts. Single
-    /// node logs have every id they issued already.
-    async fn catch_up(&self, _id: EventId) {}
-
     /// Appends a retained value's change (SPEC §6) only if the value's
     /// version is still `guard.expect`. One node: the caller holds the
     /// state lock, so nothing else can change it; clustered, the engine
@@ -338,35 +335,6 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(Ok(self.append(vec![draft]).await?.remove(0)))
     }
 
-    /// Clustered: every retained value as the engine holds it (`topic`
-    /// newline `key` → `{"version", "value"}` JSON), with the log's last
-    /// id at that instant: the state after every change up to that id.
-    /// One node: `None`, its own state file holds it.
-    async fn retained_state(&self) -> Result<Option<(EventId, Vec<(String, String)>)>, LogError> {
-        Ok(None)
-    }
-
-    /// Clustered: appends control records for every node to apply (in
-    /// their place in the log, through [`CommitSink::control`]), and
-    /// returns once this node has applied them. One node: nothing to tell.
-    async fn append_control(&self, _records: Vec<Control>) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    /// Clustered: publishes this node's numbers (a JSON object) where the
-    /// other nodes read them; they expire unless reported again.
-    async fn report_node(&self, _node: &str, _stats: serde_json::Value) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    /// Clustered: the (topic, user) pairs the engine counts this node in.
-    /// A node compares them with its streams now and then and announces
-    /// the difference, which heals an announcement that failed or a node
-    /// the others took for gone. One node: `None`.
-    async fn presence_here(&self) -> Result<Option<Vec<(crate::topic::Topic, String)>>, LogError> {
-        Ok(None)
-    }
-
     /// Publishes presence announcements. One node: each is an event (the
     /// caller counts streams). Clustered: each is written only when it
     /// changes whether the user is on the topic on *any* node.
@@ -375,28 +343,15 @@ pub trait EventLog: Send + Sync + 'static {
         self.append(drafts).await.map(|_| ())
     }
 
-    /// Clustered: this node's name.
-    fn node(&self) -> Option<&str> {
+    /// Clustered: the operations only a log shared by many nodes has.
+    /// `None` on one node.
+    fn cluster(&self) -> Option<&dyn ClusterLog> {
         None
-    }
-
-    /// Clustered: upkeep every node runs every few seconds (trimming the
-    /// engine's log, retiring nodes that stopped reporting).
-    async fn maintain(&self) {}
-
-    /// Clustered: the numbers every live node reported last.
-    async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError> {
-        Ok(Vec::new())
     }
 
     /// True when other nodes share this log.
     fn clustered(&self) -> bool {
-        self.engine().is_some()
-    }
-
-    /// The state of the connection to a cluster engine; `None` on one node.
-    fn engine(&self) -> Option<EngineStatus> {
-        None
+        self.cluster().is_some()
     }
 
     /// What this node's history holds and what the global caps pushed
@@ -407,6 +362,50 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A short name for logs and health output (`memory`, `redb`, `redis`…).
     fn kind(&self) -> &'static str;
+}
+
+/// What a log shared by the nodes of a cluster adds to [`EventLog`]
+/// (Redis Streams, NATS JetStream). A node reaches it through
+/// [`EventLog::cluster`]; single-node logs have none of it.
+#[async_trait]
+pub trait ClusterLog: Send + Sync {
+    /// This node's name.
+    fn node(&self) -> &str;
+
+    /// The state of the connection to the engine.
+    fn engine(&self) -> EngineStatus;
+
+    /// Waits (briefly) until every event up to `id` is readable here. A
+    /// node may not have read an id another node issued yet; a stream
+    /// resuming from it waits for that before it starts.
+    async fn catch_up(&self, id: EventId);
+
+    /// Every retained value as the engine holds it (`topic` newline `key`
+    /// → `{"version", "value"}` JSON), with the log's last id at that
+    /// instant: the state after every change up to that id.
+    async fn retained_state(&self) -> Result<(EventId, Vec<(String, String)>), LogError>;
+
+    /// Appends control records for every node to apply (in their place in
+    /// the log, through [`CommitSink::control`]), and returns once this
+    /// node has applied them.
+    async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError>;
+
+    /// Publishes this node's numbers (a JSON object) where the other nodes
+    /// read them; they expire unless reported again.
+    async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError>;
+
+    /// The (topic, user) pairs the engine counts this node in. A node
+    /// compares them with its streams now and then and announces the
+    /// difference, which heals an announcement that failed or a node the
+    /// others took for gone.
+    async fn presence_here(&self) -> Result<Vec<(crate::topic::Topic, String)>, LogError>;
+
+    /// Upkeep every node runs every few seconds (trimming the engine's
+    /// log, retiring nodes that stopped reporting).
+    async fn maintain(&self);
+
+    /// The numbers every live node reported last.
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, LogError>;
 }
 
 /// How a clustered log's engine connection stands (metrics, stats).

@@ -10,6 +10,9 @@
 //! engine *and* applied here, so a stream this node opens right after the
 //! answer can replay them.
 
+// Without both engine clients, some of what they share goes unused.
+#![cfg_attr(not(all(feature = "redis", feature = "nats")), allow(dead_code))]
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 

@@ -54,17 +54,23 @@ use super::engine::{fresh, spawn_tail, Backoff, ClusterOptions, ConnectError, St
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
-    Appended, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog, LogError,
-    PresenceUpdate, ReadRequest, StateGuard,
+    Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, EventLog,
+    LogError, PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::event::{Event, EventDraft, EventId};
+use crate::event::{EventDraft, EventId};
 use crate::selector::Selector;
 use crate::topic::Topic;
 
+mod codec;
+mod tail;
+
+use codec::{decode_entries, stream_id, Keys, Record};
+use tail::{tail, trimmed_through};
+
 /// Entries one read takes at most.
-const PAGE: usize = 1000;
+pub(super) const PAGE: usize = 1000;
 /// How long one `XREAD` blocks before it asks again.
-const BLOCK_MS: u64 = 2000;
+pub(super) const BLOCK_MS: u64 = 2000;
 
 /// Assigns ids and appends, atomically. KEYS: log, seq, state values, the
 /// presence set of the node named in ARGV[7], then keys records name.
@@ -80,124 +86,14 @@ const BLOCK_MS: u64 = 2000;
 /// idempotency key, `{"0", 2}` for a record whose condition did not hold;
 /// when the guard fails, only `{"current:last id", -1}` and nothing is
 /// written.
-const APPEND: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local window = tonumber(ARGV[1])
-local guard = ARGV[4]
-if guard ~= '' then
-  local entry = redis.call('HGET', KEYS[3], guard)
-  local current = ''
-  if entry then current = string.format('%d', cjson.decode(entry).version) end
-  if current ~= ARGV[5] then
-    return {{current .. ':' .. string.format('%d', last), -1}}
-  end
-  if ARGV[6] == '' then
-    redis.call('HDEL', KEYS[3], guard)
-  else
-    redis.call('HSET', KEYS[3], guard, ARGV[6])
-  end
-end
-local node = ARGV[7]
-local out = {}
-local n = (#ARGV - 7) / 4
-for i = 1, n do
-  local base = 4 + 4 * i
-  local k = tonumber(ARGV[base])
-  local cond = ARGV[base + 1]
-  local skip = false
-  if cond ~= '' then
-    local set = KEYS[tonumber(string.sub(cond, 2))]
-    if string.sub(cond, 1, 1) == '+' then
-      redis.call('SADD', KEYS[4], set)
-      skip = redis.call('SADD', set, node) == 0 or redis.call('SCARD', set) > 1
-    else
-      redis.call('SREM', KEYS[4], set)
-      skip = redis.call('SREM', set, node) == 0 or redis.call('SCARD', set) > 0
-    end
-  end
-  local seen = false
-  if k > 0 then seen = redis.call('GET', KEYS[k]) end
-  if skip then
-    out[i] = {'0', 2}
-  elseif seen then
-    out[i] = {seen, 1}
-  else
-    local id = math.max(now, last + 1)
-    last = id
-    local ms = math.floor(id / 1000)
-    redis.call('XADD', KEYS[1], string.format('%d-%d', ms, id - ms * 1000), ARGV[base + 2], ARGV[base + 3])
-    local ids = string.format('%d', id)
-    if k > 0 then redis.call('SET', KEYS[k], ids, 'PX', window) end
-    out[i] = {ids, 0}
-  end
-end
-redis.call('SET', KEYS[2], string.format('%d', last))
-local max_len = tonumber(ARGV[2])
-if max_len > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', max_len) end
-local max_age = tonumber(ARGV[3])
-if max_age > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', math.floor(now / 1000) - max_age))
-end
-return out
-"#;
+const APPEND: &str = include_str!("append.lua");
 
 /// Every retained value and the log's last id, at one instant. KEYS: seq,
 /// state.
-const STATE: &str = r#"
-return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}
-"#;
+const STATE: &str = include_str!("state.lua");
 
 /// Fixes where ids start (once per log) and returns it. KEYS: first.
-const FIRST: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('SET', KEYS[1], string.format('%d', now), 'NX')
-return redis.call('GET', KEYS[1])
-"#;
-
-struct Keys {
-    log: String,
-    seq: String,
-    first: String,
-    idem_prefix: String,
-    nodes: String,
-    state: String,
-    presence_prefix: String,
-    node_presence_prefix: String,
-}
-
-impl Keys {
-    /// The set of nodes where `user` has a stream on presence topic `topic`.
-    fn presence(&self, topic: &str, user: &str) -> String {
-        format!("{}{topic}\n{user}", self.presence_prefix)
-    }
-
-    /// The (topic, user) of a presence set's key.
-    fn pair(&self, set: &str) -> Option<(Topic, String)> {
-        let (topic, user) = set.strip_prefix(&self.presence_prefix)?.split_once('\n')?;
-        Some((Topic::new(topic).ok()?, user.to_owned()))
-    }
-
-    /// The presence sets a node is in.
-    fn node_presence(&self, node: &str) -> String {
-        format!("{}{node}", self.node_presence_prefix)
-    }
-
-    fn new(name: &str) -> Keys {
-        Keys {
-            log: format!("{{{name}}}:log"),
-            seq: format!("{{{name}}}:seq"),
-            first: format!("{{{name}}}:first"),
-            idem_prefix: format!("{{{name}}}:idem:"),
-            nodes: format!("{{{name}}}:nodes"),
-            state: format!("{{{name}}}:state"),
-            presence_prefix: format!("{{{name}}}:presence:"),
-            node_presence_prefix: format!("{{{name}}}:node-presence:"),
-        }
-    }
-}
+const FIRST: &str = include_str!("first.lua");
 
 pub struct RedisLog {
     client: Client,
@@ -215,151 +111,19 @@ pub struct RedisLog {
     stop: CancellationToken,
 }
 
-/// Herald id `n` as a stream id.
-fn stream_id(id: u64) -> String {
-    format!("{}-{}", id / 1000, id % 1000)
-}
-
-/// A stream id as a Herald id.
-fn herald_id(stream_id: &str) -> Option<u64> {
-    let (ms, seq) = stream_id.split_once('-')?;
-    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
-    (seq < 1000).then(|| ms * 1000 + seq)
-}
-
 fn writer_config() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)))
 }
 
-fn tail_config() -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 3000)))
-}
-
 /// An error that means the connection is gone (reconnect before the next
 /// command) rather than a refused command.
-fn connection_lost(err: &RedisError) -> bool {
+pub(super) fn connection_lost(err: &RedisError) -> bool {
     err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
-}
-
-/// Decodes `XRANGE`/`XREAD` entries (`[[id, [field, value…]]…]`).
-fn decode_entries(value: Value) -> Result<Vec<Entry>, ConnectError> {
-    let Value::Array(entries) = value else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let corrupt = |id: &str, reason: &str| ConnectError::Corrupt {
-            id: id.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let Value::Array(mut parts) = entry else {
-            return Err(corrupt("?", "an entry is not [id, fields]"));
-        };
-        if parts.len() != 2 {
-            return Err(corrupt("?", "an entry is not [id, fields]"));
-        }
-        let fields = parts.pop().expect("two parts");
-        let sid: String = redis::from_redis_value(parts.pop().expect("two parts"))
-            .map_err(|e| corrupt("?", &e.to_string()))?;
-        let id = herald_id(&sid).ok_or_else(|| corrupt(&sid, "not an id Herald issued"))?;
-        let Value::Array(fields) = fields else {
-            return Err(corrupt(&sid, "no fields"));
-        };
-        let mut decoded = None;
-        for pair in fields.chunks(2) {
-            let [Value::BulkString(name), Value::BulkString(data)] = pair else {
-                continue;
-            };
-            let unreadable = |e: serde_json::Error| Entry::Unreadable {
-                id: EventId(id),
-                reason: format!("entry {sid}: {e}"),
-            };
-            decoded = match &name[..] {
-                b"d" => Some(match crate::json::from_slice::<EventDraft>(data) {
-                    Ok(draft) => {
-                        Entry::Event(Arc::new(Event::commit(draft, EventId(id), id / 1000)))
-                    }
-                    Err(e) => unreadable(e),
-                }),
-                b"c" => Some(match crate::json::from_slice::<Control>(data) {
-                    Ok(record) => Entry::Control {
-                        id: EventId(id),
-                        record,
-                    },
-                    Err(e) => unreadable(e),
-                }),
-                _ => continue,
-            };
-        }
-        out.push(decoded.ok_or_else(|| corrupt(&sid, "neither field d nor c"))?);
-    }
-    Ok(out)
-}
-
-/// The highest id trimmed from the stream (0: none, or no stream yet):
-/// when fewer entries remain than were ever added, everything before the
-/// first remaining one is gone. (`max-deleted-entry-id` would say it, but
-/// Redis 7.0 moves it on `XDEL` only, not on `XTRIM`.)
-async fn trimmed_through(conn: &mut MultiplexedConnection, key: &str) -> Result<u64, RedisError> {
-    let info: Value = match redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async(conn)
-        .await
-    {
-        Ok(info) => info,
-        // No such key: nothing appended yet.
-        Err(err) if !connection_lost(&err) => return Ok(0),
-        Err(err) => return Err(err),
-    };
-    let pairs: Vec<(Value, Value)> = match info {
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => {
-            let mut pairs = Vec::new();
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                pairs.push((k, v));
-            }
-            pairs
-        }
-        _ => return Ok(0),
-    };
-    let (mut length, mut added, mut first, mut last) = (0u64, 0u64, None, None);
-    for (k, v) in pairs {
-        let Ok(k) = redis::from_redis_value::<String>(k) else {
-            continue;
-        };
-        match k.as_str() {
-            "length" => length = redis::from_redis_value(v).unwrap_or(0),
-            "entries-added" => added = redis::from_redis_value(v).unwrap_or(0),
-            "recorded-first-entry-id" => {
-                first = redis::from_redis_value::<String>(v)
-                    .ok()
-                    .and_then(|id| herald_id(&id))
-            }
-            "last-generated-id" => {
-                last = redis::from_redis_value::<String>(v)
-                    .ok()
-                    .and_then(|id| herald_id(&id))
-            }
-            _ => {}
-        }
-    }
-    if added <= length {
-        return Ok(0);
-    }
-    Ok(match (length, first, last) {
-        (0, _, Some(last)) => last,
-        (_, Some(first), _) => first.saturating_sub(1),
-        _ => 0,
-    })
 }
 
 impl RedisLog {
@@ -628,133 +392,6 @@ impl RedisLog {
     }
 }
 
-/// What one append writes.
-enum Record<'a> {
-    Event(&'a EventDraft),
-    Control(&'a Control),
-    /// A presence announcement, written only if the node's joining (or
-    /// leaving) the set of nodes where the user is on the topic makes the
-    /// set non-empty (or empty).
-    Presence {
-        joined: bool,
-        set: String,
-        draft: &'a EventDraft,
-    },
-}
-
-/// Reads the stream from the replica's head on, for as long as the log
-/// lives, reconnecting with backoff.
-async fn tail(
-    client: Client,
-    url: String,
-    keys: Arc<Keys>,
-    replica: Arc<Replica>,
-    status: Arc<Status>,
-    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
-    stop: CancellationToken,
-) {
-    let mut conn: Option<MultiplexedConnection> = None;
-    let mut backoff = Backoff::new();
-    loop {
-        if conn.is_none() {
-            let connected = async {
-                let mut c = client
-                    .get_multiplexed_async_connection_with_config(&tail_config())
-                    .await?;
-                let floor = trimmed_through(&mut c, &keys.log).await?;
-                Ok::<_, RedisError>((c, floor))
-            };
-            let connected = tokio::select! {
-                _ = stop.cancelled() => return,
-                c = connected => c,
-            };
-            match connected {
-                Ok((c, floor)) => {
-                    if floor > replica.head() {
-                        tracing::error!(
-                            floor,
-                            head = replica.head(),
-                            "events were trimmed from the cluster log before this node read them; \
-                             resuming across them gives herald.reset"
-                        );
-                        replica.lost_through(floor);
-                    }
-                    conn = Some(c);
-                }
-                Err(err) => {
-                    status.tail_lost(&url, &err.to_string());
-                    status.connection(false);
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = backoff.wait() => {}
-                    }
-                    status.count_reconnect();
-                    continue;
-                }
-            }
-        }
-        let c = conn.as_mut().expect("connected");
-        let mut xread = redis::cmd("XREAD");
-        xread
-            .arg("COUNT")
-            .arg(PAGE)
-            .arg("BLOCK")
-            .arg(BLOCK_MS)
-            .arg("STREAMS")
-            .arg(&keys.log)
-            .arg(stream_id(replica.head()));
-        let read = xread.query_async::<Value>(c);
-        let read = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = read => r,
-        };
-        match read {
-            Ok(reply) => {
-                backoff.reset();
-                status.tail_ok(&url, replica.head());
-                status.connection(true);
-                // `[[key, entries]]`, or nil when the block timed out.
-                let entries = match reply {
-                    Value::Array(mut streams) if !streams.is_empty() => {
-                        match streams.swap_remove(0) {
-                            Value::Array(mut kv) if kv.len() == 2 => kv.pop().expect("two"),
-                            _ => Value::Nil,
-                        }
-                    }
-                    Value::Map(mut streams) if !streams.is_empty() => streams.swap_remove(0).1,
-                    _ => Value::Nil,
-                };
-                match decode_entries(entries) {
-                    Ok(events) => replica.deliver(events),
-                    Err(err) => {
-                        // Skipping would leave a gap for every subscriber;
-                        // stopping here keeps the node honest: not ready.
-                        status.tail_stopped(&err.to_string());
-                        status.connection(false);
-                        stop.cancelled().await;
-                        return;
-                    }
-                }
-            }
-            Err(err) => {
-                status.tail_lost(&url, &err.to_string());
-                status.connection(false);
-                if connection_lost(&err) {
-                    conn = None;
-                    // The engine went away (or restarted): the appends'
-                    // connection is likely dead too.
-                    writer.lock().await.take();
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = backoff.wait() => {}
-                }
-                status.count_reconnect();
-            }
-        }
-    }
-}
-
 impl Drop for RedisLog {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -794,13 +431,6 @@ impl EventLog for RedisLog {
         Ok(appended)
     }
 
-    async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError> {
-        let records: Vec<Record> = records.iter().map(Record::Control).collect();
-        self.append_records(&records, None, &self.options.node)
-            .await
-            .map(|_| ())
-    }
-
     async fn append_guarded(
         &self,
         draft: EventDraft,
@@ -824,6 +454,46 @@ impl EventLog for RedisLog {
         Ok(self.replica.coverage(after, selector))
     }
 
+    fn health(&self) -> Result<(), String> {
+        self.status.health()
+    }
+
+    async fn append_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), LogError> {
+        let records: Vec<Record> = updates
+            .iter()
+            .map(|u| Record::Presence {
+                joined: u.joined,
+                set: self.keys.presence(u.topic.as_str(), &u.user),
+                draft: &u.announcement,
+            })
+            .collect();
+        self.append_records(&records, None, &self.options.node)
+            .await
+            .map(|_| ())
+    }
+
+    fn retention(&self) -> super::memory::Retention {
+        self.replica.retention()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn cluster(&self) -> Option<&dyn ClusterLog> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ClusterLog for RedisLog {
+    async fn append_control(&self, records: Vec<Control>) -> Result<(), LogError> {
+        let records: Vec<Record> = records.iter().map(Record::Control).collect();
+        self.append_records(&records, None, &self.options.node)
+            .await
+            .map(|_| ())
+    }
+
     async fn catch_up(&self, id: EventId) {
         // Ids are the engine's clock in µs (or just past the last id): one
         // more than a minute ahead of this node's clock was never issued,
@@ -834,10 +504,6 @@ impl EventLog for RedisLog {
                 .wait_for(id.0, self.options.apply_timeout)
                 .await;
         }
-    }
-
-    fn health(&self) -> Result<(), String> {
-        self.status.health()
     }
 
     async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
@@ -855,7 +521,7 @@ impl EventLog for RedisLog {
         Ok(())
     }
 
-    async fn presence_here(&self) -> Result<Option<Vec<(Topic, String)>>, LogError> {
+    async fn presence_here(&self) -> Result<Vec<(Topic, String)>, LogError> {
         let mut conn = self
             .writer()
             .await
@@ -865,27 +531,11 @@ impl EventLog for RedisLog {
             .query_async(&mut conn)
             .await
             .map_err(|e| LogError::Unavailable(e.to_string()))?;
-        Ok(Some(
-            sets.iter().filter_map(|set| self.keys.pair(set)).collect(),
-        ))
+        Ok(sets.iter().filter_map(|set| self.keys.pair(set)).collect())
     }
 
-    async fn append_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), LogError> {
-        let records: Vec<Record> = updates
-            .iter()
-            .map(|u| Record::Presence {
-                joined: u.joined,
-                set: self.keys.presence(u.topic.as_str(), &u.user),
-                draft: &u.announcement,
-            })
-            .collect();
-        self.append_records(&records, None, &self.options.node)
-            .await
-            .map(|_| ())
-    }
-
-    fn node(&self) -> Option<&str> {
-        Some(&self.options.node)
+    fn node(&self) -> &str {
+        &self.options.node
     }
 
     async fn maintain(&self) {
@@ -922,7 +572,7 @@ impl EventLog for RedisLog {
         Ok(live)
     }
 
-    async fn retained_state(&self) -> Result<Option<(EventId, Vec<(String, String)>)>, LogError> {
+    async fn retained_state(&self) -> Result<(EventId, Vec<(String, String)>), LogError> {
         let unavailable = |e: RedisError| LogError::Unavailable(e.to_string());
         let mut conn = self.writer().await.map_err(unavailable)?;
         let (seq, pairs): (String, Vec<(String, String)>) = redis::Script::new(STATE)
@@ -931,33 +581,10 @@ impl EventLog for RedisLog {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(Some((EventId(seq.parse().unwrap_or(0)), pairs)))
+        Ok((EventId(seq.parse().unwrap_or(0)), pairs))
     }
 
-    fn engine(&self) -> Option<EngineStatus> {
-        Some(self.status.report())
-    }
-
-    fn retention(&self) -> super::memory::Retention {
-        self.replica.retention()
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_map_to_stream_ids_and_back() {
-        for id in [1, 999, 1000, 1_764_000_000_123_456, u64::MAX / 1000 * 1000] {
-            assert_eq!(herald_id(&stream_id(id)), Some(id), "{id}");
-        }
-        assert_eq!(herald_id("12-1000"), None);
-        assert_eq!(herald_id("12"), None);
-        assert_eq!(herald_id("a-1"), None);
+    fn engine(&self) -> EngineStatus {
+        self.status.report()
     }
 }
