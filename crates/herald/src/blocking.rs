@@ -101,6 +101,7 @@ struct Held {
 }
 
 impl Held {
+    #[cfg_attr(not(debug_assertions), allow(unused_variables))]
     fn new(lock: Lock) -> Held {
         #[cfg(debug_assertions)]
         HELD.with(|held| {
