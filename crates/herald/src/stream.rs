@@ -64,12 +64,14 @@ pub(crate) trait StreamHost: Clone + Send + Sync + 'static {
     /// The connection received what waited for its user (the preamble
     /// carrying it is written).
     fn waited_events_delivered(&self, conn: &Connection, events: &[SharedEvent]);
-    /// The next page of a fresh stream's retained state.
-    fn state_page(
-        &self,
-        selector: &Selector,
-        cursor: &mut SnapshotCursor,
-    ) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// The next page of a fresh stream's retained state. Boxed: it runs a
+    /// few times per stream at most, and inline its state would make every
+    /// stream's future larger for as long as the stream lives.
+    fn state_page<'a>(
+        &'a self,
+        selector: &'a Selector,
+        cursor: &'a mut SnapshotCursor,
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send + 'a>>;
 }
 
 /// A registered connection and where its backlog starts.
@@ -290,7 +292,8 @@ impl<H: StreamHost> Writer<H> {
                 limit,
                 selector: &self.conn.selector,
             };
-            let page = match crate::log::read_all(&**hub.log(), request).await {
+            // Boxed, as `state_page`: a stream lives long, a replay briefly.
+            let page = match Box::pin(crate::log::read_all(&**hub.log(), request)).await {
                 Ok(page) => page,
                 Err(err) => {
                     crate::metrics::Metrics::add(&hub.metrics().log_errors, 1);

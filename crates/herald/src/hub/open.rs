@@ -342,11 +342,11 @@ impl StreamHost for Hub {
         Hub::waited_events_delivered(self, conn, events)
     }
 
-    async fn state_page(
-        &self,
-        selector: &Selector,
-        cursor: &mut crate::state::SnapshotCursor,
-    ) -> Option<Bytes> {
-        Hub::state_page(self, selector, cursor).await
+    fn state_page<'a>(
+        &'a self,
+        selector: &'a Selector,
+        cursor: &'a mut crate::state::SnapshotCursor,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send + 'a>> {
+        Box::pin(Hub::state_page(self, selector, cursor))
     }
 }
