@@ -38,6 +38,12 @@
 //! At start the file is replayed (a torn tail is cut) and rewritten with
 //! only what still waits; it is rewritten again whenever it has grown well
 //! past that.
+//!
+//! Why one file of about 750 lines (and its tests): the inboxes in memory,
+//! their file and its writer thread share one invariant (what the file
+//! holds is what memory held at the last write, in the same order), and
+//! the lock order between the file and the state is easiest to check when
+//! both are in view.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};

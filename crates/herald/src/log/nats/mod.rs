@@ -25,6 +25,12 @@
 //!   schedule, `sync_interval`, unless the server is set to sync always).
 //! * **Retention**: the stream keeps at most `cluster.max_log_events`
 //!   messages and none older than `history.max_age_secs`.
+//!
+//! Why this file is about 700 lines: connecting (creating or checking the
+//! stream, reading it whole at start) and appending (conditional
+//! publishes that retry when another node wrote first) both go through
+//! the same state; what the stream holds is in `codec.rs`, reading it in
+//! `tail.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,280 @@
+//! Reading the index: what a resume may rely on (`coverage`), and pages
+//! of the events a selector matches, merged across its topics in id order.
+
+use std::collections::{BinaryHeap, VecDeque};
+
+use super::{History, Inner};
+use crate::event::{Event, EventId, SharedEvent};
+use crate::log::{Coverage, Page, ReadFrom, ReadRequest, SCAN_BUDGET};
+use crate::pattern::{Pattern, Segment};
+use crate::selector::Selector;
+use crate::topic::Topic;
+
+impl Inner {
+    pub(crate) fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
+        let after = after.0;
+        // An id below this log's first one was issued by another log (an
+        // earlier run); one above the head was never issued.
+        if after < self.first_id.saturating_sub(1) || after > self.head() {
+            return Coverage::Unknown;
+        }
+        if after >= self.max_evicted.max(self.pruned_floor) {
+            return Coverage::Covered;
+        }
+        if after < self.pruned_floor || after < self.direct.evicted_through {
+            return Coverage::Expired;
+        }
+        // The topic-less history was checked above.
+        let lost = match self.histories(selector) {
+            Some(histories) => histories.iter().any(|h| h.evicted_through > after),
+            None => self.topics.iter().any(|(topic, h)| {
+                h.evicted_through > after && selector.patterns.iter().any(|p| p.matches(topic))
+            }),
+        };
+        if lost {
+            Coverage::Expired
+        } else {
+            Coverage::Covered
+        }
+    }
+
+    /// First id whose event was published at or after `ms`. Ids and times
+    /// rise together, so this is a binary search over the id range.
+    fn first_id_since(&self, ms: u64, until: u64) -> Option<u64> {
+        let (mut lo, mut hi) = (*self.events.first_key_value()?.0, until.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.events.range(mid..=until).next() {
+                Some((&id, s)) if s.event.published_at_ms < ms => lo = id + 1,
+                Some(_) | None => hi = mid,
+            }
+        }
+        if lo > until {
+            return None; // everything up to `until` is older
+        }
+        self.events.range(lo..=until).next().map(|(&id, _)| id)
+    }
+
+    /// The id lists a read merges: each history's events and its
+    /// presence announcements.
+    fn id_lists<'a>(histories: &[&'a History]) -> Vec<&'a VecDeque<u64>> {
+        histories
+            .iter()
+            .flat_map(|h| [&h.ids, &h.presence])
+            .filter(|ids| !ids.is_empty())
+            .collect()
+    }
+
+    /// The histories a selector can receive events from: its topics'
+    /// (exact patterns are looked up; a wildcard walks only the topics
+    /// that share its literal prefix) and the topic-less one. A topic two
+    /// patterns match is listed once. `None` when more than
+    /// [`MAX_MERGED`] topics match, or finding them would look at more than
+    /// [`SCAN_BUDGET`] names: reading the log in id order is then cheaper.
+    pub(super) fn histories(&self, selector: &Selector) -> Option<Vec<&History>> {
+        let mut found: Vec<&Topic> = Vec::new();
+        let mut looked = 0;
+        for pattern in &selector.patterns {
+            if pattern.is_exact() {
+                if let Ok(topic) = Topic::new(pattern.as_str()) {
+                    if let Some((t, _)) = self.topics.get_key_value(&topic) {
+                        found.push(t);
+                    }
+                }
+                continue;
+            }
+            let prefix = literal_prefix(pattern);
+            let range = self.names.range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ));
+            for topic in range.take_while(|t| t.as_str().starts_with(prefix.as_str())) {
+                looked += 1;
+                if looked > SCAN_BUDGET {
+                    return None;
+                }
+                if pattern.matches(topic) {
+                    found.push(topic);
+                }
+            }
+            if found.len() > MAX_MERGED {
+                return None;
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        if found.len() > MAX_MERGED {
+            return None;
+        }
+        Some(
+            found
+                .into_iter()
+                .filter_map(|t| self.topics.get(t))
+                .chain(std::iter::once(&self.direct))
+                .collect(),
+        )
+    }
+
+    /// Reads a page. Candidates are the ids of the histories the selector
+    /// can receive from, merged in id order (an event on two of them comes
+    /// once), or, when too many topics match to merge their histories,
+    /// every retained event in id order. At most [`SCAN_BUDGET`] of them
+    /// are examined under the lock, and a read that stops there says where
+    /// to go on.
+    pub(crate) fn read(&self, req: &ReadRequest<'_>, now: u64) -> Page {
+        let until = req.until.0;
+        let (after, want, newest_first) = match req.from {
+            ReadFrom::After(id) => (id.0, req.limit, false),
+            ReadFrom::Since(ms) => match self.first_id_since(ms, until) {
+                Some(first) => (first - 1, req.limit, false),
+                None => return Page::default(),
+            },
+            ReadFrom::Last(n) => (0, n.min(req.limit), true),
+        };
+        if !newest_first && after >= until {
+            return Page::default();
+        }
+        let visible =
+            |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
+        type Candidates<'a> = Box<dyn Iterator<Item = (u64, Option<&'a SharedEvent>)> + 'a>;
+        let candidates: Candidates<'_> = match self.histories(req.selector) {
+            Some(histories) => {
+                let lists = Self::id_lists(&histories);
+                let merged = match newest_first {
+                    true => Merged::newest_first(lists, until),
+                    false => Merged::oldest_first(lists, after),
+                };
+                Box::new(
+                    merged
+                        .take_while(move |&id| id <= until)
+                        .map(|id| (id, self.events.get(&id).map(|s| &s.event))),
+                )
+            }
+            None if newest_first => Box::new(
+                self.events
+                    .range(..=until)
+                    .rev()
+                    .map(|(&id, s)| (id, Some(&s.event))),
+            ),
+            None => Box::new(
+                self.events
+                    .range(after + 1..=until)
+                    .map(|(&id, s)| (id, Some(&s.event))),
+            ),
+        };
+        let mut page = Page::default();
+        for (examined, (id, event)) in candidates.enumerate() {
+            if page.events.len() == want {
+                break;
+            }
+            if examined == SCAN_BUDGET {
+                page.resume = Some(match newest_first {
+                    true => (ReadFrom::Last(want - page.events.len()), EventId(id)),
+                    false => (ReadFrom::After(EventId(id - 1)), req.until),
+                });
+                break;
+            }
+            if let Some(event) = event.filter(|e| visible(e)) {
+                page.events.push(event.clone());
+            }
+        }
+        if newest_first {
+            page.events.reverse();
+        }
+        page
+    }
+}
+
+/// The ids of ascending lists merged into one order, oldest or newest
+/// first, each id once (an event on two topics is in both lists).
+struct Merged<'a> {
+    lists: Vec<&'a VecDeque<u64>>,
+    /// The next id of each list not yet taken, with its list and place;
+    /// keyed so that the heap's greatest comes next.
+    heads: BinaryHeap<(u64, usize, usize)>,
+    newest_first: bool,
+    previous: Option<u64>,
+}
+
+impl<'a> Merged<'a> {
+    /// Ids above `after`, ascending.
+    fn oldest_first(lists: Vec<&'a VecDeque<u64>>, after: u64) -> Merged<'a> {
+        let mut heads = BinaryHeap::with_capacity(lists.len());
+        for (l, ids) in lists.iter().enumerate() {
+            let at = ids.partition_point(|&id| id <= after);
+            if let Some(&id) = ids.get(at) {
+                heads.push((u64::MAX - id, l, at));
+            }
+        }
+        Merged {
+            lists,
+            heads,
+            newest_first: false,
+            previous: None,
+        }
+    }
+
+    /// Ids at or below `until`, descending.
+    fn newest_first(lists: Vec<&'a VecDeque<u64>>, until: u64) -> Merged<'a> {
+        let mut heads = BinaryHeap::with_capacity(lists.len());
+        for (l, ids) in lists.iter().enumerate() {
+            let end = ids.partition_point(|&id| id <= until);
+            if end > 0 {
+                heads.push((ids[end - 1], l, end - 1));
+            }
+        }
+        Merged {
+            lists,
+            heads,
+            newest_first: true,
+            previous: None,
+        }
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        loop {
+            let (key, l, at) = self.heads.pop()?;
+            let ids = self.lists[l];
+            let (id, next) = match self.newest_first {
+                true => (key, at.checked_sub(1)),
+                false => (u64::MAX - key, Some(at + 1).filter(|&n| n < ids.len())),
+            };
+            if let Some(n) = next {
+                let key = if self.newest_first {
+                    ids[n]
+                } else {
+                    u64::MAX - ids[n]
+                };
+                self.heads.push((key, l, n));
+            }
+            if self.previous != Some(id) {
+                self.previous = Some(id);
+                return Some(id);
+            }
+        }
+    }
+}
+
+/// Most topic histories one read merges; past it the log is read in id
+/// order instead.
+const MAX_MERGED: usize = 64;
+
+/// The literal segments a wildcard pattern starts with, as the prefix every
+/// topic it matches has (`room/*` → `room/`; `*/x` → empty).
+fn literal_prefix(pattern: &Pattern) -> String {
+    let mut prefix = String::new();
+    for segment in pattern.segments() {
+        match segment {
+            Segment::Literal(s) => {
+                prefix.push_str(s);
+                prefix.push('/');
+            }
+            Segment::One | Segment::Many => return prefix,
+        }
+    }
+    prefix
+}
