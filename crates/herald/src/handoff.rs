@@ -39,7 +39,7 @@ pub struct PresenceChange {
 /// Presence changes waiting for the announcer, in the order they happened,
 /// coalesced per (topic, user).
 #[derive(Default)]
-pub struct PresenceChanges {
+pub(crate) struct PresenceChanges {
     pending: Mutex<PendingChanges>,
     ready: Notify,
 }
@@ -57,7 +57,7 @@ impl PresenceChanges {
     /// Adds a change. Fan-out reports a pair's changes alternately (a join,
     /// then its leave, …), so a change for a pair that has one waiting
     /// undoes it: both go, and the announcer sees the pair as it was.
-    pub fn push(&self, change: PresenceChange) {
+    pub(crate) fn push(&self, change: PresenceChange) {
         {
             let mut p = self.pending.lock();
             let key = (change.topic.clone(), change.user.clone());
@@ -77,14 +77,14 @@ impl PresenceChanges {
     }
 
     /// Everything waiting, oldest first.
-    pub fn take(&self) -> Vec<PresenceChange> {
+    pub(crate) fn take(&self) -> Vec<PresenceChange> {
         let mut p = self.pending.lock();
         p.at.clear();
         std::mem::take(&mut p.order).into_values().collect()
     }
 
     /// Resolves once a change was pushed since the last call returned.
-    pub async fn pushed(&self) {
+    pub(crate) async fn pushed(&self) {
         self.ready.notified().await
     }
 }
@@ -92,7 +92,7 @@ impl PresenceChanges {
 /// Clustered: direct messages this node delivered live, by user, waiting
 /// to be told to the other nodes.
 #[derive(Default)]
-pub struct LiveDeliveries {
+pub(crate) struct LiveDeliveries {
     pending: Mutex<Vec<(Box<str>, EventId)>>,
     ready: Notify,
     dropped: AtomicU64,
@@ -100,11 +100,11 @@ pub struct LiveDeliveries {
 
 impl LiveDeliveries {
     /// Most reports waiting at once.
-    pub const MAX_PENDING: usize = 65_536;
+    pub(crate) const MAX_PENDING: usize = 65_536;
 
     /// Adds a report, or drops and counts it when [`Self::MAX_PENDING`]
     /// wait already.
-    pub fn push(&self, user: &str, id: EventId) {
+    pub(crate) fn push(&self, user: &str, id: EventId) {
         {
             let mut pending = self.pending.lock();
             if pending.len() >= Self::MAX_PENDING {
@@ -118,13 +118,13 @@ impl LiveDeliveries {
 
     /// Everything waiting, oldest first, and how many were dropped since
     /// the last call.
-    pub fn take(&self) -> (Vec<(Box<str>, EventId)>, u64) {
+    pub(crate) fn take(&self) -> (Vec<(Box<str>, EventId)>, u64) {
         let taken = std::mem::take(&mut *self.pending.lock());
         (taken, self.dropped.swap(0, Ordering::Relaxed))
     }
 
     /// Resolves once a report was pushed since the last call returned.
-    pub async fn pushed(&self) {
+    pub(crate) async fn pushed(&self) {
         self.ready.notified().await
     }
 }

@@ -24,6 +24,10 @@
 //! registers the connection with fan-out before reading any backlog: see
 //! `stream.rs` for why that makes resume exactly once.
 
+// Whatever is `pub` is reachable from outside the crate: the rest says
+// `pub(crate)`, so a reader sees which items make the public API.
+#![warn(unreachable_pub)]
+
 pub mod auth;
 mod blocking;
 pub mod config;

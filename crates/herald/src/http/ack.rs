@@ -16,7 +16,7 @@ use crate::hub::Hub;
 /// The body of `POST /v1/ack`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AckRequest {
+pub(crate) struct AckRequest {
     /// Event ids, as the `id:` of the stream gave them (strings or numbers).
     #[schema(value_type = Vec<crate::http::openapi::EventIdText>, max_items = 1000)]
     pub ids: Vec<Value>,
@@ -24,7 +24,7 @@ pub struct AckRequest {
 
 /// The answer of `POST /v1/ack`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AckAnswer {
+pub(crate) struct AckAnswer {
     /// Ids that waited for this user and no longer do.
     pub acked: Vec<String>,
     /// Ids that were not waiting for this user: acknowledged before, expired,
@@ -44,7 +44,7 @@ pub struct AckAnswer {
         (status = 413, description = "Over `limits.max_body_bytes`", body = ErrorBody),
         (status = 503, description = "The inbox file cannot be written now; see Retry-After", body = ErrorBody),
     ))]
-pub async fn ack(
+pub(crate) async fn ack(
     State(hub): State<Hub>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,

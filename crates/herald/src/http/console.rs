@@ -18,7 +18,7 @@ form-action 'none'; frame-ancestors 'none'";
 /// The console page.
 #[utoipa::path(get, path = "/console/", tag = "operations", security(()),
     responses((status = 200, description = "The web console (HTML)", content_type = "text/html", body = String)))]
-pub async fn page() -> impl IntoResponse {
+pub(super) async fn page() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -35,7 +35,7 @@ pub async fn page() -> impl IntoResponse {
 /// The console's script.
 #[utoipa::path(get, path = "/console/app.js", tag = "operations", security(()),
     responses((status = 200, description = "The console's script", content_type = "text/javascript", body = String)))]
-pub async fn script() -> impl IntoResponse {
+pub(super) async fn script() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
@@ -49,6 +49,6 @@ pub async fn script() -> impl IntoResponse {
 /// `/console` → `/console/`.
 #[utoipa::path(get, path = "/console", tag = "operations", security(()),
     responses((status = 308, description = "To /console/")))]
-pub async fn redirect() -> Redirect {
+pub(super) async fn redirect() -> Redirect {
     Redirect::permanent("/console/")
 }

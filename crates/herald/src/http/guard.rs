@@ -32,7 +32,11 @@ use crate::hub::Hub;
 /// address of `X-Forwarded-For` that is not itself a trusted proxy: per-IP
 /// limits, rate limits and dev mode's loopback rule then see the client,
 /// not the proxy. A header from anyone else is ignored (it can be forged).
-pub async fn client_address(State(hub): State<Hub>, mut request: Request, next: Next) -> Response {
+pub(super) async fn client_address(
+    State(hub): State<Hub>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let proxies = &hub.config().trusted_proxies;
     if !proxies.is_empty() {
         let peer = request
@@ -78,7 +82,11 @@ fn forwarded_client(peer: IpAddr, headers: &HeaderMap, proxies: &[String]) -> Op
     client
 }
 
-pub async fn browser_guard(State(hub): State<Hub>, request: Request, next: Next) -> Response {
+pub(super) async fn browser_guard(
+    State(hub): State<Hub>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Err(refusal) = check(&hub, request.method(), request.uri(), request.headers()) {
         return refusal.into_response();
     }

@@ -11,13 +11,13 @@ use crate::fanout::Presence;
 use crate::hub::{Closing, Hub, UserInfo};
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process serves", body = crate::http::openapi::Status)))]
-pub async fn healthz() -> Json<Value> {
+pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Not ready while shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready", body = crate::http::openapi::Status), (status = 503, description = "Draining, or the store cannot be written (`reason` says why)", body = crate::http::openapi::Status)))]
-pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
+pub(super) async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     match hub.readiness() {
         Ok(()) => (
             StatusCode::OK,
@@ -35,13 +35,13 @@ pub async fn readyz(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
 }
 
 #[derive(serde::Deserialize)]
-pub struct StatsQuery {
+pub(super) struct StatsQuery {
     user: Option<String>,
 }
 
 /// Totals, or one user's numbers with `?user=` (admin).
 #[utoipa::path(get, path = "/v1/stats", tag = "admin", params(("user" = Option<String>, Query, description = "One user's numbers instead of totals")), responses((status = 200, description = "Numbers", body = crate::http::openapi::StatsBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn stats(
+pub(super) async fn stats(
     State(hub): State<Hub>,
     caller: Caller,
     Query(query): Query<StatsQuery>,
@@ -56,7 +56,7 @@ pub async fn stats(
 
 /// Who is on a topic or pattern (admin).
 #[utoipa::path(get, path = "/v1/presence/{pattern}", tag = "admin", params(("pattern" = crate::http::openapi::PatternText, Path, description = "A topic or pattern (may contain `/`)")), responses((status = 200, description = "Connections and users on it", body = crate::fanout::Presence), (status = 400, description = "Bad pattern", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn presence(
+pub(super) async fn presence(
     State(hub): State<Hub>,
     caller: Caller,
     Path(pattern): Path<String>,
@@ -69,7 +69,7 @@ pub async fn presence(
 
 /// One user: online, and with how many streams (admin).
 #[utoipa::path(get, path = "/v1/users/{user}", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "Online, streams", body = crate::hub::UserInfo), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn user(
+pub(super) async fn user(
     State(hub): State<Hub>,
     caller: Caller,
     Path(user): Path<String>,
@@ -80,7 +80,7 @@ pub async fn user(
 
 /// Closes one stream; its client reconnects (admin).
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "admin", params(("id" = String, Path, description = "A `connection_id` from `herald.connected`")), responses((status = 200, description = "Closed; the client reconnects", body = crate::http::openapi::Closed), (status = 202, description = "Clustered: not on this node; the other nodes were told to close it", body = crate::http::openapi::Closed), (status = 404, description = "No such open stream", body = ErrorBody), (status = 503, description = "Clustered: the engine cannot be reached", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn close_connection(
+pub(super) async fn close_connection(
     State(hub): State<Hub>,
     caller: Caller,
     Path(id): Path<String>,
@@ -98,7 +98,7 @@ pub async fn close_connection(
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Resubscribe {
+pub(super) struct Resubscribe {
     #[serde(default)]
     add: Vec<String>,
     #[serde(default)]
@@ -108,7 +108,7 @@ pub struct Resubscribe {
 /// Adds and removes patterns of an open stream (admin), with the checks of
 /// a subscribe against the stream's own token.
 #[utoipa::path(post, path = "/v1/connections/{id}/subscriptions", tag = "admin", params(("id" = String, Path, description = "A `connection_id`")), request_body = crate::http::openapi::SubscriptionChange, responses((status = 200, description = "Its patterns now", body = crate::http::openapi::Subscriptions), (status = 400, description = "Bad pattern or over the topic limit", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody), (status = 404, description = "No such open stream", body = ErrorBody)))]
-pub async fn resubscribe(
+pub(super) async fn resubscribe(
     State(hub): State<Hub>,
     caller: Caller,
     Path(id): Path<String>,
@@ -123,14 +123,14 @@ pub async fn resubscribe(
 
 /// One subscription pattern and how many open streams hold it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct TopicCount {
+pub(super) struct TopicCount {
     pub pattern: String,
     pub connections: usize,
 }
 
 /// Subscription patterns of open streams, with their stream counts (admin).
 #[utoipa::path(get, path = "/v1/topics", tag = "admin", responses((status = 200, description = "Patterns, most held first", body = Vec<TopicCount>), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn topics(
+pub(super) async fn topics(
     State(hub): State<Hub>,
     caller: Caller,
 ) -> Result<Json<Vec<TopicCount>>, ApiError> {
@@ -154,7 +154,7 @@ pub async fn topics(
 
 /// Closes every stream of a user (admin).
 #[utoipa::path(delete, path = "/v1/users/{user}/connections", tag = "admin", params(("user" = String, Path, description = "A token `sub`")), responses((status = 200, description = "How many were closed here (clustered, with `forwarded`: the other nodes close theirs)", body = crate::http::openapi::Closed), (status = 503, description = "Clustered: the engine cannot be reached", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-pub async fn close_user(
+pub(super) async fn close_user(
     State(hub): State<Hub>,
     caller: Caller,
     Path(user): Path<String>,
@@ -170,7 +170,7 @@ pub async fn close_user(
 /// Prometheus metrics (OpenMetrics text). Like `/healthz`, open to anyone
 /// who can reach the hub: aggregate numbers only.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(hub): State<Hub>) -> impl axum::response::IntoResponse {
+pub(super) async fn metrics(State(hub): State<Hub>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -181,7 +181,7 @@ pub async fn metrics(State(hub): State<Hub>) -> impl axum::response::IntoRespons
 }
 
 /// Counts every answer of 400 and above by status.
-pub async fn count_refusals(
+pub(super) async fn count_refusals(
     State(hub): State<Hub>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -193,10 +193,10 @@ pub async fn count_refusals(
     response
 }
 
-pub async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(super) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }

@@ -28,7 +28,7 @@ use crate::subscribe::SubscribeError;
 /// 120). Answers `{"events": [{"id", "event", "data"}], "last_event_id",
 /// "reset"}`; a refusal for now is `503` (hub full, shutting down) or `429`
 /// with `Retry-After`.
-pub async fn poll(
+pub(super) async fn poll(
     State(hub): State<Hub>,
     caller: Caller,
     RawQuery(query): RawQuery,

@@ -82,7 +82,7 @@ fn json_body(hub: &Hub, body: Result<Json<Value>, JsonRejection>) -> Result<Valu
         (status = 412, description = "If-Match does not match", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn put(
+pub(super) async fn put(
     State(hub): State<Hub>,
     caller: Caller,
     Path(path): Path<String>,
@@ -108,7 +108,7 @@ pub async fn put(
         (status = 412, description = "If-Match does not match", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn patch(
+pub(super) async fn patch(
     State(hub): State<Hub>,
     caller: Caller,
     Path(path): Path<String>,
@@ -132,7 +132,7 @@ pub async fn patch(
         (status = 412, description = "If-Match does not match", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
     ))]
-pub async fn delete(
+pub(super) async fn delete(
     State(hub): State<Hub>,
     caller: Caller,
     Path(path): Path<String>,
@@ -150,7 +150,7 @@ pub async fn delete(
         (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody),
         (status = 403, description = "May not read the topic", body = ErrorBody),
     ))]
-pub async fn get(
+pub(super) async fn get(
     State(hub): State<Hub>,
     caller: Caller,
     Path(path): Path<String>,

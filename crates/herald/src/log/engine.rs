@@ -66,7 +66,7 @@ pub(crate) struct Status {
 
 impl Status {
     /// The state of a log that has just reached its engine.
-    pub fn connected() -> Status {
+    pub(crate) fn connected() -> Status {
         Status {
             connected: AtomicBool::new(true),
             ..Status::default()
@@ -85,35 +85,35 @@ impl Status {
     }
 
     /// Whether the connection to the engine is up (metrics; `/readyz`).
-    pub fn connection(&self, up: bool) {
+    pub(crate) fn connection(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
     /// One more attempt to reach the engine again.
-    pub fn count_reconnect(&self) {
+    pub(crate) fn count_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The tail lost the engine (logged once per outage).
-    pub fn tail_lost(&self, url: &str, err: &str) {
+    pub(crate) fn tail_lost(&self, url: &str, err: &str) {
         if Self::set(&self.tail, Some(err.to_owned())) {
             tracing::error!(%err, url, "lost the cluster engine; reconnecting");
         }
     }
 
     /// The tail cannot go on at all (an entry it cannot read): not ready.
-    pub fn tail_stopped(&self, err: &str) {
+    pub(crate) fn tail_stopped(&self, err: &str) {
         tracing::error!(%err, "cannot apply the cluster log; this node stops reading it");
         Self::set(&self.tail, Some(err.to_owned()));
     }
 
     /// The tail reads the engine again. Appends failed while it was away;
     /// the next one is likely to succeed, so readiness comes back too.
-    pub fn tail_ok(&self, url: &str, head: u64) {
+    pub(crate) fn tail_ok(&self, url: &str, head: u64) {
         if Self::set(&self.tail, None) {
             tracing::info!(url, head, "cluster engine reachable again");
             Self::set(&self.write, None);
@@ -121,14 +121,14 @@ impl Status {
     }
 
     /// An append succeeded.
-    pub fn write_ok(&self, url: &str) {
+    pub(crate) fn write_ok(&self, url: &str) {
         if Self::set(&self.write, None) {
             tracing::info!(url, "cluster appends succeed again");
         }
     }
 
     /// An append failed: publishes are refused until one succeeds.
-    pub fn write_failed(&self, url: &str, err: &str) -> LogError {
+    pub(crate) fn write_failed(&self, url: &str, err: &str) -> LogError {
         if Self::set(&self.write, Some(err.to_owned())) {
             tracing::error!(%err, url, "cluster append failed; publishes refused");
         }
@@ -136,13 +136,13 @@ impl Status {
     }
 
     /// Forgets the last failed append (the engine is back).
-    pub fn clear_write(&self) {
+    pub(crate) fn clear_write(&self) {
         Self::set(&self.write, None);
     }
 
     /// `/readyz`: `Err` with the reason while the engine is out of reach or
     /// the last append failed.
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Result<(), String> {
         if let Some(err) = Self::get(&self.tail) {
             return Err(format!("the cluster engine is unreachable: {err}"));
         }
@@ -156,7 +156,7 @@ impl Status {
     }
 
     /// For metrics and stats.
-    pub fn report(&self) -> EngineStatus {
+    pub(crate) fn report(&self) -> EngineStatus {
         EngineStatus {
             connected: self.connected.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
@@ -191,23 +191,23 @@ pub(crate) struct Backoff {
 impl Backoff {
     const MAX: Duration = Duration::from_secs(5);
 
-    pub fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             next: Duration::from_millis(50),
         }
     }
 
-    pub fn peek(&self) -> Duration {
+    pub(crate) fn peek(&self) -> Duration {
         self.next
     }
 
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let ms = fastrand::u64(self.next.as_millis() as u64 / 2..=self.next.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.next = (self.next * 2).min(Self::MAX);
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = Backoff::new();
     }
 }

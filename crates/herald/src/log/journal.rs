@@ -64,7 +64,7 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub fn of(event: &Event) -> Record {
+    pub(crate) fn of(event: &Event) -> Record {
         Record {
             id: event.id.0,
             ts: event.published_at_ms,
@@ -72,7 +72,7 @@ impl Record {
         }
     }
 
-    pub fn into_event(self) -> Event {
+    pub(crate) fn into_event(self) -> Event {
         Event::commit(self.draft, EventId(self.id), self.ts)
     }
 }

@@ -54,7 +54,7 @@ fn bears_on_inboxes(entry: &Entry) -> bool {
 impl Replica {
     /// An empty replica of a log whose ids start at `first_id`, with
     /// everything at or below `floor` already gone from the engine.
-    pub fn new(settings: MemoryLogSettings, first_id: u64, floor: u64) -> Replica {
+    pub(super) fn new(settings: MemoryLogSettings, first_id: u64, floor: u64) -> Replica {
         let mut inner = Inner::new(settings, first_id.max(1));
         inner.set_floor(floor);
         let head = inner.head();
@@ -67,7 +67,7 @@ impl Replica {
     }
 
     /// Loads entries read at start (no one listens yet), in id order.
-    pub fn load(&self, entries: Vec<Entry>) {
+    pub(super) fn load(&self, entries: Vec<Entry>) {
         let mut inner = lock(&self.inner);
         let mut recovered = self.recovered.lock().unwrap_or_else(|e| e.into_inner());
         for entry in entries {
@@ -92,7 +92,7 @@ impl Replica {
 
     /// Connects fan-out, handing it what start read for inboxes; returns
     /// the head it starts after.
-    pub fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
+    pub(super) fn attach(&self, sink: Arc<dyn CommitSink>) -> EventId {
         let recovered =
             std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()));
         sink.recovered(&recovered);
@@ -103,7 +103,7 @@ impl Replica {
         EventId(self.head())
     }
 
-    pub fn head(&self) -> u64 {
+    pub(super) fn head(&self) -> u64 {
         *self.head.borrow()
     }
 
@@ -111,7 +111,7 @@ impl Replica {
     /// to fan-out: runs of events together, control records in their
     /// place. Entries at or below the head (read again after a reconnect)
     /// are skipped, so each reaches fan-out exactly once.
-    pub fn deliver(&self, entries: Vec<Entry>) {
+    pub(super) fn deliver(&self, entries: Vec<Entry>) {
         let mut inner = lock(&self.inner);
         let head = inner.head();
         let mut fresh = entries.into_iter().filter(|e| e.id().0 > head).peekable();
@@ -152,31 +152,31 @@ impl Replica {
     /// Events up to `floor` left the engine before this node read them (it
     /// was away longer than the engine keeps them): resuming across them
     /// is no longer possible.
-    pub fn lost_through(&self, floor: u64) {
+    pub(super) fn lost_through(&self, floor: u64) {
         lock(&self.inner).set_floor(floor);
     }
 
     /// Waits until every event up to `id` is applied, at most `timeout`.
     /// True when it is.
-    pub async fn wait_for(&self, id: u64, timeout: Duration) -> bool {
+    pub(super) async fn wait_for(&self, id: u64, timeout: Duration) -> bool {
         let mut head = self.head.subscribe();
         let reached = tokio::time::timeout(timeout, head.wait_for(|&h| h >= id)).await;
         matches!(reached, Ok(Ok(_)))
     }
 
-    pub fn read(&self, request: &ReadRequest<'_>) -> super::Page {
+    pub(super) fn read(&self, request: &ReadRequest<'_>) -> super::Page {
         lock(&self.inner).read(request, now_ms())
     }
 
-    pub fn retention(&self) -> super::memory::Retention {
+    pub(super) fn retention(&self) -> super::memory::Retention {
         lock(&self.inner).retention()
     }
 
-    pub fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
+    pub(super) fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {
         lock(&self.inner).coverage(after, selector)
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         lock(&self.inner).len()
     }
 }

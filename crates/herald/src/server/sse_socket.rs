@@ -133,7 +133,7 @@ async fn answer(
 /// of them: 110 to 230 ms on one core (`bench/floods`, `nonreaders`). A
 /// stream takes a turn here, then yields before opening: at most this many
 /// openings are queued at any time, and the others wait parked.
-pub const MAX_OPENING: usize = 32;
+pub(super) const MAX_OPENING: usize = 32;
 
 /// Longest a stream holds its turn while its route waits (for a key set
 /// being fetched, say): past it the turn is given back and the route goes
