@@ -46,7 +46,12 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 /// The module a file belongs to: its first path component under `src/`.
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_owned()
 }
 
@@ -111,10 +116,14 @@ fn every_module_uses_only_the_layers_below_it() {
 
 #[test]
 fn the_check_sees_a_use_upward() {
-    let found = uses("use crate::hub::Hub;\n// crate::http in a comment\nlet x = crate::log::now_ms();");
+    let found =
+        uses("use crate::hub::Hub;\n// crate::http in a comment\nlet x = crate::log::now_ms();");
     assert_eq!(
         found,
-        ["hub", "log"].into_iter().map(String::from).collect::<BTreeSet<_>>()
+        ["hub", "log"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
     );
     assert!(rank("hub") > rank("stream"), "the hub is above the stream");
 }
