@@ -468,12 +468,15 @@ impl Inboxes {
     /// waited for it stop waiting; events waiting for an ack still do. The
     /// change is written soon; nobody waits for it.
     pub fn delivered(&self, user: &str, ids: &[EventId]) {
-        {
+        let removed = {
             let mut state = self.core.state();
             let removed = state.remove(user, ids.iter().copied(), |held| !held.ack);
             state.totals.delivered += removed.len() as u64;
+            removed
+        };
+        if !removed.is_empty() {
+            self.ring();
         }
-        self.ring();
     }
 
     /// Which of `ids` wait for `user` now (what an ack of them would
@@ -498,7 +501,9 @@ impl Inboxes {
             state.totals.acked += acked.len() as u64;
             acked
         };
-        self.ring();
+        if !acked.is_empty() {
+            self.ring();
+        }
         let unknown = ids
             .iter()
             .filter(|id| !acked.contains(id))
@@ -510,7 +515,7 @@ impl Inboxes {
     /// Removes what has waited past its `ttl` or the age limit.
     pub fn sweep(&self, now_ms: u64) {
         let max_age = self.core.settings.max_age_ms;
-        {
+        let removed = {
             let mut state = self.core.state();
             let expired: Vec<(Box<str>, Vec<EventId>)> = state
                 .users
@@ -525,12 +530,17 @@ impl Inboxes {
                     (!ids.is_empty()).then(|| (user.clone(), ids))
                 })
                 .collect();
+            let mut removed = 0;
             for (user, ids) in expired {
                 let n = state.remove(&user, ids, |_| true).len();
                 state.totals.expired += n as u64;
+                removed += n;
             }
+            removed
+        };
+        if removed > 0 {
+            self.ring();
         }
-        self.ring();
     }
 
     /// Returns once every change made before the call is in the file (at

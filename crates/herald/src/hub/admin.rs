@@ -100,10 +100,10 @@ impl Hub {
         if self.close_connection(id) {
             return Ok(Closing::Closed(1));
         }
-        if !self.shared.log.clustered() {
+        let Some(cluster) = self.shared.log.cluster() else {
             return Ok(Closing::Unknown);
-        }
-        self.forward_close(Some(id.to_owned()), None).await?;
+        };
+        forward_close(cluster, Some(id.to_owned()), None).await?;
         Ok(Closing::Forwarded(0))
     }
 
@@ -111,26 +111,11 @@ impl Hub {
     /// other (through the log): how many closed here.
     pub async fn close_user_anywhere(&self, user: &str) -> Result<Closing, LogError> {
         let here = self.close_user(user);
-        if !self.shared.log.clustered() {
+        let Some(cluster) = self.shared.log.cluster() else {
             return Ok(Closing::Closed(here));
-        }
-        self.forward_close(None, Some(user.to_owned())).await?;
+        };
+        forward_close(cluster, None, Some(user.to_owned())).await?;
         Ok(Closing::Forwarded(here))
-    }
-
-    async fn forward_close(
-        &self,
-        connection: Option<String>,
-        user: Option<String>,
-    ) -> Result<(), LogError> {
-        match self.shared.log.cluster() {
-            Some(cluster) => {
-                cluster
-                    .append_control(vec![crate::log::Control::Close { connection, user }])
-                    .await
-            }
-            None => Ok(()),
-        }
     }
 
     /// Closes every stream of a user; returns how many.
@@ -212,4 +197,15 @@ impl Hub {
         stats.cluster = Some(ClusterStats { totals, nodes });
         stats
     }
+}
+
+/// Asks every node, through the shared log, to close these streams.
+async fn forward_close(
+    cluster: &dyn crate::log::ClusterLog,
+    connection: Option<String>,
+    user: Option<String>,
+) -> Result<(), LogError> {
+    cluster
+        .append_control(vec![crate::log::Control::Close { connection, user }])
+        .await
 }
