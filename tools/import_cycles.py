@@ -2,7 +2,9 @@
 """Import cycles between the herald crate's modules, and its largest files.
 
 A module is a file under crates/herald/src; a folder with a mod.rs counts
-as one module with its files (hub/, log/, auth/, http/, server/). An edge
+as one module with its files (hub/, log/, http/, server/, access/auth/).
+The layer folders (values/, access/, requests/, delivery/) only group:
+each file or folder in them is a module of its own. An edge
 a -> b is any `crate::b` path written in a's files (tests included, doc
 comments not). Prints each strongly connected component of more than one
 module. Run: python3 tools/import_cycles.py
@@ -14,8 +16,13 @@ import sys
 ROOT = os.path.join(os.path.dirname(__file__), "..", "crates", "herald", "src")
 
 
+GROUPS = {"values", "access", "requests", "delivery"}
+
+
 def module_of(rel):
     parts = rel[:-3].split(os.sep)
+    if parts[0] in GROUPS and len(parts) > 1:
+        return parts[0] if parts[1] == "mod" else parts[1]
     return parts[0]
 
 
@@ -26,14 +33,15 @@ def main():
             if n.endswith(".rs"):
                 full = os.path.join(dirpath, n)
                 files[os.path.relpath(full, ROOT)] = open(full).read()
-    mods = {module_of(r) for r in files} - {"lib", "main"}
+    mods = {module_of(r) for r in files} - {"lib", "main"} - GROUPS
     edges = {m: set() for m in mods}
     for rel, text in files.items():
         a = module_of(rel)
         if a not in edges:
             continue
         code = "\n".join(l for l in text.split("\n") if not l.lstrip().startswith("//"))
-        for b in re.findall(r"crate::(\w+)", code):
+        for first, second in re.findall(r"crate::(\w+)(?:::(\w+))?", code):
+            b = second if first in GROUPS and second else first
             if b in mods and b != a:
                 edges[a].add(b)
         # `use super::x` inside a folder stays inside the module.

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::log::Fsync;
 
+/// Every setting of a hub, read from `herald.toml` and `HERALD_*`
+/// variables, validated in one place ([`Config::validate`]). `Default`
+/// is a hub for local development.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -36,14 +39,23 @@ pub struct Config {
     /// How long a graceful shutdown may take before open streams are cut.
     /// Default `10`.
     pub shutdown_timeout_secs: u64,
+    /// `[auth]`: keys, tokens and their claims.
     pub auth: AuthConfig,
+    /// `[limits]`: caps on connections, subscriptions and rates.
     pub limits: LimitsConfig,
+    /// `[stream]`: heartbeats, queues and what a slow client costs.
     pub stream: StreamConfig,
+    /// `[history]`: what the journal retains and when it syncs.
     pub history: HistoryConfig,
+    /// `[inbox]`: what waits for users who are away.
     pub inbox: InboxConfig,
+    /// `[state]`: retained values for late joiners.
     pub state: StateConfig,
+    /// `[presence]`: topics whose joins and leaves are announced.
     pub presence: PresenceConfig,
+    /// `[cors]`: which browser origins may call the hub.
     pub cors: CorsConfig,
+    /// `[cluster]`: the engine shared by the nodes of a cluster.
     pub cluster: ClusterConfig,
 }
 
@@ -364,6 +376,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Reads `10.0.0.0/8`, `::1` or `fd00::/8`; a bare address is a range of one.
     pub fn parse(text: &str) -> Option<Cidr> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
@@ -375,6 +388,7 @@ impl Cidr {
         (prefix <= bits).then_some(Cidr { net, prefix })
     }
 
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address as IPv4).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
             match prefix {
@@ -399,7 +413,9 @@ impl Cidr {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]
 pub struct ConfigError {
+    /// The setting, as written in `herald.toml` (`stream.queue_capacity`).
     pub setting: String,
+    /// Why it cannot work.
     pub reason: String,
 }
 
@@ -500,7 +516,7 @@ impl Config {
             }
         }
         for pattern in &self.presence.topics {
-            if let Err(e) = crate::pattern::Pattern::parse(pattern) {
+            if let Err(e) = crate::values::pattern::Pattern::parse(pattern) {
                 return Err(invalid(
                     "presence.topics",
                     format!("{pattern:?} is not a topic pattern: {e}"),
@@ -559,10 +575,12 @@ impl Config {
             && a.publisher_keys.is_empty()
     }
 
+    /// `stream.heartbeat_secs` as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.stream.heartbeat_secs)
     }
 
+    /// `shutdown_timeout_secs` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

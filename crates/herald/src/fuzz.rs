@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use crate::event::{Event, EventDraft, EventId};
 use crate::log::journal::{decode_records, frame, Record};
 use crate::log::Control;
+use crate::values::event::{Event, EventDraft, EventId};
 
-pub use crate::auth::fuzz_claims as token_claims;
+pub use crate::access::auth::fuzz_claims as token_claims;
 pub use crate::http::fuzz_publish as publish_request;
 pub use crate::log::nats::fuzz_messages as nats_messages;
-pub use crate::subscribe::fuzz_query as subscribe_query;
+pub use crate::requests::subscribe::fuzz_query as subscribe_query;
 
 /// The lean subscribe path's request-head parser: a refusal is 400 or 431,
 /// nothing else.
@@ -64,20 +64,21 @@ pub fn journal_segment(bytes: &[u8]) {
 /// A record field as the Redis engine stores it (`d`: an event draft, `c`:
 /// a control record): decoded, encoded, decoded again to the same.
 pub fn engine_record(bytes: &[u8]) {
-    if let Ok(draft) = crate::json::from_slice::<EventDraft>(bytes) {
+    if let Ok(draft) = crate::values::json::from_slice::<EventDraft>(bytes) {
         let event = Event::commit(draft, EventId(7), 7);
         let text = serde_json::to_vec(&event.to_draft()).expect("drafts encode");
-        let again: EventDraft = crate::json::from_slice(&text).expect("what was read reads again");
+        let again: EventDraft =
+            crate::values::json::from_slice(&text).expect("what was read reads again");
         assert_eq!(Event::commit(again, EventId(7), 7).frame, event.frame);
     }
-    if let Ok(control) = crate::json::from_slice::<Control>(bytes) {
+    if let Ok(control) = crate::values::json::from_slice::<Control>(bytes) {
         let text = serde_json::to_vec(&control).expect("controls encode");
-        assert!(crate::json::from_slice::<Control>(&text).is_ok());
+        assert!(crate::values::json::from_slice::<Control>(&text).is_ok());
     }
 }
 
 /// An inbox file (raw, or lines framed as records as for the journal):
 /// replayed, its counts agree and each inbox stays within its bound.
 pub fn inbox_file(bytes: &[u8]) {
-    crate::inbox::fuzz_inbox_file(&records(bytes));
+    crate::delivery::inbox::fuzz_inbox_file(&records(bytes));
 }

@@ -29,7 +29,7 @@ use crate::hub::Hub;
 
 mod sse_socket;
 #[cfg(feature = "fuzzing")]
-pub use sse_socket::fuzz_head;
+pub(crate) use sse_socket::fuzz_head;
 
 /// Largest request head (request line and headers). A subscribe may carry
 /// `limits.max_topics_per_connection` patterns of up to 256 bytes and a
@@ -44,7 +44,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// send nothing (slowloris) cannot keep a real client, who sends its head
 /// at once, from being served. Each costs a task and a head buffer, for at
 /// most [`HEADER_READ_TIMEOUT`].
-pub const MAX_PENDING_HEADS: usize = 4096;
+pub(crate) const MAX_PENDING_HEADS: usize = 4096;
 
 /// The sockets that have not sent a whole request head yet, oldest first.
 #[derive(Clone, Default)]
@@ -110,6 +110,8 @@ impl Drop for PendingHead {
 /// Connections the kernel queues before `accept` takes them.
 const LISTEN_BACKLOG: u32 = 8192;
 
+/// The hub on a TCP socket: HTTP/1.1 and HTTP/2, with the SSE fast path
+/// and a graceful shutdown (what `herald serve` runs).
 pub struct Server {
     listener: TcpListener,
     hub: Hub,
@@ -139,6 +141,7 @@ impl Server {
         Ok(Server { listener, hub })
     }
 
+    /// The address it listens on (the port, when `listen` asked for 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller};
-use crate::event::EventId;
 use crate::hub::Hub;
+use crate::values::event::EventId;
 
 /// The body of `POST /v1/ack`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

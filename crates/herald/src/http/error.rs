@@ -6,13 +6,13 @@ use axum::Json;
 
 use std::time::Duration;
 
-use crate::auth::AuthError;
+use crate::access::auth::AuthError;
 use crate::log::LogError;
-use crate::publish::PublishError;
-use crate::subscribe::SubscribeError;
+use crate::requests::publish::PublishError;
+use crate::requests::subscribe::SubscribeError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -20,7 +20,7 @@ pub enum ApiError {
     #[error(transparent)]
     Resubscribe(#[from] crate::hub::ResubscribeError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::delivery::state::StateError),
     #[error(transparent)]
     Ack(#[from] crate::hub::AckError),
     /// Clustered: the engine cannot take the request now.
@@ -46,7 +46,7 @@ pub enum ApiError {
     #[error("no open connection has the id {0:?}")]
     UnknownConnection(String),
     #[error("pattern {0:?} {1}")]
-    BadPattern(String, crate::topic::TopicError),
+    BadPattern(String, crate::values::topic::TopicError),
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
 }
@@ -67,23 +67,29 @@ impl ApiError {
                 }
             },
             ApiError::State(e) => match e {
-                crate::state::StateError::BadTopic(..) => {
+                crate::delivery::state::StateError::BadTopic(..) => {
                     (StatusCode::BAD_REQUEST, "invalid_topic")
                 }
-                crate::state::StateError::BadKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
-                crate::state::StateError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-                crate::state::StateError::VersionMismatch { .. } => {
+                crate::delivery::state::StateError::BadKey(_) => {
+                    (StatusCode::BAD_REQUEST, "invalid_key")
+                }
+                crate::delivery::state::StateError::NotFound { .. } => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                crate::delivery::state::StateError::VersionMismatch { .. } => {
                     (StatusCode::PRECONDITION_FAILED, "version_mismatch")
                 }
-                crate::state::StateError::BadValue(_) => (StatusCode::BAD_REQUEST, "invalid_value"),
-                crate::state::StateError::VersionsExhausted => {
+                crate::delivery::state::StateError::BadValue(_) => {
+                    (StatusCode::BAD_REQUEST, "invalid_value")
+                }
+                crate::delivery::state::StateError::VersionsExhausted => {
                     (StatusCode::CONFLICT, "versions_exhausted")
                 }
-                crate::state::StateError::Full(_) => {
+                crate::delivery::state::StateError::Full(_) => {
                     (StatusCode::INSUFFICIENT_STORAGE, "state_full")
                 }
-                crate::state::StateError::Publish(p) => publish_parts(p),
-                crate::state::StateError::Auth(a) => auth_parts(a),
+                crate::delivery::state::StateError::Publish(p) => publish_parts(p),
+                crate::delivery::state::StateError::Auth(a) => auth_parts(a),
             },
             ApiError::Ack(e) => match e {
                 crate::hub::AckError::Auth(a) => auth_parts(a),

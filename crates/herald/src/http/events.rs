@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};
 use crate::hub::{Hub, Subscription};
-use crate::sse;
-use crate::subscribe::Refusal;
+use crate::requests::subscribe::Refusal;
+use crate::values::sse;
 
 /// Opens an event stream (SPEC §3). Mount it with any axum router whose
 /// state is a [`Hub`].
@@ -21,7 +21,7 @@ use crate::subscribe::Refusal;
         (status = 200, description = "The stream: `retry:`, `herald.connected`, then events. A temporary refusal (limits, shutdown) is also 200, with `Retry-After` and one `herald.refused` event", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad pattern or parameter", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not allowed", body = ErrorBody),
     ))]
-pub async fn events(
+pub(crate) async fn events(
     State(hub): State<Hub>,
     caller: Caller,
     transport: TransportHandle,

@@ -8,7 +8,7 @@ mod console;
 mod error;
 mod events;
 mod guard;
-pub mod openapi;
+pub(crate) mod openapi;
 mod ops;
 mod poll;
 mod publish;
@@ -23,19 +23,19 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::Identity;
+use crate::access::auth::Identity;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
-pub use events::events;
+pub(crate) use error::ApiError;
+pub(crate) use events::events;
 #[cfg(feature = "fuzzing")]
 pub use publish::fuzz_publish;
-pub use publish::publish;
+pub(crate) use publish::publish;
 
 use crate::hub::Hub;
 
 /// Every endpoint of the hub, ready to serve or to nest in an application.
-pub fn router(hub: Hub) -> Router {
+pub(crate) fn router(hub: Hub) -> Router {
     let body_limit = hub.config().limits.max_body_bytes;
     let cors = cors_layer(&hub.config().cors.allowed_origins);
     let router = Router::new()
@@ -142,7 +142,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// `auth.cookie_name`, the `access_token` query parameter (for browsers'
 /// EventSource, which cannot set headers). The token's value is never
 /// logged.
-pub struct Caller {
+pub(crate) struct Caller {
     pub identity: Identity,
     pub peer: Option<IpAddr>,
 }
@@ -200,7 +200,7 @@ fn credentials(parts: &Parts, cookie_name: &str) -> Option<String> {
 /// Embedding applications get it by serving with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub Option<IpAddr>);
+pub(crate) struct PeerAddr(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
@@ -219,7 +219,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
 /// extensions by [`Server`](crate::Server). For HTTP/2 it drops the whole
 /// connection, every stream on it.
 #[derive(Debug, Clone)]
-pub struct TransportHandle(pub Option<CancellationToken>);
+pub(crate) struct TransportHandle(pub Option<CancellationToken>);
 
 impl<S: Send + Sync> FromRequestParts<S> for TransportHandle {
     type Rejection = std::convert::Infallible;
@@ -238,8 +238,8 @@ pub(crate) fn subscribe_request(
     query: &str,
     headers: &axum::http::HeaderMap,
     caller: Caller,
-) -> Result<crate::subscribe::SubscribeRequest, ApiError> {
-    let mut request = crate::subscribe::SubscribeRequest::from_query(query)?;
+) -> Result<crate::requests::subscribe::SubscribeRequest, ApiError> {
+    let mut request = crate::requests::subscribe::SubscribeRequest::from_query(query)?;
     if let Some(id) = headers.get("last-event-id") {
         // A header that is not text cannot be an id this hub issued: it is
         // answered as an unknown id.
@@ -274,10 +274,12 @@ pub(crate) fn require_admin(hub: &Hub, caller: &Caller) -> Result<(), ApiError> 
     require_loopback_in_dev_mode(hub, caller)?;
     match (caller.identity.admin, caller.identity.proof) {
         (true, _) => Ok(()),
-        (false, crate::auth::Proof::Anonymous) => Err(ApiError::Auth(
-            crate::auth::AuthError::Missing("admin calls need an admin token or an API key".into()),
-        )),
-        (false, _) => Err(ApiError::Auth(crate::auth::AuthError::Forbidden(
+        (false, crate::access::auth::Proof::Anonymous) => {
+            Err(ApiError::Auth(crate::access::auth::AuthError::Missing(
+                "admin calls need an admin token or an API key".into(),
+            )))
+        }
+        (false, _) => Err(ApiError::Auth(crate::access::auth::AuthError::Forbidden(
             "the token is not an admin token (herald.admin)".into(),
         ))),
     }

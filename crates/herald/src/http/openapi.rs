@@ -6,16 +6,16 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::fanout::{FanoutStats, Presence};
+use crate::delivery::fanout::{FanoutStats, Presence};
 use crate::hub::{HubStats, UserInfo};
-use crate::publish::{PublishRequest, PublishTo};
-pub use crate::schema::{
+use crate::requests::publish::{PublishRequest, PublishTo};
+pub(crate) use crate::values::schema::{
     EventIdText, EventName, PatternText, PublishedEventName, ShortName, StatePath, TopicName,
 };
 
 /// A state change made.
 #[derive(Serialize, ToSchema)]
-pub struct StateChanged {
+pub(crate) struct StateChanged {
     pub key: String,
     pub version: u64,
     /// The `state` event that carries it.
@@ -26,7 +26,7 @@ pub struct StateChanged {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code, non_snake_case)]
-pub struct SubscribeParams {
+pub(crate) struct SubscribeParams {
     /// Topic or pattern (`*` one segment, `**` the rest); repeatable.
     #[param(value_type = Option<Vec<PatternText>>)]
     topic: Option<Vec<String>>,
@@ -46,7 +46,7 @@ pub struct SubscribeParams {
 
 /// Every refusal: `{"error": CODE, "message": TEXT}`.
 #[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// A stable code, e.g. `invalid_topic`, `unauthorized`, `rate_limited`.
     pub error: String,
     /// What went wrong, for people.
@@ -54,29 +54,33 @@ pub struct ErrorBody {
 }
 
 /// A publish body: one event, or a batch (all or nothing).
+// Only a schema: the handlers build this JSON themselves.
+#[allow(dead_code)]
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum PublishBody {
+pub(crate) enum PublishBody {
     One(Box<PublishRequest>),
     Batch(Vec<PublishRequest>),
 }
 
 /// The id of a published event (in the log).
 #[derive(Serialize, ToSchema)]
-pub struct Published {
+pub(crate) struct Published {
     pub id: String,
 }
 
 /// A publish answer: one id, or one per event of a batch, in order.
+// Only a schema: the handlers build this JSON themselves.
+#[allow(dead_code)]
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum PublishAnswer {
+pub(crate) enum PublishAnswer {
     One(Published),
     Batch(Vec<Published>),
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct PolledEvent {
+pub(crate) struct PolledEvent {
     pub id: String,
     /// SSE event type (`message` by default).
     pub event: String,
@@ -84,14 +88,14 @@ pub struct PolledEvent {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Reset {
+pub(crate) struct Reset {
     /// `unknown_id` or `history_expired`.
     pub reason: String,
 }
 
 /// A long poll's answer.
 #[derive(Serialize, ToSchema)]
-pub struct PollBody {
+pub(crate) struct PollBody {
     pub events: Vec<PolledEvent>,
     /// Send it back as `lastEventId` to continue.
     pub last_event_id: String,
@@ -102,7 +106,7 @@ pub struct PollBody {
 /// `{"add": [...], "remove": [...]}`.
 #[derive(Serialize, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubscriptionChange {
+pub(crate) struct SubscriptionChange {
     #[schema(value_type = Vec<PatternText>)]
     pub add: Vec<String>,
     #[schema(value_type = Vec<PatternText>)]
@@ -111,13 +115,13 @@ pub struct SubscriptionChange {
 
 /// An open stream's patterns after a change.
 #[derive(Serialize, ToSchema)]
-pub struct Subscriptions {
+pub(crate) struct Subscriptions {
     pub connection_id: String,
     pub topics: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Closed {
+pub(crate) struct Closed {
     /// Streams closed on this node.
     pub closed: usize,
     /// Clustered: the other nodes were told to close theirs too.
@@ -126,7 +130,7 @@ pub struct Closed {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Status {
+pub(crate) struct Status {
     /// `ok`, `ready`, `draining` or `unavailable`.
     pub status: String,
     /// Why the hub is not ready.
@@ -136,9 +140,11 @@ pub struct Status {
 }
 
 /// Totals, or one user's numbers with `?user=`.
+// Only a schema: the handlers build this JSON themselves.
+#[allow(dead_code)]
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum StatsBody {
+pub(crate) enum StatsBody {
     Totals(HubStats),
     User(UserInfo),
 }
@@ -195,15 +201,15 @@ impl Modify for BearerAuth {
         openapi_json,
     ),
     components(schemas(
-        TopicName, PatternText, EventName, PublishedEventName, ShortName, StatePath, StateChanged, crate::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
+        TopicName, PatternText, EventName, PublishedEventName, ShortName, StatePath, StateChanged, crate::delivery::state::Entry, ErrorBody, PublishBody, PublishRequest, PublishTo, PublishAnswer, Published, PollBody, PolledEvent,
         Reset, SubscriptionChange, Subscriptions, Closed, Status, StatsBody, HubStats, FanoutStats, UserInfo, crate::hub::ClusterStats, crate::hub::NodeStats, crate::hub::NodeTotals,
         Presence, super::ops::TopicCount, EventIdText, super::ack::AckRequest, super::ack::AckAnswer,
-        crate::inbox::InboxTotals, crate::inbox::UserInboxCounts,
+        crate::delivery::inbox::InboxTotals, crate::delivery::inbox::UserInboxCounts,
     )),
     modifiers(&BearerAuth, &DestinationRule),
     security(("bearer" = []), ()),
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// Rules the derive cannot state: an event needs a destination (a topic,
 /// addressed users or connections, or `broadcast: true`).
@@ -311,6 +317,6 @@ impl Modify for DestinationRule {
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

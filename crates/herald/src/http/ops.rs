@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::openapi::ErrorBody;
 use super::{require_admin, ApiError, Caller};
-use crate::fanout::Presence;
+use crate::delivery::fanout::Presence;
 use crate::hub::{Closing, Hub, UserInfo};
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The process serves", body = crate::http::openapi::Status)))]
@@ -55,7 +55,7 @@ pub(super) async fn stats(
 }
 
 /// Who is on a topic or pattern (admin).
-#[utoipa::path(get, path = "/v1/presence/{pattern}", tag = "admin", params(("pattern" = crate::http::openapi::PatternText, Path, description = "A topic or pattern (may contain `/`)")), responses((status = 200, description = "Connections and users on it", body = crate::fanout::Presence), (status = 400, description = "Bad pattern", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/presence/{pattern}", tag = "admin", params(("pattern" = crate::http::openapi::PatternText, Path, description = "A topic or pattern (may contain `/`)")), responses((status = 200, description = "Connections and users on it", body = crate::delivery::fanout::Presence), (status = 400, description = "Bad pattern", body = ErrorBody), (status = 401, description = "Credentials missing, invalid or expired", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub(super) async fn presence(
     State(hub): State<Hub>,
     caller: Caller,

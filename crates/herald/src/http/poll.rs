@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller};
+use crate::delivery::poll::{Polled, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::hub::Hub;
-use crate::poll::{Polled, DEFAULT_TIMEOUT, MAX_TIMEOUT};
-use crate::subscribe::SubscribeError;
+use crate::requests::subscribe::SubscribeError;
 
 #[utoipa::path(get, path = "/v1/poll", tag = "subscribe",
     params(crate::http::openapi::SubscribeParams,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::openapi::ErrorBody;
 use super::{require_publisher, ApiError, Caller};
 use crate::hub::Hub;
-use crate::publish::PublishRequest;
+use crate::requests::publish::PublishRequest;
 
 /// Publishes and answers once the events are in the log (SPEC §4).
 #[utoipa::path(post, path = "/v1/publish", tag = "publish",
@@ -27,7 +27,7 @@ use crate::publish::PublishRequest;
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
         (status = 503, description = "The log cannot be written now; see Retry-After", body = ErrorBody),
     ))]
-pub async fn publish(
+pub(crate) async fn publish(
     State(hub): State<Hub>,
     caller: Caller,
     RawQuery(query): RawQuery,
@@ -136,7 +136,7 @@ pub fn fuzz_publish(query: &str, body: &[u8]) {
             Err(_) => return,
         },
     };
-    let Ok(drafts) = crate::publish::validate_batch(requests, &limits) else {
+    let Ok(drafts) = crate::requests::publish::validate_batch(requests, &limits) else {
         return;
     };
     for draft in drafts {
@@ -149,10 +149,10 @@ pub fn fuzz_publish(query: &str, body: &[u8]) {
         }
         if let Some(filter) = &draft.target.filter {
             let value = Value::Object(filter.clone());
-            assert!(crate::json::depth(&value) <= crate::json::MAX_DEPTH);
+            assert!(crate::values::json::depth(&value) <= crate::values::json::MAX_DEPTH);
         }
         // What is accepted is stored, and reads back the same.
-        let event = crate::event::Event::commit(draft, crate::event::EventId(1), 1);
+        let event = crate::values::event::Event::commit(draft, crate::values::event::EventId(1), 1);
         let record = crate::log::journal::Record::of(&event);
         let bytes = serde_json::to_vec(&record).expect("records encode");
         let back: crate::log::journal::Record = serde_json::from_slice(&bytes)

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::openapi::ErrorBody;
 use super::{require_publisher, ApiError, Caller};
+use crate::delivery::state::{Change, Changed, IfMatch};
 use crate::hub::Hub;
-use crate::state::{Change, Changed, IfMatch};
 
 /// `TOPIC/KEY` → (topic, key).
 fn split(path: &str) -> Result<(&str, &str), ApiError> {

@@ -1,22 +1,25 @@
 //! Acknowledgements and what waited for a user (SPEC §7).
 
-use crate::auth::{AuthError, Identity, Proof};
-use crate::connection::Connection;
-use crate::event::{EventId, SharedEvent};
-use crate::inbox::{AckOutcome, InboxTotals};
+use crate::access::auth::{AuthError, Identity, Proof};
+use crate::delivery::connection::Connection;
+use crate::delivery::inbox::AckOutcome;
+use crate::values::event::{EventId, SharedEvent};
 
 use super::Hub;
 
 /// Most ids one acknowledgement may name.
-pub const MAX_ACK_IDS: usize = 1000;
+pub(super) const MAX_ACK_IDS: usize = 1000;
 
 /// Why an acknowledgement was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
+    /// The caller may not acknowledge (no user, or a bad token).
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// More ids than one acknowledgement may name.
     #[error("an acknowledgement names at most {MAX_ACK_IDS} ids; got {0}")]
     TooMany(usize),
+    /// The inbox file could not be written.
     #[error("the inbox store failed: {0}")]
     Store(String),
     /// Clustered: the engine could not take the acknowledgement.
@@ -69,11 +72,6 @@ impl Hub {
             AckError::Store(e.to_string())
         })?;
         Ok(outcome)
-    }
-
-    /// Totals of every inbox.
-    pub fn inbox_totals(&self) -> InboxTotals {
-        self.shared.inboxes().totals()
     }
 
     /// A connection received what waited for its user: direct messages

@@ -4,15 +4,15 @@
 use std::sync::atomic::Ordering;
 
 use super::Hub;
-use crate::fanout::{FanoutStats, Presence};
-use crate::inbox::{InboxTotals, UserInboxCounts};
+use crate::delivery::fanout::{FanoutStats, Presence};
+use crate::delivery::inbox::{InboxTotals, UserInboxCounts};
 use crate::log::LogError;
-use crate::pattern::Pattern;
-use crate::topic::TopicError;
+use crate::values::pattern::Pattern;
+use crate::values::topic::TopicError;
 
 /// What an admin close did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closing {
+pub(crate) enum Closing {
     /// This many streams closed here (and, clustered, none elsewhere asked).
     Closed(usize),
     /// This many closed here, and the other nodes were told to close theirs.
@@ -24,9 +24,13 @@ pub enum Closing {
 /// One user's streams (admin).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
+    /// The user (a token's `sub`).
     pub user: String,
+    /// Whether any stream of theirs is open on this node.
     pub online: bool,
+    /// Their open connections.
     pub connections: usize,
+    /// The ids of those connections.
     pub connection_ids: Vec<String>,
     /// Events waiting in this user's queues now.
     pub queued: usize,
@@ -39,11 +43,16 @@ pub struct UserInfo {
 /// A snapshot of the hub's numbers.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct HubStats {
+    /// The log's kind: `memory`, `journal`, `redis` or `nats`.
     pub log: &'static str,
+    /// The id of the last committed event.
     pub head: String,
+    /// Connection ids and users that fan-out can address directly.
     pub addresses: usize,
+    /// Fan-out's numbers.
     #[serde(flatten)]
     pub fanout: FanoutStats,
+    /// What waits in inboxes.
     pub inbox: InboxTotals,
     /// Presence joins and leaves of this node's streams written to the log
     /// since start.
@@ -69,10 +78,15 @@ pub struct ClusterStats {
 /// One node's numbers, as it reported them.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NodeStats {
+    /// The node's name (`cluster.node_name`).
     pub node: String,
+    /// When it reported, Unix milliseconds.
     pub reported_at_ms: u64,
+    /// The id of the last event it had committed.
     pub head: String,
+    /// Connection ids and users it can address directly.
     pub addresses: usize,
+    /// Its fan-out numbers.
     #[serde(flatten)]
     pub fanout: FanoutStats,
 }
@@ -80,8 +94,11 @@ pub struct NodeStats {
 /// Sums over the nodes of a cluster.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeTotals {
+    /// Nodes that reported.
     pub nodes: usize,
+    /// Addresses over all nodes.
     pub addresses: usize,
+    /// Fan-out numbers over all nodes.
     #[serde(flatten)]
     pub fanout: FanoutStats,
 }
@@ -96,7 +113,7 @@ impl Hub {
     /// Closes a stream wherever it is. Clustered, one this node does not
     /// hold is passed to the others through the log (the node holding it
     /// closes it as it reads the record): `Ok(Forwarded)`.
-    pub async fn close_connection_anywhere(&self, id: &str) -> Result<Closing, LogError> {
+    pub(crate) async fn close_connection_anywhere(&self, id: &str) -> Result<Closing, LogError> {
         if self.close_connection(id) {
             return Ok(Closing::Closed(1));
         }
@@ -109,7 +126,7 @@ impl Hub {
 
     /// Closes every stream of a user, on this node and, clustered, on every
     /// other (through the log): how many closed here.
-    pub async fn close_user_anywhere(&self, user: &str) -> Result<Closing, LogError> {
+    pub(crate) async fn close_user_anywhere(&self, user: &str) -> Result<Closing, LogError> {
         let here = self.close_user(user);
         let Some(cluster) = self.shared.log.cluster() else {
             return Ok(Closing::Closed(here));
@@ -136,11 +153,12 @@ impl Hub {
             inbox: self.shared.inboxes().user_counts(user),
         }
     }
-    /// Who is on a topic or pattern (see [`crate::fanout::Fanout::presence`]).
+    /// Who is on a topic or pattern (connections per user, and anonymous ones).
     pub fn presence(&self, pattern: &str) -> Result<Presence, TopicError> {
         Ok(self.shared.fanout.presence(&Pattern::parse(pattern)?))
     }
 
+    /// This node's numbers (`GET /v1/admin/stats`).
     pub fn stats(&self) -> HubStats {
         HubStats {
             log: self.shared.log.kind(),
@@ -167,7 +185,7 @@ impl Hub {
 
     /// [`Hub::stats`], and clustered, every live node's numbers with their
     /// sums. When the engine cannot be read, `cluster` holds this node only.
-    pub async fn cluster_stats(&self) -> HubStats {
+    pub(crate) async fn cluster_stats(&self) -> HubStats {
         let mut stats = self.stats();
         let Some(cluster) = self.shared.log.cluster() else {
             return stats;

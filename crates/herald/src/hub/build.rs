@@ -9,27 +9,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::tasks::{Handoffs, Tasks};
 use super::{Hub, Shared};
-use crate::auth::Authenticator;
+use crate::access::auth::Authenticator;
+use crate::access::limits::ConnectionLimiter;
+use crate::access::rate::RateLimits;
 use crate::config::{Config, ConfigError};
-use crate::fanout::Fanout;
-use crate::handoff::{LiveDeliveries, PresenceChanges};
-use crate::inbox::Inboxes;
-use crate::limits::ConnectionLimiter;
+use crate::delivery::fanout::Fanout;
+use crate::delivery::handoff::{LiveDeliveries, PresenceChanges};
+use crate::delivery::inbox::Inboxes;
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{DurableLog, EventLog, MemoryLog};
 use crate::metrics::Metrics;
-use crate::pattern::Pattern;
-use crate::rate::RateLimits;
+use crate::values::pattern::Pattern;
 
 /// Why a hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting cannot work as given.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The data directory could not be opened.
     #[error(transparent)]
     Store(#[from] crate::log::durable::OpenError),
+    /// The cluster engine could not be reached or read.
     #[error(transparent)]
     Cluster(#[from] crate::log::engine::ConnectError),
+    /// `Hub::new` was given a `cluster.url`.
     #[error("cluster.url is set: a clustered hub is started with Hub::connect, which reaches the engine first")]
     NeedsConnect,
 }
@@ -139,7 +143,7 @@ impl Hub {
             setting: e.source_name,
             reason: e.reason,
         })?;
-        let inbox_settings = crate::inbox::InboxSettings {
+        let inbox_settings = crate::delivery::inbox::InboxSettings {
             max_per_user: config.inbox.max_per_user,
             max_age_ms: config.inbox.max_age_secs.saturating_mul(1000),
             sync: config.history.fsync != crate::config::Fsync::Never,
@@ -198,10 +202,11 @@ impl Hub {
         // Clustered, retained state lives in the engine.
         let state_file =
             (!config.memory && !log.clustered()).then(|| config.data_dir.join("state.json"));
-        let state = crate::state::StateStore::open(state_file).map_err(|e| ConfigError {
-            setting: "data_dir".into(),
-            reason: format!("cannot read the state file: {e}"),
-        })?;
+        let state =
+            crate::delivery::state::StateStore::open(state_file).map_err(|e| ConfigError {
+                setting: "data_dir".into(),
+                reason: format!("cannot read the state file: {e}"),
+            })?;
         let node = log.cluster().map(|c| c.node().to_owned());
         let metrics = Arc::new(Metrics::new());
         state.report(&metrics);

@@ -9,7 +9,7 @@
 //! - `build`: building a hub: the log, the inbox, fan-out, limits;
 //! - `open`: opening a stream or a long poll, changing its subscriptions;
 //! - `poll`: answering a long poll;
-//! - `state`: retained state, through [`crate::state::StateHost`];
+//! - `state`: retained state, through [`crate::delivery::state::StateHost`];
 //! - `acks`: acknowledgements and what waited for a user;
 //! - `admin`: numbers, users, presence, closing streams;
 //! - `tasks`: the background work and how it stops.
@@ -20,16 +20,16 @@ use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::auth::{AuthError, Authenticator, Identity, Proof};
+use crate::access::auth::{AuthError, Authenticator, Identity, Proof};
+use crate::access::limits::ConnectionLimiter;
+use crate::access::rate::RateLimits;
 use crate::config::Config;
-use crate::event::EventId;
-use crate::fanout::Fanout;
-use crate::inbox::Inboxes;
-use crate::limits::ConnectionLimiter;
+use crate::delivery::fanout::Fanout;
+use crate::delivery::inbox::Inboxes;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
-use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
-use crate::rate::RateLimits;
+use crate::requests::publish::{check_rights, validate_batch, PublishError, PublishRequest};
+use crate::values::event::EventId;
 
 /// A handle to a running hub. Clone it freely: clones share one hub.
 ///
@@ -58,7 +58,7 @@ struct Shared {
     rates: RateLimits,
     metrics: Arc<Metrics>,
     registry: prometheus_client::registry::Registry,
-    state: crate::state::StateStore,
+    state: crate::delivery::state::StateStore,
     /// Cancelled when the hub starts shutting down: streams flush, send a
     /// jittered `retry:` and end; new streams are refused for now.
     shutdown: CancellationToken,
@@ -74,23 +74,23 @@ impl Shared {
     }
 }
 
-pub use crate::log::PRESENCE_EVENT;
-
 impl Hub {
+    /// The settings this hub runs with.
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
+    /// The event log this hub writes to and reads from.
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.shared.log
     }
 
-    pub fn fanout(&self) -> &Arc<Fanout> {
+    pub(crate) fn fanout(&self) -> &Arc<Fanout> {
         &self.shared.fanout
     }
 
     /// True when no auth key is configured (SPEC §1 dev mode).
-    pub fn dev_mode(&self) -> bool {
+    pub(crate) fn dev_mode(&self) -> bool {
         self.shared.auth.is_none()
     }
 
@@ -103,7 +103,7 @@ impl Hub {
         }
     }
 
-    pub fn rates(&self) -> &RateLimits {
+    pub(crate) fn rates(&self) -> &RateLimits {
         &self.shared.rates
     }
 
@@ -167,7 +167,7 @@ impl Hub {
         Ok(appended.into_iter().map(|a| a.id).collect())
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }
 
@@ -195,29 +195,30 @@ impl Hub {
         self.shared.inboxes().health()
     }
 
+    /// Whether a shutdown has begun (streams are closing, publishes refused).
     pub fn is_shutting_down(&self) -> bool {
         self.shared.shutdown.is_cancelled()
     }
 
     /// Resolves when shutdown begins.
-    pub fn shutdown_started(&self) -> WaitForCancellationFutureOwned {
+    pub(crate) fn shutdown_started(&self) -> WaitForCancellationFutureOwned {
         self.shared.shutdown.clone().cancelled_owned()
     }
 
     /// A reconnect delay between `retry_ms` and twice that, so that clients
     /// sent away together do not come back together.
-    pub fn jittered_retry_ms(&self) -> u64 {
+    pub(crate) fn jittered_retry_ms(&self) -> u64 {
         let base = self.shared.config.stream.retry_ms;
         base.saturating_add(fastrand::u64(0..=base))
     }
 
     /// Streams open now.
-    pub fn open_streams(&self) -> usize {
+    pub(crate) fn open_streams(&self) -> usize {
         self.shared.limiter.open()
     }
 
     /// Whether a peer may use publish and admin calls in dev mode.
-    pub fn is_trusted_in_dev_mode(peer: Option<IpAddr>) -> bool {
+    pub(crate) fn is_trusted_in_dev_mode(peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| ip.to_canonical().is_loopback())
     }
 }
@@ -230,8 +231,9 @@ mod poll;
 mod state;
 mod tasks;
 
-pub use acks::{AckError, MAX_ACK_IDS};
-pub use admin::{Closing, ClusterStats, HubStats, NodeStats, NodeTotals, UserInfo};
+pub use acks::AckError;
+pub(crate) use admin::Closing;
+pub use admin::{ClusterStats, HubStats, NodeStats, NodeTotals, UserInfo};
 pub use build::StartError;
 pub(crate) use open::Opening;
 pub use open::{ResubscribeError, Subscription};

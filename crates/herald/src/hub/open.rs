@@ -9,29 +9,32 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use crate::auth::{now_secs, AuthError, Proof};
+use crate::access::auth::{now_secs, AuthError, Proof};
+use crate::access::limits::LimitRefusal;
 use crate::config::Config;
-use crate::connection::Connection;
-use crate::event::{EventId, SharedEvent};
-use crate::fanout::Fanout;
-use crate::limits::LimitRefusal;
+use crate::delivery::connection::Connection;
+use crate::delivery::fanout::Fanout;
+use crate::delivery::stream::{EventStream, Opened, StreamHost, Writer};
 use crate::log::{EventLog, ReadFrom};
 use crate::metrics::Metrics;
-use crate::pattern::Pattern;
-use crate::selector::Selector;
-use crate::stream::{EventStream, Opened, StreamHost, Writer};
-use crate::subscribe::{
+use crate::requests::subscribe::{
     parse_event_types, parse_last_event_id, parse_patterns, Refusal, Start, SubscribeError,
     SubscribeRequest,
 };
+use crate::values::event::{EventId, SharedEvent};
+use crate::values::pattern::Pattern;
+use crate::values::selector::Selector;
 
 /// Why a change of an open stream's subscriptions was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ResubscribeError {
+    /// No open stream has this connection id (on this node).
     #[error("no open connection has the id {0:?}")]
     UnknownConnection(String),
+    /// A pattern or parameter was refused.
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
+    /// The caller may not change this stream.
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
@@ -47,7 +50,9 @@ pub(crate) enum Opening {
 pub enum Subscription {
     /// An open stream; its connection id is in `herald.connected`.
     Stream {
+        /// The stream's connection id, for direct events and the admin API.
         connection_id: Arc<str>,
+        /// The SSE bytes, to be written as the response body.
         body: EventStream,
     },
     /// Refused for now (limits, shutdown); the client should retry later.
@@ -141,7 +146,6 @@ impl Hub {
             key,
             connection_id.clone(),
             selector,
-            request.peer,
             config.stream.queue_capacity,
             config.stream.overflow,
             request.transport.clone(),
@@ -185,7 +189,7 @@ impl Hub {
         };
         // Long polls answer events only: no snapshot to build and drop.
         let snapshot = match (&request.last_event_id, request.long_poll) {
-            (None, false) => match crate::state::SnapshotCursor::new(&conn.selector) {
+            (None, false) => match crate::delivery::state::SnapshotCursor::new(&conn.selector) {
                 Some(mut cursor) => {
                     let first = self.state_page(&conn.selector, &mut cursor).await;
                     Some((first.unwrap_or_default(), cursor))
@@ -345,7 +349,7 @@ impl StreamHost for Hub {
     fn state_page<'a>(
         &'a self,
         selector: &'a Selector,
-        cursor: &'a mut crate::state::SnapshotCursor,
+        cursor: &'a mut crate::delivery::state::SnapshotCursor,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send + 'a>> {
         Box::pin(Hub::state_page(self, selector, cursor))
     }

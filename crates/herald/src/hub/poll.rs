@@ -1,12 +1,12 @@
-//! Answering a long poll (see [`crate::poll`]).
+//! Answering a long poll (see [`crate::delivery::poll`]).
 
 use std::time::Duration;
 
 use super::{Hub, Opening};
-use crate::event::{EventId, SharedEvent};
+use crate::delivery::poll::{PollAnswer, Polled, MAX_TIMEOUT};
 use crate::log::ReadRequest;
-use crate::poll::{PollAnswer, Polled, MAX_TIMEOUT};
-use crate::subscribe::{Start, SubscribeError, SubscribeRequest};
+use crate::requests::subscribe::{Start, SubscribeError, SubscribeRequest};
+use crate::values::event::{EventId, SharedEvent};
 
 /// Unregisters the poll's connection however the poll ends.
 struct Registered<'a>(&'a Hub, u64);
@@ -89,7 +89,7 @@ impl Hub {
         let mut wait = timeout.min(MAX_TIMEOUT);
         if let Some(until) = opened.valid_until {
             wait = wait.min(Duration::from_secs(
-                until.saturating_sub(crate::auth::now_secs()),
+                until.saturating_sub(crate::access::auth::now_secs()),
             ));
         }
         let deadline = tokio::time::Instant::now() + wait;

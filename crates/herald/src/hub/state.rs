@@ -1,5 +1,5 @@
 //! Retained state (SPEC §6) on the hub: the store lives in
-//! [`crate::state`]; the hub gives it the log, the head and a guarded
+//! [`crate::delivery::state`]; the hub gives it the log, the head and a guarded
 //! publish ([`StateHost`]).
 
 use std::collections::BTreeMap;
@@ -8,16 +8,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Hub;
-use crate::auth::Identity;
+use crate::access::auth::Identity;
 use crate::config::StateConfig;
-use crate::event::EventId;
-use crate::log::{EventLog, StateGuard};
-use crate::metrics::Metrics;
-use crate::publish::{check_rights, validate_batch, PublishError, PublishRequest};
-use crate::selector::Selector;
-use crate::state::{
+use crate::delivery::state::{
     Change, Changed, Entry, Guarded, IfMatch, SnapshotCursor, StateError, StateHost,
 };
+use crate::log::{EventLog, StateGuard};
+use crate::metrics::Metrics;
+use crate::requests::publish::{check_rights, validate_batch, PublishError, PublishRequest};
+use crate::values::event::EventId;
+use crate::values::selector::Selector;
 
 #[async_trait::async_trait]
 impl StateHost for Hub {
@@ -47,7 +47,7 @@ impl StateHost for Hub {
         check_rights(identity, &drafts[0]).map_err(PublishError::Auth)?;
         // The one way a `state` event enters the log (publishers may not
         // name it: see `publish::STATE_EVENT`).
-        drafts[0].event_type = Some(crate::publish::STATE_EVENT.into());
+        drafts[0].event_type = Some(crate::requests::publish::STATE_EVENT.into());
         match self
             .shared
             .log
@@ -94,7 +94,7 @@ impl Hub {
     }
 
     /// The next page of a fresh stream's state snapshot (see
-    /// [`crate::state::StateStore::page`]).
+    /// [`crate::delivery::state::StateStore::page`]).
     pub(crate) async fn state_page(
         &self,
         selector: &Selector,
@@ -102,7 +102,7 @@ impl Hub {
     ) -> Option<Bytes> {
         self.shared
             .state
-            .page(self, selector, cursor, crate::stream::CHUNK_BYTES)
+            .page(self, selector, cursor, crate::delivery::stream::CHUNK_BYTES)
             .await
     }
 }

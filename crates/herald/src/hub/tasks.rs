@@ -2,7 +2,7 @@
 //!
 //! Two kinds of task, each kind with its own tracker and stop signal:
 //!
-//! - **Hand-overs** take what fan-out hands over (see [`crate::handoff`]):
+//! - **Hand-overs** take what fan-out hands over (see [`crate::delivery::handoff`]):
 //!   presence joins and leaves, which become `herald.presence` events, and,
 //!   clustered, direct messages delivered live here, which the other nodes
 //!   must stop holding.
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Hub, Shared};
-use crate::handoff::{LiveDeliveries, PresenceChanges};
+use crate::delivery::handoff::{LiveDeliveries, PresenceChanges};
 use crate::log::{Control, PresenceUpdate};
 use crate::metrics::Metrics;
 
@@ -257,8 +257,10 @@ async fn report_live_deliveries(
             let Some(shared) = shared.upgrade() else {
                 break;
             };
-            let mut by_user: std::collections::BTreeMap<Box<str>, Vec<crate::event::EventId>> =
-                Default::default();
+            let mut by_user: std::collections::BTreeMap<
+                Box<str>,
+                Vec<crate::values::event::EventId>,
+            > = Default::default();
             for (user, id) in taken {
                 by_user.entry(user).or_default().push(id);
             }

@@ -1,9 +1,9 @@
 use super::build::history_settings;
 use super::*;
-use crate::event::SharedEvent;
 use crate::log::LogError;
-use crate::selector::Selector;
-use crate::subscribe::SubscribeRequest;
+use crate::requests::subscribe::SubscribeRequest;
+use crate::values::event::SharedEvent;
+use crate::values::selector::Selector;
 use std::time::Duration;
 
 #[test]
@@ -109,7 +109,7 @@ impl EventLog for HeldLog {
 
     async fn append(
         &self,
-        drafts: Vec<crate::event::EventDraft>,
+        drafts: Vec<crate::values::event::EventDraft>,
     ) -> Result<Vec<crate::log::Appended>, LogError> {
         let mut inner = self.inner.lock().unwrap();
         let (appended, events) = inner.prepare(drafts);
@@ -187,7 +187,7 @@ async fn a_poll_resuming_from_an_id_not_yet_dispatched_never_gets_it_again() {
         })
     };
     let answer = hub.poll(request, Duration::from_secs(5)).await.unwrap();
-    let crate::poll::Polled::Answer(answer) = answer else {
+    let crate::delivery::poll::Polled::Answer(answer) = answer else {
         panic!("the poll was refused")
     };
     releaser.await.unwrap();

@@ -30,8 +30,8 @@ use tokio::sync::oneshot;
 use super::journal::{Journal, JournalError};
 use super::memory::{lock, Inner, MemoryLogSettings};
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadRequest};
-use crate::event::{EventDraft, EventId, SharedEvent};
-use crate::selector::Selector;
+use crate::values::event::{EventDraft, EventId, SharedEvent};
+use crate::values::selector::Selector;
 
 /// Most appends one group commit takes.
 const MAX_GROUP: usize = 512;
@@ -39,13 +39,18 @@ const MAX_GROUP: usize = 512;
 /// Why the durable log could not open: the hub does not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// Another process holds the directory's lock.
     #[error("data directory {0} is in use by another Herald process")]
     Locked(PathBuf),
+    /// The directory could not be created or read.
     #[error("cannot open data directory {path}: {source}")]
     Dir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The journal could not be read back.
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -68,6 +73,9 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
 }
 
+/// The single-node durable log: the in-memory index of [`MemoryLog`](super::MemoryLog) in
+/// front of an append-only journal on disk, written by one committer
+/// thread that syncs as `history.fsync` says.
 pub struct DurableLog {
     inner: Arc<Mutex<Inner>>,
     sink: Arc<OnceLock<Arc<dyn CommitSink>>>,
@@ -81,13 +89,19 @@ pub struct DurableLog {
 /// What opening found, for the start-up log line.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenReport {
+    /// Events read back from the journal.
     pub events_read: usize,
+    /// Of those, events still retained (unexpired, within the caps).
     pub retained: usize,
+    /// Bytes cut from the end of the last segment (a torn last write).
     pub cut_bytes: u64,
+    /// The id the next event will get, at least.
     pub next_id: u64,
 }
 
 impl DurableLog {
+    /// Opens (or creates) the journal in `dir`, reads it back, and starts
+    /// the committer thread.
     pub fn open(
         dir: &Path,
         settings: MemoryLogSettings,

@@ -13,18 +13,18 @@ use super::{EngineStatus, LogError};
 
 /// Records one NATS message holds at most: the id step between messages
 /// (see `log/nats`).
-pub const NATS_MAX_RECORDS: usize = 1024;
+pub(crate) const NATS_MAX_RECORDS: usize = 1024;
 
 /// Whether this build holds the client of a cluster engine (`redis`,
 /// `nats`): each is a cargo feature of the `herald` crate, both on in the
 /// `herald` binary.
-pub fn built_in(engine: &str) -> bool {
+pub(crate) fn built_in(engine: &str) -> bool {
     (engine == "redis" && cfg!(feature = "redis")) || (engine == "nats" && cfg!(feature = "nats"))
 }
 
 /// What a clustered log needs besides history retention.
 #[derive(Debug, Clone)]
-pub struct ClusterOptions {
+pub(crate) struct ClusterOptions {
     /// Names the engine's keys or stream, so several clusters can share
     /// one engine.
     pub name: String,
@@ -41,16 +41,27 @@ pub struct ClusterOptions {
 /// Why a clustered log could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The URL cannot be read (the URL, and why).
     #[error("cluster.url {0:?} is not valid: {1}")]
     BadUrl(String, String),
+    /// The engine did not answer in time.
     #[error("could not reach the cluster engine at {url} within {secs} s: {last}")]
     Unreachable {
+        /// The engine's URL.
         url: String,
+        /// How long the hub tried.
         secs: u64,
+        /// The last error met.
         last: String,
     },
     #[error("the cluster log holds an entry Herald cannot read ({id}): {reason}")]
-    Corrupt { id: String, reason: String },
+    /// The engine holds a record Herald cannot read.
+    Corrupt {
+        /// The record's id in the engine.
+        id: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 /// The engine's connection state, for `/readyz`, metrics and logs.
@@ -165,7 +176,7 @@ impl Status {
 }
 
 /// A node's report older than this is from a node that is gone.
-pub const NODE_STALE_MS: u64 = 10_000;
+pub(crate) const NODE_STALE_MS: u64 = 10_000;
 
 /// Whether a node's report (`reported_at_ms`) is recent enough to count.
 pub(crate) fn fresh(report: &serde_json::Value, now_ms: u64) -> bool {

@@ -28,23 +28,36 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::blocking;
-use crate::event::{Event, EventDraft, EventId};
+use crate::values::event::{Event, EventDraft, EventId};
 
 /// A segment is closed and a new one begun past this size.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
 const HEADER: usize = 8;
 /// How many ids one move of the `reserved` mark covers.
-pub const RESERVE_STEP: u64 = 1 << 20;
+pub(crate) const RESERVE_STEP: u64 = 1 << 20;
 /// A record larger than this is damage, not data (events are at most a few
 /// hundred KiB; see `limits.max_event_bytes`).
 const MAX_RECORD: usize = 64 << 20;
 
+/// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// A read or write of a journal file failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     #[error("{path} is damaged at byte {offset}, before its end: acknowledged events would be lost; restore the data directory from a backup or move the file away to start with what precedes it")]
-    Corrupt { path: PathBuf, offset: u64 },
+    /// A segment is damaged before its end (not a torn last write).
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -83,7 +96,7 @@ struct Segment {
     last_id: u64,
 }
 
-pub struct Journal {
+pub(crate) struct Journal {
     dir: PathBuf,
     /// Closed segments, oldest first.
     closed: Vec<Segment>,
@@ -98,7 +111,7 @@ pub struct Journal {
 }
 
 /// What recovery found.
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub events: Vec<Event>,
     /// Highest id whose segment was deleted earlier (0: none).
     pub floor: u64,
@@ -138,7 +151,7 @@ fn segment_name(first_id: u64) -> String {
 
 impl Journal {
     /// Opens (creating) the journal in `dir` and reads back every event.
-    pub fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Journal, Recovered), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let floor = read_number(&dir.join("floor"))?;
         let reserved = read_number(&dir.join("reserved"))?;
@@ -197,7 +210,11 @@ impl Journal {
     }
 
     /// Writes events (in id order) as one write; syncs when `sync`.
-    pub fn append(&mut self, events: &[impl AsRef<Event>], sync: bool) -> Result<(), JournalError> {
+    pub(crate) fn append(
+        &mut self,
+        events: &[impl AsRef<Event>],
+        sync: bool,
+    ) -> Result<(), JournalError> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -262,7 +279,7 @@ impl Journal {
 
     /// Deletes closed segments whose every event is older than `oldest_kept`.
     /// Returns the new floor when it moved.
-    pub fn retire_below(&mut self, oldest_kept: u64) -> Result<Option<u64>, JournalError> {
+    pub(crate) fn retire_below(&mut self, oldest_kept: u64) -> Result<Option<u64>, JournalError> {
         let retire = self
             .closed
             .iter()
@@ -283,7 +300,9 @@ impl Journal {
         Ok(Some(floor))
     }
 
-    pub fn segments(&self) -> usize {
+    /// Segment files, the open one included.
+    #[cfg(test)]
+    pub(crate) fn segments(&self) -> usize {
         self.closed.len() + 1
     }
 }
@@ -335,7 +354,7 @@ pub(crate) fn decode_records(bytes: &[u8], events: &mut Vec<Event>, path: &Path)
     let mut last_id = 0;
     while let Some((body, size)) = unframe(&bytes[at..]) {
         at += size;
-        match crate::json::from_slice::<Record>(body) {
+        match crate::values::json::from_slice::<Record>(body) {
             Ok(record) => {
                 last_id = record.id;
                 events.push(record.into_event());
@@ -379,7 +398,7 @@ pub(crate) fn unframe(bytes: &[u8]) -> Option<(&[u8], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::Topic;
+    use crate::values::topic::Topic;
     use std::sync::Arc;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -458,7 +477,8 @@ mod tests {
         // earlier version accepted and wrote.
         let mut deep = event(1, "deep");
         let nested: serde_json::Value =
-            crate::json::from_slice(("[".repeat(127) + &"]".repeat(127)).as_bytes()).unwrap();
+            crate::values::json::from_slice(("[".repeat(127) + &"]".repeat(127)).as_bytes())
+                .unwrap();
         Arc::get_mut(&mut deep).unwrap().target.filter =
             Some([("k".to_owned(), nested)].into_iter().collect());
         j.append(&[deep, event(2, "after")], true).unwrap();

@@ -25,14 +25,14 @@
 //!   whose `idempotency_key` was committed within the window is not committed
 //!   again; its first id is returned with `duplicate: true`.
 
-pub mod durable;
-pub mod engine;
-pub mod journal;
-pub mod memory;
+pub(crate) mod durable;
+pub(crate) mod engine;
+pub(crate) mod journal;
+pub(crate) mod memory;
 #[cfg(feature = "nats")]
-pub mod nats;
+pub(crate) mod nats;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod replica;
 
@@ -40,17 +40,20 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::event::{EventDraft, EventId, SharedEvent};
-use crate::selector::Selector;
+use crate::values::event::{EventDraft, EventId, SharedEvent};
+use crate::values::selector::Selector;
 
-pub use durable::{DurableLog, Fsync};
-pub use memory::MemoryLog;
+pub use durable::{DurableLog, Fsync, OpenError, OpenReport};
+pub use engine::ConnectError;
+pub use journal::JournalError;
+pub use memory::{MemoryLog, MemoryLogSettings, Retention};
 
 /// Receives committed events, in id order. Implemented by fan-out. It is
 /// called with the log's history lock held, so it must not block: it
 /// queues, and takes only locks that come after the history's in the
 /// hub's lock order (`blocking.rs`, checked in debug builds).
 pub trait CommitSink: Send + Sync + 'static {
+    /// Events just committed, in id order, each once.
     fn committed(&self, events: &[SharedEvent]);
 
     /// Clustered: a control record, in its place among the events.
@@ -70,14 +73,26 @@ pub trait CommitSink: Send + Sync + 'static {
 pub enum Control {
     /// A connection of `user` received these events: direct messages that
     /// waited for the user stop waiting on every node.
-    Delivered { user: String, ids: Vec<EventId> },
+    Delivered {
+        /// The user.
+        user: String,
+        /// The events received.
+        ids: Vec<EventId>,
+    },
     /// `user` acknowledged these events.
-    Acked { user: String, ids: Vec<EventId> },
+    Acked {
+        /// The user.
+        user: String,
+        /// The events acknowledged.
+        ids: Vec<EventId>,
+    },
     /// An admin closed this stream, or every stream of this user: the node
     /// holding them closes them (their clients reconnect).
     Close {
+        /// The stream to close.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         connection: Option<String>,
+        /// The user whose streams to close.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
@@ -88,14 +103,19 @@ pub enum Control {
 /// event that announces it.
 #[derive(Debug, Clone)]
 pub struct PresenceUpdate {
-    pub topic: crate::topic::Topic,
+    /// The presence topic.
+    pub topic: crate::values::topic::Topic,
+    /// The user who joined or left.
     pub user: String,
+    /// Joined (`true`) or left.
     pub joined: bool,
+    /// The `herald.presence` event published on the topic.
     pub announcement: EventDraft,
 }
 
 impl PresenceUpdate {
-    pub fn new(topic: crate::topic::Topic, user: String, joined: bool) -> PresenceUpdate {
+    /// A join or leave, with its announcement drafted.
+    pub fn new(topic: crate::values::topic::Topic, user: String, joined: bool) -> PresenceUpdate {
         let announcement = EventDraft {
             event_type: Some(PRESENCE_EVENT.into()),
             data: serde_json::json!({
@@ -143,21 +163,28 @@ pub struct Conflict {
 /// One record of a clustered log.
 #[derive(Debug, Clone)]
 pub enum Entry {
+    /// A committed event.
     Event(SharedEvent),
+    /// A control record and its place in the log.
     Control {
+        /// Its place in the log.
         id: EventId,
+        /// The record.
         record: Control,
     },
     /// A record the engine holds that this node cannot decode (no writer of
     /// this version makes them): skipped, logged and counted, so that one bad
     /// record does not stop the node; its id is passed over.
     Unreadable {
+        /// Its place in the log, passed over.
         id: EventId,
+        /// Why it could not be decoded.
         reason: String,
     },
 }
 
 impl Entry {
+    /// The record's place in the log.
     pub fn id(&self) -> EventId {
         match self {
             Entry::Event(e) => e.id,
@@ -196,11 +223,13 @@ pub enum ReadFrom {
 /// A read of retained, unexpired events matching `selector`, oldest first.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadRequest<'a> {
+    /// Where the read starts.
     pub from: ReadFrom,
     /// No event after this id is returned: the caller's live queue has them.
     pub until: EventId,
     /// At most this many events (for [`ReadFrom::Last`], the smaller of the two).
     pub limit: usize,
+    /// Which events match: topics, event types, the reader's user and claims.
     pub selector: &'a Selector,
 }
 
@@ -282,17 +311,20 @@ impl Coverage {
 /// The result of appending one draft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
+    /// The event's id.
     pub id: EventId,
     /// True when the idempotency key was already committed: nothing new was
     /// stored or delivered, and `id` is the first publish's id.
     pub duplicate: bool,
 }
 
+/// Why the log could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The store or engine cannot be reached or written now; retry later.
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// The request failed for a reason retrying will not change.
     #[error("event log failure: {0}")]
     Failed(String),
 }
@@ -313,6 +345,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// One page of a read; see [`Page`] and [`read_all`], which callers use.
     async fn read(&self, request: ReadRequest<'_>) -> Result<Page, LogError>;
 
+    /// Whether history still holds every event matching `selector` after
+    /// `after` (a resume with `Last-Event-ID`).
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError>;
 
     /// Whether the log can take writes now: `Err` with the reason when its
@@ -398,7 +432,7 @@ pub trait ClusterLog: Send + Sync {
     /// compares them with its streams now and then and announces the
     /// difference, which heals an announcement that failed or a node the
     /// others took for gone.
-    async fn presence_here(&self) -> Result<Vec<(crate::topic::Topic, String)>, LogError>;
+    async fn presence_here(&self) -> Result<Vec<(crate::values::topic::Topic, String)>, LogError>;
 
     /// Upkeep every node runs every few seconds (trimming the engine's
     /// log, retiring nodes that stopped reporting).

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use super::memory::{lock, Inner, MemoryLogSettings};
 use super::{now_ms, CommitSink, Coverage, Entry, ReadRequest};
-use crate::event::{EventId, SharedEvent};
-use crate::selector::Selector;
+use crate::values::event::{EventId, SharedEvent};
+use crate::values::selector::Selector;
 
 pub(crate) struct Replica {
     inner: Arc<Mutex<Inner>>,

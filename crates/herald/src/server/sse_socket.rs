@@ -225,7 +225,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, Bad> {
 /// Fuzzing entry: the status a head is refused with, if any (`None` for
 /// partial or accepted heads).
 #[cfg(feature = "fuzzing")]
-pub fn fuzz_head(buf: &[u8]) -> Option<u16> {
+pub(crate) fn fuzz_head(buf: &[u8]) -> Option<u16> {
     match parse_head(buf) {
         Ok(_) => None,
         Err(Bad(status)) => Some(status.as_u16()),

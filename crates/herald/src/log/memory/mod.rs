@@ -17,22 +17,24 @@ use async_trait::async_trait;
 
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, Page, ReadRequest};
 use crate::blocking::{Lock, Ordered};
-use crate::event::{Event, EventDraft, EventId, SharedEvent};
-use crate::selector::Selector;
-use crate::topic::Topic;
+use crate::values::event::{Event, EventDraft, EventId, SharedEvent};
+use crate::values::selector::Selector;
+use crate::values::topic::Topic;
 
 mod read;
 
 /// Retention settings of the in-memory log.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryLogSettings {
+    /// Most events retained per topic; the oldest go first.
     pub max_events_per_topic: usize,
     /// `None`: no age limit.
     pub max_age: Option<Duration>,
+    /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
     /// Most idempotency keys remembered at once; the oldest go first.
     pub max_idempotency_keys: usize,
-    /// Most bytes all retained events may take (by [`retained_cost`]);
+    /// Most bytes all retained events may take (its text, frame and topics plus a fixed part per event);
     /// the oldest events leave history first.
     pub max_bytes: u64,
     /// Most topics with retained events; the oldest events leave history
@@ -43,9 +45,11 @@ pub struct MemoryLogSettings {
 /// What the log retains now, and what its global caps pushed out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
+    /// Events retained.
     pub events: u64,
-    /// By [`retained_cost`].
+    /// By `retained_cost` (see `max_bytes`).
     pub bytes: u64,
+    /// Topics with retained events.
     pub topics: u64,
     /// Events that left history early because of `max_bytes`.
     pub evicted_for_bytes: u64,
@@ -57,7 +61,7 @@ pub struct Retention {
 /// fields and the encoded frame), its topics' names and a fixed part for
 /// the event, its index entries and its place in each history. This is the
 /// measure `history.max_bytes` bounds.
-pub fn retained_cost(event: &Event) -> u64 {
+pub(crate) fn retained_cost(event: &Event) -> u64 {
     const FIXED: usize = 256;
     let topics: usize = event.topics.iter().map(|t| t.as_str().len() + 16).sum();
     (FIXED
@@ -75,6 +79,9 @@ pub fn retained_cost(event: &Event) -> u64 {
             .sum::<usize>()) as u64
 }
 
+/// The in-memory log: history by topic, bounded by its settings, lost on
+/// restart. Also the index every other store keeps in front of its disk or
+/// engine.
 pub struct MemoryLog {
     inner: Arc<Mutex<Inner>>,
     sink: OnceLock<Arc<dyn CommitSink>>,
@@ -126,6 +133,8 @@ pub(crate) struct Inner {
 }
 
 impl MemoryLog {
+    /// An empty log whose first id follows the clock (ids of a restarted
+    /// hub stay above those of the last run).
     pub fn new(settings: MemoryLogSettings) -> MemoryLog {
         let first_id = now_ms().saturating_mul(1000).max(1);
         MemoryLog {
@@ -143,6 +152,7 @@ impl MemoryLog {
         self.lock().events.len()
     }
 
+    /// Whether no event is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -578,8 +588,8 @@ impl EventLog for MemoryLog {
 mod tests {
     use super::*;
     use crate::log::ReadFrom;
-    use crate::pattern::Pattern;
-    use crate::topic::Topic;
+    use crate::values::pattern::Pattern;
+    use crate::values::topic::Topic;
 
     struct Collect(Mutex<Vec<u64>>);
     impl CommitSink for Collect {

@@ -4,11 +4,11 @@
 use std::collections::{BinaryHeap, VecDeque};
 
 use super::{History, Inner};
-use crate::event::{Event, EventId, SharedEvent};
 use crate::log::{Coverage, Page, ReadFrom, ReadRequest, SCAN_BUDGET};
-use crate::pattern::{Pattern, Segment};
-use crate::selector::Selector;
-use crate::topic::Topic;
+use crate::values::event::{Event, EventId, SharedEvent};
+use crate::values::pattern::{Pattern, Segment};
+use crate::values::selector::Selector;
+use crate::values::topic::Topic;
 
 impl Inner {
     pub(crate) fn coverage(&self, after: EventId, selector: &Selector) -> Coverage {

@@ -11,14 +11,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::MAX_RECORDS;
-use crate::event::{Event, EventDraft, EventId};
 use crate::log::engine::ClusterOptions;
 use crate::log::memory::MemoryLogSettings;
 use crate::log::{Appended, Control, Entry};
+use crate::values::event::{Event, EventDraft, EventId};
 
 /// The version in a retained value's `{version, value}` JSON.
 pub(super) fn entry_version(entry: &str) -> Option<u64> {
-    crate::json::from_slice::<serde_json::Value>(entry.as_bytes()).ok()?["version"].as_u64()
+    crate::values::json::from_slice::<serde_json::Value>(entry.as_bytes()).ok()?["version"].as_u64()
 }
 
 /// One message of the log.
@@ -181,7 +181,7 @@ impl Decoder {
             return self.decode_batch(seq, ts, from, payload);
         }
         if subject == self.subjects.floor {
-            let floor: Floor = crate::json::from_slice(payload).map_err(bad)?;
+            let floor: Floor = crate::values::json::from_slice(payload).map_err(bad)?;
             if floor.through > self.floor_seq {
                 self.floor_seq = floor.through;
                 while self
@@ -197,7 +197,7 @@ impl Decoder {
         }
         if let Some(slot) = subject.strip_prefix(&self.subjects.state) {
             let slot = unhex(slot).ok_or("a state subject that is not hex")?;
-            let change: StateChange = crate::json::from_slice(payload).map_err(bad)?;
+            let change: StateChange = crate::values::json::from_slice(payload).map_err(bad)?;
             self.state.insert(slot, (seq, change.entry));
             let id = EventId(self.id(seq, 0));
             return Ok(vec![Entry::Event(Arc::new(Event::commit(
@@ -211,7 +211,7 @@ impl Decoder {
             let (topic, user) = pair
                 .split_once('\n')
                 .ok_or("a presence pair without user")?;
-            let set: PresenceSet = crate::json::from_slice(payload).map_err(bad)?;
+            let set: PresenceSet = crate::values::json::from_slice(payload).map_err(bad)?;
             self.presence
                 .insert((topic.to_owned(), user.to_owned()), (seq, ts, set.nodes));
             let id = EventId(self.id(seq, 0));
@@ -231,7 +231,7 @@ impl Decoder {
         from: Option<&str>,
         payload: &[u8],
     ) -> Result<Vec<Entry>, String> {
-        let batch: Batch = crate::json::from_slice(payload).map_err(|e| e.to_string())?;
+        let batch: Batch = crate::values::json::from_slice(payload).map_err(|e| e.to_string())?;
         if batch.events.len() + batch.controls.len() > MAX_RECORDS {
             return Err(format!("more than {MAX_RECORDS} records in one message"));
         }

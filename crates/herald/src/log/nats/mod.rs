@@ -50,9 +50,9 @@ use super::{
     Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, EventLog,
     LogError, PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::event::{EventDraft, EventId};
-use crate::selector::Selector;
-use crate::topic::Topic;
+use crate::values::event::{EventDraft, EventId};
+use crate::values::selector::Selector;
+use crate::values::topic::Topic;
 
 mod codec;
 mod tail;
@@ -61,7 +61,7 @@ use codec::*;
 use tail::*;
 
 /// Records one message holds at most: the id step between messages.
-pub use super::engine::NATS_MAX_RECORDS as MAX_RECORDS;
+pub(crate) use super::engine::NATS_MAX_RECORDS as MAX_RECORDS;
 
 /// The header naming the node that published a message.
 const NODE_HEADER: &str = "Herald-Node";
@@ -69,7 +69,7 @@ const NODE_HEADER: &str = "Herald-Node";
 /// waited for (see `catch_up`).
 const CATCH_UP_MAX_BEHIND: u64 = 1 << 20;
 
-pub struct NatsLog {
+pub(crate) struct NatsLog {
     js: jetstream::Context,
     url: String,
     stream: String,
@@ -102,7 +102,7 @@ fn stream_name(name: &str) -> String {
 impl NatsLog {
     /// Connects (retrying until `options.connect_timeout`), creates the
     /// stream if it is missing, and reads it into this node's replica.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         settings: MemoryLogSettings,
         options: ClusterOptions,
@@ -350,7 +350,7 @@ impl NatsLog {
     async fn change_presence(
         &self,
         node: &str,
-        topic: &crate::topic::Topic,
+        topic: &crate::values::topic::Topic,
         user: &str,
         joined: bool,
     ) -> Result<(), LogError> {

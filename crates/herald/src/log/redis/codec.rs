@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use crate::event::{Event, EventDraft, EventId};
 use crate::log::engine::ConnectError;
 use crate::log::{Control, Entry};
-use crate::topic::Topic;
+use crate::values::event::{Event, EventDraft, EventId};
+use crate::values::topic::Topic;
 
 pub(super) struct Keys {
     pub(super) log: String,
@@ -98,13 +98,13 @@ pub(super) fn decode_entries(value: Value) -> Result<Vec<Entry>, ConnectError> {
                 reason: format!("entry {sid}: {e}"),
             };
             decoded = match &name[..] {
-                b"d" => Some(match crate::json::from_slice::<EventDraft>(data) {
+                b"d" => Some(match crate::values::json::from_slice::<EventDraft>(data) {
                     Ok(draft) => {
                         Entry::Event(Arc::new(Event::commit(draft, EventId(id), id / 1000)))
                     }
                     Err(e) => unreadable(e),
                 }),
-                b"c" => Some(match crate::json::from_slice::<Control>(data) {
+                b"c" => Some(match crate::values::json::from_slice::<Control>(data) {
                     Ok(record) => Entry::Control {
                         id: EventId(id),
                         record,

@@ -57,9 +57,9 @@ use super::{
     Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, EventLog,
     LogError, PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::event::{EventDraft, EventId};
-use crate::selector::Selector;
-use crate::topic::Topic;
+use crate::values::event::{EventDraft, EventId};
+use crate::values::selector::Selector;
+use crate::values::topic::Topic;
 
 mod codec;
 mod tail;
@@ -95,7 +95,7 @@ const STATE: &str = include_str!("state.lua");
 /// Fixes where ids start (once per log) and returns it. KEYS: first.
 const FIRST: &str = include_str!("first.lua");
 
-pub struct RedisLog {
+pub(crate) struct RedisLog {
     client: Client,
     url: String,
     /// The connection appends use; dropped when it (or the tail's) fails,
@@ -129,7 +129,7 @@ pub(super) fn connection_lost(err: &RedisError) -> bool {
 impl RedisLog {
     /// Connects (retrying until `options.connect_timeout`), fixes where
     /// ids start, and reads the whole stream into this node's replica.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         settings: MemoryLogSettings,
         options: ClusterOptions,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest topic or pattern, in bytes.
-pub const MAX_TOPIC_LEN: usize = 256;
+pub(crate) const MAX_TOPIC_LEN: usize = 256;
 
 /// A validated topic name. Cheap to clone: the text is shared.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,20 +27,27 @@ impl std::borrow::Borrow<str> for Topic {
 /// Why a topic (or a pattern) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// No characters.
     #[error("is empty")]
     Empty,
+    /// Longer than 256 bytes.
     #[error("is {0} bytes long; the limit is {MAX_TOPIC_LEN}")]
     TooLong(usize),
+    /// A leading, trailing or doubled `/`.
     #[error("has an empty segment (leading, trailing or doubled '/')")]
     EmptySegment,
+    /// A character outside the allowed set.
     #[error(
         "has the character {0:?}, allowed are A-Z a-z 0-9 . _ ~ : @ - and '/' between segments"
     )]
     BadChar(char),
+    /// `**` before the last segment.
     #[error("uses '**' before the last segment")]
     DoubleStarNotLast,
+    /// `*` beside other characters in a segment.
     #[error("mixes '*' with other characters in one segment")]
     PartialWildcard,
+    /// A wildcard where a topic was expected.
     #[error("is a pattern; a topic cannot hold '*'")]
     Wildcard,
 }
@@ -88,6 +95,7 @@ impl Topic {
         Ok(Topic(Arc::from(s)))
     }
 
+    /// The topic as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -23,7 +23,7 @@ fn string_schema(
 macro_rules! string_type {
     ($name:ident, $description:expr, $pattern:expr, $max:expr) => {
         #[doc = $description]
-        pub struct $name;
+        pub(crate) struct $name;
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {

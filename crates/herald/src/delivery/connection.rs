@@ -12,7 +12,6 @@
 //! the writer for a swap of the whole deque, neither across an await.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,12 +20,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Overflow;
-use crate::event::SharedEvent;
-use crate::selector::Selector;
+use crate::values::event::SharedEvent;
+use crate::values::selector::Selector;
 
 /// Why a stream was closed by the hub rather than by its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The queue overflowed under the `disconnect` policy.
     Overflow,
     /// An operator or the hub closed it.
@@ -35,7 +34,7 @@ pub enum CloseReason {
 
 /// What happened to one offered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offered {
+pub(crate) enum Offered {
     Queued,
     /// Already queued through another matching pattern.
     Duplicate,
@@ -47,7 +46,7 @@ pub enum Offered {
     Closed,
 }
 
-pub struct Connection {
+pub(crate) struct Connection {
     /// Internal key of the fan-out registry and index.
     pub key: u64,
     /// Public id, sent in `herald.connected` and used by `to.connections`.
@@ -58,10 +57,9 @@ pub struct Connection {
     /// The patterns it receives now: the selector's, changed by
     /// `POST /v1/connections/{id}/subscriptions`. Fan-out's index follows
     /// this list; only fan-out writes it, under its registry lock.
-    pub(crate) patterns: Mutex<Vec<crate::pattern::Pattern>>,
+    pub(crate) patterns: Mutex<Vec<crate::values::pattern::Pattern>>,
     /// What its token may read, for changes of its subscriptions.
-    pub rights: crate::auth::Rights,
-    pub peer: Option<IpAddr>,
+    pub rights: crate::access::auth::Rights,
     /// Its user's joins and leaves of presence topics are announced (SSE
     /// streams; not long polls, which come and go with every answer).
     pub announces_presence: bool,
@@ -85,11 +83,10 @@ struct Queue {
 }
 
 impl Connection {
-    pub fn new(
+    pub(crate) fn new(
         key: u64,
         id: Arc<str>,
         selector: Selector,
-        peer: Option<IpAddr>,
         capacity: usize,
         overflow: Overflow,
         transport: Option<CancellationToken>,
@@ -98,9 +95,8 @@ impl Connection {
             key,
             id,
             patterns: Mutex::new(selector.patterns.clone()),
-            rights: crate::auth::Rights::All,
+            rights: crate::access::auth::Rights::All,
             selector,
-            peer,
             announces_presence: false,
             capacity: capacity.max(1),
             overflow,
@@ -116,7 +112,7 @@ impl Connection {
     }
 
     /// Queues `event` for this connection. Called by fan-out only, in id order.
-    pub fn offer(&self, event: &SharedEvent) -> Offered {
+    pub(crate) fn offer(&self, event: &SharedEvent) -> Offered {
         if self.last_offered.fetch_max(event.id.0, Ordering::Relaxed) >= event.id.0 {
             return Offered::Duplicate;
         }
@@ -167,7 +163,7 @@ impl Connection {
 
     /// Moves every waiting event into `out`; returns why the stream must
     /// close, if it must.
-    pub fn drain(&self, out: &mut Vec<SharedEvent>) -> Option<CloseReason> {
+    pub(crate) fn drain(&self, out: &mut Vec<SharedEvent>) -> Option<CloseReason> {
         let mut q = self.queue.lock();
         out.extend(q.items.drain(..));
         q.closed
@@ -175,13 +171,13 @@ impl Connection {
 
     /// Waits until an event is queued or the connection is closed. A wake-up
     /// that arrives between a `drain` and this call is kept, not lost.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.wake.notified().await
     }
 
     /// Closes the stream from the hub's side: its writer flushes what is
     /// queued, sends `retry:` and ends it, so the client comes back.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut q = self.queue.lock();
         if q.closed.is_none() {
             q.closed = Some(reason);
@@ -198,16 +194,16 @@ impl Connection {
     }
 
     /// Events dropped by `drop_oldest`/`drop_newest` so far.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// The patterns it receives now.
-    pub fn patterns(&self) -> Vec<crate::pattern::Pattern> {
+    pub(crate) fn patterns(&self) -> Vec<crate::values::pattern::Pattern> {
         self.patterns.lock().clone()
     }
 
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queue.lock().items.len()
     }
 }
@@ -215,8 +211,8 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventDraft, EventId};
-    use crate::topic::Topic;
+    use crate::values::event::{Event, EventDraft, EventId};
+    use crate::values::topic::Topic;
 
     fn conn(capacity: usize, overflow: Overflow) -> Connection {
         let selector = Selector {
@@ -226,7 +222,7 @@ mod tests {
             user: None,
             meta: Default::default(),
         };
-        Connection::new(1, "c".into(), selector, None, capacity, overflow, None)
+        Connection::new(1, "c".into(), selector, capacity, overflow, None)
     }
 
     fn ev(id: u64, coalesce: Option<&str>) -> SharedEvent {

@@ -3,11 +3,11 @@
 //!
 //! Credentials are resolved once per request into an [`Identity`]. Rights
 //! are patterns: a request for pattern `p` is allowed when a granted pattern
-//! [covers](crate::pattern::Pattern::covers) it, so a grant of `chat/**`
+//! [covers](crate::values::pattern::Pattern::covers) it, so a grant of `chat/**`
 //! allows `chat/rooms/*` but a grant of `chat/*` does not allow `chat/**`.
 
 mod jwks;
-pub mod keys;
+pub(crate) mod keys;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,18 +18,21 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
-use crate::pattern::Pattern;
-use crate::topic::Topic;
+use crate::values::pattern::Pattern;
+use crate::values::topic::Topic;
 use keys::{KeyError, VerifyKey};
 
 /// What an identity may read or write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rights {
+    /// Every topic and pattern (an API key, dev mode, a token without limits).
     All,
+    /// Those covered by one of these patterns.
     Only(Vec<Pattern>),
 }
 
 impl Rights {
+    /// Whether these rights cover every topic `pattern` can match.
     pub fn allows(&self, pattern: &Pattern) -> bool {
         match self {
             Rights::All => true,
@@ -37,6 +40,7 @@ impl Rights {
         }
     }
 
+    /// Whether these rights cover `topic`.
     pub fn allows_topic(&self, topic: &Topic) -> bool {
         match self {
             Rights::All => true,
@@ -62,13 +66,19 @@ pub enum Proof {
     Embedded,
 }
 
+/// Who a request comes from and what it may do, resolved once from its
+/// credentials (SPEC §5).
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// How the caller proved it.
     pub proof: Proof,
     /// The token's `sub`.
     pub user: Option<Box<str>>,
+    /// What it may subscribe to.
     pub subscribe: Rights,
+    /// What it may publish to.
     pub publish: Rights,
+    /// Whether it may use the admin API.
     pub admin: bool,
     /// `herald.meta`: what publish filters match.
     pub meta: Map<String, Value>,
@@ -121,7 +131,7 @@ pub enum AuthError {
 }
 
 /// Checks credentials against the configured keys.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     keys: Vec<VerifyKey>,
     remote: Option<Arc<jwks::RemoteJwks>>,
     api_keys: Vec<String>,
@@ -184,7 +194,7 @@ fn grants(
                     AuthError::Invalid(format!("`{claim}` uses {{sub}} but the token has no `sub`"))
                 })?;
                 let literal_segment =
-                    !sub.contains('/') && crate::topic::Topic::new(sub).is_ok();
+                    !sub.contains('/') && crate::values::topic::Topic::new(sub).is_ok();
                 if !literal_segment {
                     return Err(AuthError::Invalid(format!(
                         "`{claim}` uses {{sub}}, and the token's subject {sub:?} is not one topic segment (1 or more of A-Z a-z 0-9 . _ ~ : @ -)"
@@ -207,7 +217,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Authenticator {
     /// `Ok(None)` when no key is configured: dev mode.
-    pub fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, KeyError> {
+    pub(crate) fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, KeyError> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.jwt_secret {
             keys.push(keys::from_secret(secret)?);
@@ -253,7 +263,10 @@ impl Authenticator {
     }
 
     /// Resolves credentials (`None`: none were sent) into an identity.
-    pub async fn authenticate(&self, credentials: Option<&str>) -> Result<Identity, AuthError> {
+    pub(crate) async fn authenticate(
+        &self,
+        credentials: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         let Some(token) = credentials else {
             return Ok(Identity {
                 proof: Proof::Anonymous,
@@ -448,7 +461,7 @@ pub fn fuzz_claims(json: &[u8]) {
 }
 
 /// Unix seconds now.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

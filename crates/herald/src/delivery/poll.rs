@@ -16,17 +16,18 @@
 
 use std::time::Duration;
 
-use crate::event::{EventId, SharedEvent};
-use crate::subscribe::Refusal;
+use crate::requests::subscribe::Refusal;
+use crate::values::event::{EventId, SharedEvent};
 
 /// Default wait, below the 30 s idle timeout of many proxies.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
 /// Longest wait a poll may ask for.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a long poll gives back.
 #[derive(Debug)]
 pub enum Polled {
+    /// Events (maybe none, at the timeout), and where to go on.
     Answer(PollAnswer),
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),
@@ -35,6 +36,7 @@ pub enum Polled {
 /// One poll's answer.
 #[derive(Debug)]
 pub struct PollAnswer {
+    /// What the poll receives, oldest first.
     pub events: Vec<SharedEvent>,
     /// Where the next poll continues (its `lastEventId`).
     pub last_event_id: EventId,

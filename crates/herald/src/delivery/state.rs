@@ -37,71 +37,95 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{AuthError, Identity, Proof};
+use crate::access::auth::{AuthError, Identity, Proof};
 use crate::config::StateConfig;
-use crate::event::EventId;
 use crate::log::{EventLog, ReadFrom, ReadRequest, StateGuard};
 use crate::metrics::Metrics;
+use crate::values::event::EventId;
 
 /// Tries of one change that keeps losing races to other nodes' changes
 /// (each after a random pause that grows, so racing writers fall apart).
 const MAX_ATTEMPTS: u64 = 16;
-use crate::pattern::Pattern;
-use crate::publish::{PublishError, PublishRequest};
-use crate::selector::Selector;
-use crate::sse;
-use crate::topic::{Topic, TopicError};
+use crate::requests::publish::{PublishError, PublishRequest};
+use crate::values::pattern::Pattern;
+use crate::values::selector::Selector;
+use crate::values::sse;
+use crate::values::topic::{Topic, TopicError};
 
 /// One retained value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
+    /// Grows by one with every change of the key, from 1.
     pub version: u64,
+    /// The value.
     pub value: Value,
 }
 
 /// What a write does.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// Sets the value.
     Put(Value),
     /// RFC 7396 merge patch.
     Patch(Value),
+    /// Removes the key.
     Delete,
 }
 
 /// `If-Match`: the version the writer expects, or any existing version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMatch {
+    /// Any existing value (`If-Match: *`).
     Any,
+    /// Exactly this version.
     Version(u64),
 }
 
 /// A change made.
 #[derive(Debug, Clone, Copy)]
 pub struct Changed {
+    /// The version after the change (for a delete, the one deleted).
     pub version: u64,
     /// The `state` event that carries it.
     pub id: EventId,
 }
 
+/// Why a state change or read was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The topic is not a valid topic.
     #[error("topic {0:?} {1}")]
     BadTopic(String, TopicError),
+    /// The key is not a valid key.
     #[error("state keys are 1 to 128 characters of A-Z a-z 0-9 . _ ~ : @ -; got {0:?}")]
     BadKey(String),
     #[error("no state under key {key:?} of topic {topic:?}")]
-    NotFound { topic: String, key: String },
+    /// No value under this key.
+    NotFound {
+        /// The topic asked for.
+        topic: String,
+        /// The key asked for.
+        key: String,
+    },
     #[error("If-Match does not match: the current version is {}", .current.map_or("none (no value)".to_string(), |v| v.to_string()))]
-    VersionMismatch { current: Option<u64> },
+    /// `If-Match` names another version than the current one.
+    VersionMismatch {
+        /// The current version; `None` when the key holds no value.
+        current: Option<u64>,
+    },
+    /// The value cannot be stored (a patch of a non-object, too deep, …).
     #[error("{0}")]
     BadValue(String),
+    /// The version would pass `u64::MAX`.
     #[error("the value's version cannot grow past 18446744073709551615; delete the key to start again at 1")]
     VersionsExhausted,
     /// A cap of `[state]` would be passed.
     #[error("{0}")]
     Full(String),
+    /// The `state` event carrying the change was refused.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The caller may not write (or read) this topic.
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
@@ -167,7 +191,7 @@ impl StateMap {
 }
 
 /// The retained state of a hub.
-pub struct StateStore {
+pub(crate) struct StateStore {
     map: tokio::sync::Mutex<StateMap>,
     /// `None`: memory only.
     file: Option<PathBuf>,
@@ -189,10 +213,12 @@ fn check_key(key: &str) -> Result<(), StateError> {
 
 impl StateStore {
     /// Loads `file` when given (and present).
-    pub fn open(file: Option<PathBuf>) -> std::io::Result<StateStore> {
+    pub(crate) fn open(file: Option<PathBuf>) -> std::io::Result<StateStore> {
         let map = match &file {
-            Some(path) if path.exists() => crate::json::from_slice(&std::fs::read(path)?)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            Some(path) if path.exists() => {
+                crate::values::json::from_slice(&std::fs::read(path)?)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            }
             _ => StateMap::default(),
         };
         let mut map = map;
@@ -205,7 +231,7 @@ impl StateStore {
     }
 
     /// Sets the state gauges from the map as loaded (before any change).
-    pub fn report(&self, metrics: &crate::metrics::Metrics) {
+    pub(crate) fn report(&self, metrics: &crate::metrics::Metrics) {
         if let Ok(map) = self.map.try_lock() {
             map.report(metrics);
         }
@@ -333,7 +359,7 @@ impl StateStore {
                     for (slot, entry) in values {
                         let (Some((topic, key)), Ok(entry)) = (
                             slot.split_once('\n'),
-                            crate::json::from_slice::<Entry>(entry.as_bytes()),
+                            crate::values::json::from_slice::<Entry>(entry.as_bytes()),
                         ) else {
                             tracing::warn!(slot, "a retained value in the engine is unreadable");
                             continue;
@@ -354,7 +380,7 @@ impl StateStore {
         let selector = Selector {
             connection_id: "state".into(),
             patterns: vec![Pattern::parse("**").expect("valid")],
-            event_types: Some(vec![crate::publish::STATE_EVENT.into()]),
+            event_types: Some(vec![crate::requests::publish::STATE_EVENT.into()]),
             user: None,
             meta: Default::default(),
         };
@@ -379,7 +405,8 @@ impl StateStore {
                 // Only the hub writes `state` events (publishers may not
                 // name them); a change applies to its own topic only,
                 // whatever an older journal holds.
-                let Ok(data) = crate::json::from_slice::<Value>(event.data.as_bytes()) else {
+                let Ok(data) = crate::values::json::from_slice::<Value>(event.data.as_bytes())
+                else {
                     continue;
                 };
                 if event
@@ -409,7 +436,7 @@ impl StateStore {
         check_key(key)?;
         if let Change::Put(value) | Change::Patch(value) = &change {
             // Kept in the log and the state file: bounded so both read back.
-            if let Some(why) = crate::json::too_deep(value) {
+            if let Some(why) = crate::values::json::too_deep(value) {
                 return Err(StateError::BadValue(format!("the value {why}")));
             }
         }
@@ -599,7 +626,7 @@ impl StateStore {
 
 /// Where a stream's state snapshot stands: the last (topic, key) sent.
 #[derive(Debug, Default)]
-pub struct SnapshotCursor {
+pub(crate) struct SnapshotCursor {
     after: Option<(String, String)>,
     done: bool,
 }
@@ -607,7 +634,7 @@ pub struct SnapshotCursor {
 impl SnapshotCursor {
     /// A cursor at the start, or `None` when the stream's `event=` types
     /// leave out `state`.
-    pub fn new(selector: &Selector) -> Option<SnapshotCursor> {
+    pub(crate) fn new(selector: &Selector) -> Option<SnapshotCursor> {
         let wanted = selector
             .event_types
             .as_ref()

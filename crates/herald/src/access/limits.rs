@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 /// Why a stream was refused for now (a temporary refusal, SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitRefusal {
+pub(crate) enum LimitRefusal {
     HubFull,
     TooManyFromAddress,
     TooManyForUser,
@@ -18,7 +18,7 @@ pub enum LimitRefusal {
 }
 
 impl LimitRefusal {
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             LimitRefusal::HubFull => "hub_full",
             LimitRefusal::TooManyFromAddress => "too_many_connections_from_address",
@@ -27,7 +27,7 @@ impl LimitRefusal {
         }
     }
 
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             LimitRefusal::HubFull => "the hub has reached its connection limit; try again later",
             LimitRefusal::TooManyFromAddress => {
@@ -40,7 +40,7 @@ impl LimitRefusal {
 }
 
 #[derive(Clone)]
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     inner: Arc<Inner>,
 }
 
@@ -62,7 +62,7 @@ struct State {
 }
 
 /// A held connection slot.
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     inner: Arc<Inner>,
     ip: Option<IpAddr>,
     user: Option<Box<str>>,
@@ -79,7 +79,11 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl ConnectionLimiter {
-    pub fn new(max_total: usize, max_per_ip: usize, max_per_user: usize) -> ConnectionLimiter {
+    pub(crate) fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        max_per_user: usize,
+    ) -> ConnectionLimiter {
         ConnectionLimiter {
             inner: Arc::new(Inner {
                 max_total,
@@ -90,7 +94,7 @@ impl ConnectionLimiter {
         }
     }
 
-    pub fn try_acquire(
+    pub(crate) fn try_acquire(
         &self,
         ip: Option<IpAddr>,
         user: Option<&str>,
@@ -122,12 +126,12 @@ impl ConnectionLimiter {
     }
 
     /// Streams open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.inner.state.lock().total
     }
 
     /// Addresses with at least one open stream.
-    pub fn addresses(&self) -> usize {
+    pub(crate) fn addresses(&self) -> usize {
         self.inner.state.lock().per_ip.len()
     }
 }

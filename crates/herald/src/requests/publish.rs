@@ -4,34 +4,36 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::auth::{AuthError, Identity, Proof, Rights};
+use crate::access::auth::{AuthError, Identity, Proof, Rights};
 use crate::config::LimitsConfig;
-use crate::event::{EventDraft, Target};
 use crate::log::LogError;
-use crate::topic::{Topic, TopicError};
+use crate::values::event::{EventDraft, Target};
+use crate::values::topic::{Topic, TopicError};
 
 /// Longest event name, idempotency or coalesce key, user or connection id,
 /// in characters.
-pub const MAX_NAME_CHARS: usize = 256;
+pub(crate) const MAX_NAME_CHARS: usize = 256;
 
 /// The event type of retained-state changes (SPEC §6). Only the hub
 /// publishes it, from the state API: a publisher that could send it would
 /// rewrite retained values behind the versions' back.
-pub const STATE_EVENT: &str = "state";
+pub(crate) const STATE_EVENT: &str = "state";
 
 /// One event to publish, as in the body of `POST /v1/publish`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// The topic to publish on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::schema::TopicName>)]
+    #[schema(value_type = Option<crate::values::schema::TopicName>)]
     pub topic: Option<String>,
+    /// Topics to publish on, each receiving the one event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<crate::schema::TopicName>)]
+    #[schema(value_type = Vec<crate::values::schema::TopicName>)]
     pub topics: Vec<String>,
     /// SSE event type; absent or `message` is the default type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::schema::PublishedEventName>)]
+    #[schema(value_type = Option<crate::values::schema::PublishedEventName>)]
     pub event: Option<String>,
     /// A string is sent as is; any other JSON value as compact JSON.
     #[serde(
@@ -55,10 +57,14 @@ pub struct PublishRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<u64>,
+    /// Users or connections to address directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<PublishTo>,
+    /// Every connection receives it, whatever it subscribed to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broadcast: bool,
+    /// Only connections whose verified `herald.meta` claims hold these
+    /// values receive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
@@ -67,11 +73,16 @@ pub struct PublishRequest {
     /// theirs receives pending events first. Needs `to.users`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_ack: bool,
+    /// A later event with the same key and topic replaces this one in
+    /// history and in queues not yet written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::schema::ShortName>)]
+    #[schema(value_type = Option<crate::values::schema::ShortName>)]
     pub coalesce_key: Option<String>,
+    /// A publish repeated with the same key (within
+    /// `history.idempotency_window_secs`) is stored once and answered
+    /// with the first id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::schema::ShortName>)]
+    #[schema(value_type = Option<crate::values::schema::ShortName>)]
     pub idempotency_key: Option<String>,
 }
 
@@ -79,11 +90,13 @@ pub struct PublishRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishTo {
+    /// Every connection of these users.
     #[serde(default)]
-    #[schema(value_type = Vec<crate::schema::ShortName>)]
+    #[schema(value_type = Vec<crate::values::schema::ShortName>)]
     pub users: Vec<String>,
+    /// These connections (ids from `herald.connected`).
     #[serde(default)]
-    #[schema(value_type = Vec<crate::schema::ShortName>)]
+    #[schema(value_type = Vec<crate::values::schema::ShortName>)]
     pub connections: Vec<String>,
 }
 
@@ -129,29 +142,47 @@ impl PublishRequest {
 /// Why a publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No topic, target or broadcast.
     #[error("an event needs at least one of `topic`, `topics`, `to` or `broadcast`")]
     NoDestination,
+    /// A topic is not a valid topic.
     #[error("topic {0:?} {1}")]
     BadTopic(String, TopicError),
+    /// The event type is not a valid name (or is reserved).
     #[error("event names {1}; got {0:?}")]
     BadEventName(String, &'static str),
+    /// A field is not valid (the field, and why).
     #[error("`{0}` {1}")]
     BadField(&'static str, String),
     #[error("event data is {size} bytes; the limit is {limit}")]
-    TooLarge { size: usize, limit: usize },
+    /// The data is larger than `limits.max_event_bytes`.
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A field this version does not support yet.
     #[error("`{0}` is not supported by this version of Herald yet")]
     Unsupported(&'static str),
+    /// A batch without events.
     #[error("a batch needs at least one event")]
     EmptyBatch,
+    /// A batch with more events than allowed.
     #[error("a batch holds at most {0} events")]
     BatchTooLarge(usize),
+    /// One event of a batch was refused, so the batch was.
     #[error("event {index} of the batch: {source}")]
     InBatch {
+        /// Its position in the batch, from 0.
         index: usize,
+        /// Why it was refused.
         source: Box<PublishError>,
     },
+    /// The publisher may not publish this.
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::access::auth::AuthError),
+    /// The log could not store it.
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -159,7 +190,7 @@ pub enum PublishError {
 /// Whether `identity` may publish `draft`. Broadcasts and events without
 /// topics reach connections whatever they subscribed to, so they need
 /// admin rights (an API key or `herald.admin`).
-pub fn check_rights(identity: &Identity, draft: &EventDraft) -> Result<(), AuthError> {
+pub(crate) fn check_rights(identity: &Identity, draft: &EventDraft) -> Result<(), AuthError> {
     if identity.publish == Rights::All {
         return Ok(());
     }
@@ -220,7 +251,10 @@ fn check_event_name(name: &str) -> Result<(), PublishError> {
 }
 
 /// Validates one request into a draft.
-pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft, PublishError> {
+pub(crate) fn validate(
+    req: PublishRequest,
+    limits: &LimitsConfig,
+) -> Result<EventDraft, PublishError> {
     if req.retain || req.key.is_some() {
         return Err(PublishError::Unsupported(if req.retain {
             "retain"
@@ -275,13 +309,17 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
     }
     if let Some(filter) = &req.filter {
         // Kept in the log with the event: bounded so every store reads it back.
-        let depth = 1 + filter.values().map(crate::json::depth).max().unwrap_or(0);
-        if depth > crate::json::MAX_DEPTH {
+        let depth = 1 + filter
+            .values()
+            .map(crate::values::json::depth)
+            .max()
+            .unwrap_or(0);
+        if depth > crate::values::json::MAX_DEPTH {
             return Err(PublishError::BadField(
                 "filter",
                 format!(
                     "nests {depth} levels deep; the limit is {}",
-                    crate::json::MAX_DEPTH
+                    crate::values::json::MAX_DEPTH
                 ),
             ));
         }
@@ -334,7 +372,7 @@ pub fn validate(req: PublishRequest, limits: &LimitsConfig) -> Result<EventDraft
 }
 
 /// Validates a batch: every event, or none.
-pub fn validate_batch(
+pub(crate) fn validate_batch(
     reqs: Vec<PublishRequest>,
     limits: &LimitsConfig,
 ) -> Result<Vec<EventDraft>, PublishError> {

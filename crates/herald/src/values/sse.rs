@@ -8,20 +8,25 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::id::EventId;
+use crate::values::id::EventId;
 
 /// Sent when nothing else was sent for the heartbeat interval.
-pub const HEARTBEAT: &[u8] = b": ping\n\n";
+pub(crate) const HEARTBEAT: &[u8] = b": ping\n\n";
 
 /// Encodes one event. `event_type` is `None` for the default type `message`.
-pub fn encode_event(id: Option<EventId>, event_type: Option<&str>, data: &str) -> Bytes {
+pub(crate) fn encode_event(id: Option<EventId>, event_type: Option<&str>, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(data.len() + 32 + event_type.map_or(0, str::len));
     write_event(&mut buf, id, event_type, data);
     buf.freeze()
 }
 
 /// Appends one event to `buf`.
-pub fn write_event(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&str>, data: &str) {
+pub(crate) fn write_event(
+    buf: &mut BytesMut,
+    id: Option<EventId>,
+    event_type: Option<&str>,
+    data: &str,
+) {
     if let Some(id) = id {
         buf.put_slice(b"id: ");
         buf.put_slice(id.to_string().as_bytes());
@@ -45,7 +50,7 @@ pub fn write_event(buf: &mut BytesMut, id: Option<EventId>, event_type: Option<&
 }
 
 /// Appends a `retry:` field (a block of its own, which dispatches no event).
-pub fn write_retry(buf: &mut BytesMut, ms: u64) {
+pub(crate) fn write_retry(buf: &mut BytesMut, ms: u64) {
     buf.put_slice(b"retry: ");
     buf.put_slice(ms.to_string().as_bytes());
     buf.put_slice(b"\n\n");
@@ -54,7 +59,7 @@ pub fn write_retry(buf: &mut BytesMut, ms: u64) {
 /// An `id:` field alone: it sets the client's Last-Event-ID (empty: none)
 /// and dispatches no event (HTML's SSE parser ignores a block without data,
 /// but keeps its id).
-pub fn write_position(buf: &mut BytesMut, id: &str) {
+pub(crate) fn write_position(buf: &mut BytesMut, id: &str) {
     debug_assert!(!id.contains(['\r', '\n']));
     buf.put_slice(b"id: ");
     buf.put_slice(id.as_bytes());

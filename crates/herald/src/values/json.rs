@@ -13,10 +13,10 @@ use serde_json::Value;
 
 /// The deepest nesting of arrays and objects in a kept value (a publish's
 /// `filter`, a state value or patch). `{"a": 1}` nests 1 deep, a scalar 0.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// How deep `value` nests (iteratively: any depth is measured safely).
-pub fn depth(value: &Value) -> usize {
+pub(crate) fn depth(value: &Value) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(value, 0usize)];
     while let Some((value, level)) = stack.pop() {
@@ -32,7 +32,7 @@ pub fn depth(value: &Value) -> usize {
 }
 
 /// `None` when `value` nests at most [`MAX_DEPTH`] deep, else why not.
-pub fn too_deep(value: &Value) -> Option<String> {
+pub(crate) fn too_deep(value: &Value) -> Option<String> {
     let depth = depth(value);
     (depth > MAX_DEPTH).then(|| format!("nests {depth} levels deep; the limit is {MAX_DEPTH}"))
 }
@@ -40,7 +40,7 @@ pub fn too_deep(value: &Value) -> Option<String> {
 /// Deepest nesting [`from_slice`] reads: far above anything the hub writes
 /// (values at most [`MAX_DEPTH`], earlier versions at most 128, plus a few
 /// levels of wrapping), far below what would exhaust a thread's stack.
-pub const MAX_READ_DEPTH: usize = 256;
+pub(crate) const MAX_READ_DEPTH: usize = 256;
 
 /// How deep the JSON text in `bytes` nests (brackets outside strings).
 fn nesting(bytes: &[u8]) -> usize {
@@ -72,7 +72,7 @@ fn nesting(bytes: &[u8]) -> usize {
 /// Reads a record the hub stored, nested up to [`MAX_READ_DEPTH`] (see the
 /// module documentation). Only for the hub's own records: what comes from
 /// outside is parsed with serde_json's default limit.
-pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
     let depth = nesting(bytes);
     if depth > MAX_READ_DEPTH {
         return Err(serde::de::Error::custom(format!(

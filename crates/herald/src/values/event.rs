@@ -7,9 +7,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::id::EventId;
-use crate::sse;
-use crate::topic::Topic;
+pub use crate::values::id::EventId;
+use crate::values::sse;
+use crate::values::topic::Topic;
 
 /// Who an event is addressed to besides (or instead of) its topics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ impl Target {
 
 /// Every claim named in `filter` must equal the connection's, or intersect
 /// it when either side is an array.
-pub fn filter_matches(filter: &Map<String, Value>, meta: &Map<String, Value>) -> bool {
+pub(crate) fn filter_matches(filter: &Map<String, Value>, meta: &Map<String, Value>) -> bool {
     filter.iter().all(|(name, want)| {
         let Some(have) = meta.get(name) else {
             return false;
@@ -54,14 +54,19 @@ pub fn filter_matches(filter: &Map<String, Value>, meta: &Map<String, Value>) ->
 /// A validated event, before the log gives it an id.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventDraft {
+    /// The topics it is published on (maybe none: a direct event).
     pub topics: Vec<Topic>,
     /// `None` is the default SSE type `message`.
     pub event_type: Option<String>,
+    /// The `data:` text.
     pub data: String,
+    /// Who else receives it: users, connections, everyone, and a filter.
     pub target: Target,
     /// Seconds of life in history.
     pub ttl_secs: Option<u64>,
+    /// See [`PublishRequest::coalesce_key`](crate::PublishRequest).
     pub coalesce_key: Option<String>,
+    /// See [`PublishRequest::idempotency_key`](crate::PublishRequest).
     pub idempotency_key: Option<String>,
     /// Stays pending for each user in `target.users` until acknowledged
     /// (SPEC §7).
@@ -73,16 +78,25 @@ pub struct EventDraft {
 /// queue and every replay.
 #[derive(Debug)]
 pub struct Event {
+    /// Its place in the log.
     pub id: EventId,
     /// Milliseconds since the Unix epoch; never decreases along the log.
     pub published_at_ms: u64,
+    /// When it leaves history (Unix ms); `None`: by the caps only.
     pub expires_at_ms: Option<u64>,
+    /// The topics it was published on.
     pub topics: Box<[Topic]>,
+    /// The SSE type; `None` is `message`.
     pub event_type: Option<Box<str>>,
+    /// The `data:` text.
     pub data: Box<str>,
+    /// Who else receives it.
     pub target: Target,
+    /// Its coalesce key, if any.
     pub coalesce_key: Option<Box<str>>,
+    /// Its idempotency key, if any.
     pub idempotency_key: Option<Box<str>>,
+    /// Stays pending for its users until acknowledged.
     pub require_ack: bool,
     /// The event as SSE bytes, encoded once and written to every subscriber.
     pub frame: Bytes,
@@ -134,13 +148,14 @@ impl Event {
         self.event_type.as_deref().unwrap_or("message")
     }
 
+    /// Whether its time in history is over at `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|e| e <= now_ms)
     }
 }
 
 /// Shared handle to a committed event.
-pub type SharedEvent = Arc<Event>;
+pub(crate) type SharedEvent = Arc<Event>;
 
 #[cfg(test)]
 mod tests {

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::topic::{check_length, check_segment, Topic, TopicError};
+use crate::values::topic::{check_length, check_segment, Topic, TopicError};
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
+pub(crate) enum Segment {
     Literal(Box<str>),
     /// `*`: exactly one segment.
     One,
@@ -24,6 +24,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// Reads a topic or a pattern (`*` one segment, `**` the rest).
     pub fn parse(s: &str) -> Result<Pattern, TopicError> {
         check_length(s)?;
         let parts: Vec<&str> = s.split('/').collect();
@@ -48,11 +49,12 @@ impl Pattern {
         })
     }
 
+    /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
-    pub fn segments(&self) -> &[Segment] {
+    pub(crate) fn segments(&self) -> &[Segment] {
         &self.segments
     }
 
@@ -100,6 +102,7 @@ impl Pattern {
         unreachable!("the loop returns once both patterns end")
     }
 
+    /// Whether `topic` matches.
     pub fn matches(&self, topic: &Topic) -> bool {
         let mut parts = topic.as_str().split('/');
         for seg in self.segments.iter() {

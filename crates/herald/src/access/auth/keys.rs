@@ -18,7 +18,7 @@ pub(crate) struct VerifyKey {
 /// A key that could not be loaded: the hub does not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: {reason}")]
-pub struct KeyError {
+pub(crate) struct KeyError {
     pub source_name: String,
     pub reason: String,
 }

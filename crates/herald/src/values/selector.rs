@@ -6,12 +6,17 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::event::{filter_matches, Event};
-use crate::pattern::Pattern;
+use crate::values::event::{filter_matches, Event};
+use crate::values::pattern::Pattern;
 
+/// Who a connection is and what it reads: its patterns, event types,
+/// user and verified claims. Fan-out and every read of history ask it
+/// whether an event is for this connection.
 #[derive(Debug, Clone)]
 pub struct Selector {
+    /// The connection's id (`herald.connected`).
     pub connection_id: Arc<str>,
+    /// The patterns it joined with.
     pub patterns: Vec<Pattern>,
     /// `event=` types; `None` = every type.
     pub event_types: Option<Vec<Box<str>>>,
@@ -66,8 +71,8 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventDraft, EventId, Target};
-    use crate::topic::Topic;
+    use crate::values::event::{EventDraft, EventId, Target};
+    use crate::values::topic::Topic;
     use serde_json::json;
 
     fn selector(patterns: &[&str], user: Option<&str>) -> Selector {

@@ -30,25 +30,25 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
+use crate::access::limits::ConnectionPermit;
 use crate::config::Config;
-use crate::connection::{CloseReason, Connection};
-use crate::event::{EventId, SharedEvent};
-use crate::fanout::Fanout;
-use crate::limits::ConnectionPermit;
+use crate::delivery::connection::{CloseReason, Connection};
+use crate::delivery::fanout::Fanout;
+use crate::delivery::state::SnapshotCursor;
 use crate::log::{EventLog, ReadFrom, ReadRequest};
 use crate::metrics::Metrics;
-use crate::selector::Selector;
-use crate::sse;
-use crate::state::SnapshotCursor;
-use crate::subscribe::Start;
+use crate::requests::subscribe::Start;
+use crate::values::event::{EventId, SharedEvent};
+use crate::values::selector::Selector;
+use crate::values::sse;
 use tokio_util::sync::CancellationToken;
 
 /// Most bytes copied into one chunk (a single larger event goes alone,
 /// uncopied).
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The body of an SSE response: chunks of encoded events.
-pub type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
 /// What a stream needs from the hub around it (`hub/open.rs` implements
 /// it for [`crate::Hub`]).
@@ -77,7 +77,7 @@ pub(crate) trait StreamHost: Clone + Send + Sync + 'static {
 /// A registered connection and where its backlog starts.
 pub(crate) struct Opened {
     pub conn: Arc<Connection>,
-    pub permit: crate::limits::ConnectionPermit,
+    pub permit: crate::access::limits::ConnectionPermit,
     pub head: EventId,
     pub start: Start,
     pub valid_until: Option<u64>,
@@ -194,7 +194,7 @@ impl<H: StreamHost> Writer<H> {
             heartbeat_every,
             heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
             token_expiry: valid_until.map(|until| {
-                let left = until.saturating_sub(crate::auth::now_secs());
+                let left = until.saturating_sub(crate::access::auth::now_secs());
                 Box::pin(tokio::time::sleep(Duration::from_secs(left)))
             }),
             scratch: Vec::new(),

@@ -60,14 +60,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::blocking::{self, Lock, Ordered};
-use crate::event::{EventId, SharedEvent};
 use crate::log::journal::{frame, unframe, Record};
 use crate::log::now_ms;
-use crate::selector::Selector;
+use crate::values::event::{EventId, SharedEvent};
+use crate::values::selector::Selector;
 
 /// Bounds of every inbox.
 #[derive(Debug, Clone, Copy)]
-pub struct InboxSettings {
+pub(crate) struct InboxSettings {
     pub max_per_user: usize,
     /// `0`: no age limit (events with a `ttl` still end with it).
     pub max_age_ms: u64,
@@ -76,7 +76,7 @@ pub struct InboxSettings {
 }
 
 /// The inboxes of every user.
-pub struct Inboxes {
+pub(crate) struct Inboxes {
     core: Arc<Core>,
     /// Rings the writer thread; `None`: memory only. It holds one ring: a
     /// ring while one is pending adds nothing, since the writer takes every
@@ -163,6 +163,7 @@ pub struct UserInboxCounts {
 /// The answer to an acknowledgement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AckOutcome {
+    /// Ids that were waiting for this user and no longer do.
     pub acked: Vec<EventId>,
     /// Ids that were not waiting for this user (acknowledged before,
     /// expired, dropped, or never addressed to them).
@@ -277,7 +278,7 @@ impl State {
         let mut at = 0;
         while let Some((body, size)) = unframe(&bytes[at..]) {
             at += size;
-            match crate::json::from_slice::<Change>(body) {
+            match crate::values::json::from_slice::<Change>(body) {
                 Ok(change) => self.replay(change, max),
                 Err(err) => {
                     crate::log::skipped_unreadable();
@@ -325,7 +326,7 @@ impl State {
 
 /// Fuzzing entry: replays an inbox file's bytes; checks the counts agree.
 #[cfg(feature = "fuzzing")]
-pub fn fuzz_inbox_file(bytes: &[u8]) {
+pub(crate) fn fuzz_inbox_file(bytes: &[u8]) {
     let mut state = State::default();
     let at = state.replay_records(bytes, 16, Path::new("fuzz"));
     assert!(at <= bytes.len());
@@ -343,7 +344,7 @@ impl Held {
 
 impl Inboxes {
     /// Inboxes in memory only.
-    pub fn in_memory(settings: InboxSettings) -> Inboxes {
+    pub(crate) fn in_memory(settings: InboxSettings) -> Inboxes {
         let (written, watching) = watch::channel(Written::default());
         Inboxes {
             core: Arc::new(Core {
@@ -361,7 +362,7 @@ impl Inboxes {
 
     /// Inboxes kept in `path`, read back from it. Blocks on the disk (a
     /// start, before the hub serves); starts the writer thread.
-    pub fn open(path: &Path, settings: InboxSettings) -> io::Result<Inboxes> {
+    pub(crate) fn open(path: &Path, settings: InboxSettings) -> io::Result<Inboxes> {
         let mut state = State::default();
         let mut bytes = Vec::new();
         match File::open(path) {
@@ -409,13 +410,18 @@ impl Inboxes {
 
     /// Fan-out's hook, called for each dispatched event addressed to users
     /// (under the registry lock): holds it for each user it must wait for.
-    pub fn offer(&self, event: &SharedEvent, online: impl Fn(&str) -> bool) {
+    pub(crate) fn offer(&self, event: &SharedEvent, online: impl Fn(&str) -> bool) {
         self.offer_at(event, online, now_ms());
     }
 
     /// [`Inboxes::offer`] of an event that started waiting at `since_ms`
     /// (a clustered node rebuilding its inboxes from the log at start).
-    pub fn offer_at(&self, event: &SharedEvent, online: impl Fn(&str) -> bool, since_ms: u64) {
+    pub(crate) fn offer_at(
+        &self,
+        event: &SharedEvent,
+        online: impl Fn(&str) -> bool,
+        since_ms: u64,
+    ) {
         let now = since_ms;
         if event.is_expired(now_ms()) {
             return;
@@ -448,7 +454,12 @@ impl Inboxes {
 
     /// What waits for `user` that a connection joining at `head` with
     /// `selector` receives first, oldest first.
-    pub fn waiting_for(&self, user: &str, selector: &Selector, head: EventId) -> Vec<SharedEvent> {
+    pub(crate) fn waiting_for(
+        &self,
+        user: &str,
+        selector: &Selector,
+        head: EventId,
+    ) -> Vec<SharedEvent> {
         let now = now_ms();
         let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
@@ -467,7 +478,7 @@ impl Inboxes {
     /// A connection of `user` received these events: direct messages that
     /// waited for it stop waiting; events waiting for an ack still do. The
     /// change is written soon; nobody waits for it.
-    pub fn delivered(&self, user: &str, ids: &[EventId]) {
+    pub(crate) fn delivered(&self, user: &str, ids: &[EventId]) {
         let removed = {
             let mut state = self.core.state();
             let removed = state.remove(user, ids.iter().copied(), |held| !held.ack);
@@ -481,7 +492,7 @@ impl Inboxes {
 
     /// Which of `ids` wait for `user` now (what an ack of them would
     /// remove).
-    pub fn held(&self, user: &str, ids: &[EventId]) -> Vec<EventId> {
+    pub(crate) fn held(&self, user: &str, ids: &[EventId]) -> Vec<EventId> {
         let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
             return Vec::new();
@@ -494,7 +505,7 @@ impl Inboxes {
 
     /// `user` acknowledges these events. Await [`Inboxes::written`] before
     /// telling the user it is done.
-    pub fn ack(&self, user: &str, ids: &[EventId]) -> AckOutcome {
+    pub(crate) fn ack(&self, user: &str, ids: &[EventId]) -> AckOutcome {
         let acked = {
             let mut state = self.core.state();
             let acked = state.remove(user, ids.iter().copied(), |_| true);
@@ -513,7 +524,7 @@ impl Inboxes {
     }
 
     /// Removes what has waited past its `ttl` or the age limit.
-    pub fn sweep(&self, now_ms: u64) {
+    pub(crate) fn sweep(&self, now_ms: u64) {
         let max_age = self.core.settings.max_age_ms;
         let removed = {
             let mut state = self.core.state();
@@ -545,7 +556,7 @@ impl Inboxes {
 
     /// Returns once every change made before the call is in the file (at
     /// once in memory), or says why it may not be.
-    pub async fn written(&self) -> io::Result<()> {
+    pub(crate) async fn written(&self) -> io::Result<()> {
         if self.doorbell.is_none() {
             return Ok(());
         }
@@ -567,7 +578,8 @@ impl Inboxes {
 
     /// Writes the changes made so far to the file (and syncs it), on the
     /// calling thread: for threads that may wait for the disk.
-    pub fn flush(&self) -> io::Result<()> {
+    #[cfg(test)]
+    pub(crate) fn flush(&self) -> io::Result<()> {
         self.core.flush()
     }
 
@@ -581,14 +593,14 @@ impl Inboxes {
     }
 
     /// `Err` while the file's last write failed (until a rewrite succeeds).
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Result<(), String> {
         match self.core.broken.load(Ordering::Relaxed) {
             true => Err("the last write of the inbox file failed".into()),
             false => Ok(()),
         }
     }
 
-    pub fn user_counts(&self, user: &str) -> UserInboxCounts {
+    pub(crate) fn user_counts(&self, user: &str) -> UserInboxCounts {
         let state = self.core.state();
         let Some(inbox) = state.users.get(user) else {
             return UserInboxCounts::default();
@@ -601,7 +613,7 @@ impl Inboxes {
         }
     }
 
-    pub fn totals(&self) -> InboxTotals {
+    pub(crate) fn totals(&self) -> InboxTotals {
         let state = self.core.state();
         InboxTotals {
             waiting: state.held,
@@ -765,9 +777,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventDraft, Target};
-    use crate::pattern::Pattern;
-    use crate::topic::Topic;
+    use crate::values::event::{Event, EventDraft, Target};
+    use crate::values::pattern::Pattern;
+    use crate::values::topic::Topic;
 
     fn settings(max: usize) -> InboxSettings {
         InboxSettings {

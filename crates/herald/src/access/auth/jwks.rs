@@ -165,7 +165,7 @@ impl RemoteJwks {
             }
             body.extend_from_slice(&chunk);
         }
-        let set: JwkSet = crate::json::from_slice(&body).map_err(|e| e.to_string())?;
+        let set: JwkSet = crate::values::json::from_slice(&body).map_err(|e| e.to_string())?;
         let keys: Vec<VerifyKey> = set
             .keys
             .iter()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     publish: Option<DefaultKeyedRateLimiter<String>>,
     connect: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -33,7 +33,7 @@ fn check<K: Hash + Eq + Clone>(
 }
 
 impl RateLimits {
-    pub fn new(publish_per_sec: u32, connect_per_sec: u32) -> RateLimits {
+    pub(crate) fn new(publish_per_sec: u32, connect_per_sec: u32) -> RateLimits {
         RateLimits {
             publish: limiter(publish_per_sec),
             connect: limiter(connect_per_sec),
@@ -41,17 +41,17 @@ impl RateLimits {
     }
 
     /// `Err(wait)` when the publisher must wait before its next publish.
-    pub fn check_publish(&self, key: &str) -> Result<(), Duration> {
+    pub(crate) fn check_publish(&self, key: &str) -> Result<(), Duration> {
         check(&self.publish, &key.to_owned())
     }
 
     /// `Err(wait)` when this address must wait before opening a stream.
-    pub fn check_connect(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn check_connect(&self, ip: IpAddr) -> Result<(), Duration> {
         check(&self.connect, &ip)
     }
 
     /// Forgets keys back at full allowance.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         if let Some(l) = &self.publish {
             l.retain_recent();
             l.shrink_to_fit();
@@ -62,7 +62,7 @@ impl RateLimits {
         }
     }
 
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.publish.is_some() || self.connect.is_some()
     }
 }

@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::event::EventId;
-use crate::topic::Topic;
+use crate::values::event::EventId;
+use crate::values::topic::Topic;
 
 /// A user's first stream subscribed to a presence topic (`joined`), or
 /// their last one left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceChange {
+pub(crate) struct PresenceChange {
     pub topic: Topic,
     pub user: Box<str>,
     pub joined: bool,

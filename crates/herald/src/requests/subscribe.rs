@@ -6,12 +6,12 @@ use std::net::IpAddr;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Identity};
-use crate::event::EventId;
-use crate::limits::LimitRefusal;
+use crate::access::auth::{AuthError, Identity};
+use crate::access::limits::LimitRefusal;
 use crate::log::{Coverage, LogError, ReadFrom};
-use crate::pattern::Pattern;
-use crate::topic::TopicError;
+use crate::values::event::EventId;
+use crate::values::pattern::Pattern;
+use crate::values::topic::TopicError;
 
 /// What a subscriber asks for, parsed from the query string and headers.
 #[derive(Debug, Clone, Default)]
@@ -73,14 +73,24 @@ impl SubscribeRequest {
 /// Why a stream was refused before it started (a final refusal).
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
+    /// A pattern is not a valid pattern.
     #[error("pattern {0:?} {1}")]
     BadPattern(String, TopicError),
     #[error("{count} topics asked; the limit per connection is {limit}")]
-    TooManyTopics { count: usize, limit: usize },
+    /// More topics than a connection may subscribe to.
+    TooManyTopics {
+        /// Topics asked.
+        count: usize,
+        /// `limits.max_topics_per_connection`.
+        limit: usize,
+    },
+    /// A query parameter is not valid (the parameter, and why).
     #[error("`{0}` {1}")]
     BadParameter(&'static str, String),
+    /// The subscriber may not read this.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// History could not be read.
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -89,7 +99,9 @@ pub enum SubscribeError {
 /// EventSource clients come back by themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// A stable code, e.g. `too_many_connections`.
     pub error: &'static str,
+    /// What happened, for people.
     pub message: &'static str,
     /// Jittered wait before the client tries again.
     pub retry_after_ms: u64,
@@ -182,7 +194,7 @@ pub fn fuzz_query(query: &str) {
         let again = Pattern::parse(p.as_str()).expect("a parsed pattern parses again");
         assert_eq!(again.as_str(), p.as_str());
         assert!(p.covers(p));
-        if let Ok(topic) = crate::topic::Topic::new(p.as_str()) {
+        if let Ok(topic) = crate::values::topic::Topic::new(p.as_str()) {
             assert!(p.matches(&topic));
         }
     }

@@ -9,12 +9,12 @@
 
 use std::collections::HashMap;
 
-use crate::pattern::{Pattern, Segment};
-use crate::topic::Topic;
+use crate::values::pattern::{Pattern, Segment};
+use crate::values::topic::Topic;
 
 /// Maps patterns to subscribers (`key` → `V`).
 #[derive(Debug)]
-pub struct SubscriptionIndex<V> {
+pub(crate) struct SubscriptionIndex<V> {
     root: Node<V>,
     len: usize,
 }
@@ -60,16 +60,12 @@ impl<V> Default for SubscriptionIndex<V> {
 
 impl<V> SubscriptionIndex<V> {
     /// Number of (pattern, subscriber) entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Adds `key` under `pattern`. Returns false if it was already there.
-    pub fn insert(&mut self, pattern: &Pattern, key: u64, value: V) -> bool {
+    pub(crate) fn insert(&mut self, pattern: &Pattern, key: u64, value: V) -> bool {
         let mut node = &mut self.root;
         let mut slot_many = false;
         for seg in pattern.segments() {
@@ -95,7 +91,7 @@ impl<V> SubscriptionIndex<V> {
     }
 
     /// Removes `key` from under `pattern`, pruning nodes left empty.
-    pub fn remove(&mut self, pattern: &Pattern, key: u64) -> Option<V> {
+    pub(crate) fn remove(&mut self, pattern: &Pattern, key: u64) -> Option<V> {
         fn go<V>(node: &mut Node<V>, segs: &[Segment], key: u64) -> Option<V> {
             match segs.first() {
                 None => node.here.remove(&key),
@@ -129,7 +125,7 @@ impl<V> SubscriptionIndex<V> {
     /// subscriber with several matching patterns is seen once per pattern;
     /// callers deduplicate (fan-out does it with each connection's
     /// last-enqueued id).
-    pub fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(u64, &V)) {
+    pub(crate) fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(u64, &V)) {
         fn go<V>(node: &Node<V>, rest: Option<&str>, f: &mut impl FnMut(u64, &V)) {
             let Some(rest) = rest else {
                 node.here.iter().for_each(|(k, v)| f(*k, v));
@@ -154,7 +150,7 @@ impl<V> SubscriptionIndex<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pattern::tests::{naive_matches, pattern_strategy, topic_strategy};
+    use crate::values::pattern::tests::{naive_matches, pattern_strategy, topic_strategy};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -202,6 +198,6 @@ mod tests {
         index.insert(&p, 1, ());
         index.remove(&p, 1);
         assert!(index.root.is_empty());
-        assert!(index.is_empty());
+        assert_eq!(index.len(), 0);
     }
 }

@@ -4,7 +4,7 @@
 //! The log calls [`Fanout::committed`] with events in id order, one caller at
 //! a time. Candidates come from indexes — the pattern trie for topics, maps
 //! by connection id and user for direct events — and each candidate gets the
-//! final word from its [`Selector`](crate::selector::Selector). Offering is a
+//! final word from its [`Selector`](crate::values::selector::Selector). Offering is a
 //! push of an `Arc` into a bounded queue plus a wake-up: the encoded bytes are
 //! shared, never copied per subscriber.
 //!
@@ -24,18 +24,18 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::blocking::{Lock, Ordered};
 
-use crate::connection::{Connection, Offered};
-use crate::event::{EventId, SharedEvent};
-pub use crate::handoff::PresenceChange;
-use crate::handoff::{LiveDeliveries, PresenceChanges};
-use crate::inbox::Inboxes;
-use crate::index::SubscriptionIndex;
+use crate::delivery::connection::{Connection, Offered};
+pub(crate) use crate::delivery::handoff::PresenceChange;
+use crate::delivery::handoff::{LiveDeliveries, PresenceChanges};
+use crate::delivery::inbox::Inboxes;
+use crate::delivery::index::SubscriptionIndex;
 use crate::log::{CommitSink, Control, Entry};
-use crate::pattern::Pattern;
-use crate::topic::Topic;
+use crate::values::event::{EventId, SharedEvent};
+use crate::values::pattern::Pattern;
+use crate::values::topic::Topic;
 
 #[derive(Default)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     /// Id of the last event dispatched.
     head: AtomicU64,
     registry: RwLock<Registry>,
@@ -78,6 +78,7 @@ struct Counters {
 /// Who is on a topic or pattern.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Presence {
+    /// Open connections on it.
     pub connections: usize,
     /// Connections per user.
     pub users: BTreeMap<String, usize>,
@@ -90,13 +91,19 @@ pub struct Presence {
     Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
 pub struct FanoutStats {
+    /// Open connections (streams and waiting long polls).
     pub connections: usize,
+    /// Patterns subscribed, over all connections.
     pub subscriptions: usize,
     /// Events waiting in connection queues now.
     pub queued_now: usize,
+    /// Committed events fan-out has dispatched.
     pub events_dispatched: u64,
+    /// Events put into connection queues.
     pub deliveries_queued: u64,
+    /// Events dropped from full queues (`drop_oldest`, `drop_newest`).
     pub deliveries_dropped: u64,
+    /// Connections closed because their queue was full (`disconnect`).
     pub overflow_disconnects: u64,
 }
 
@@ -124,12 +131,13 @@ impl Fanout {
         Ordered::take(Lock::Registry, || self.registry.write())
     }
 
-    pub fn new() -> Fanout {
+    #[cfg(test)]
+    pub(crate) fn new() -> Fanout {
         Fanout::default()
     }
 
     /// Fan-out that also holds events for users in `inboxes`.
-    pub fn with_inboxes(inboxes: Arc<Inboxes>) -> Fanout {
+    pub(crate) fn with_inboxes(inboxes: Arc<Inboxes>) -> Fanout {
         Fanout {
             inboxes: Some(inboxes),
             ..Fanout::default()
@@ -153,7 +161,7 @@ impl Fanout {
     /// Closes the stream with this id and every stream of this user (an
     /// admin's close): their clients reconnect. They leave the books now,
     /// even if their sockets are slow to drain. Returns how many closed.
-    pub fn close(&self, connection: Option<&str>, user: Option<&str>) -> usize {
+    pub(crate) fn close(&self, connection: Option<&str>, user: Option<&str>) -> usize {
         let mut closing: Vec<Arc<Connection>> =
             user.map(|u| self.connections_of(u)).unwrap_or_default();
         if let Some(conn) = connection.and_then(|id| self.connection(id)) {
@@ -162,14 +170,14 @@ impl Fanout {
             }
         }
         for conn in &closing {
-            conn.close(crate::connection::CloseReason::Closed);
+            conn.close(crate::delivery::connection::CloseReason::Closed);
             self.unregister(conn.key);
         }
         closing.len()
     }
 
     /// The (topic, user) pairs with a stream here on a presence topic.
-    pub fn present_pairs(&self) -> Vec<(Topic, String)> {
+    pub(crate) fn present_pairs(&self) -> Vec<(Topic, String)> {
         let reg = self.read_registry();
         reg.present
             .keys()
@@ -242,13 +250,13 @@ impl Fanout {
         }
     }
 
-    pub fn inboxes(&self) -> Option<&Arc<Inboxes>> {
+    pub(crate) fn inboxes(&self) -> Option<&Arc<Inboxes>> {
         self.inboxes.as_ref()
     }
 
     /// Adds a connection and returns the id of the last event dispatched
     /// before it joined; every later event is offered to it.
-    pub fn register(&self, conn: Arc<Connection>) -> EventId {
+    pub(crate) fn register(&self, conn: Arc<Connection>) -> EventId {
         let mut reg = self.write_registry();
         {
             let patterns = conn.patterns.lock();
@@ -269,7 +277,7 @@ impl Fanout {
     }
 
     /// Removes a connection and everything that points at it.
-    pub fn unregister(&self, key: u64) {
+    pub(crate) fn unregister(&self, key: u64) {
         let mut reg = self.write_registry();
         let Some(conn) = reg.connections.remove(&key) else {
             return;
@@ -294,17 +302,17 @@ impl Fanout {
 
     /// Starts the dispatched head where the log stands when fan-out joins
     /// it (events up to it are read from the log, not dispatched).
-    pub fn start_at(&self, head: EventId) {
+    pub(crate) fn start_at(&self, head: EventId) {
         self.head.store(head.0, Ordering::Release);
     }
 
     /// Id of the last event dispatched.
-    pub fn head(&self) -> EventId {
+    pub(crate) fn head(&self) -> EventId {
         EventId(self.head.load(Ordering::Acquire))
     }
 
     /// A connection by its public id.
-    pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
+    pub(crate) fn connection(&self, id: &str) -> Option<Arc<Connection>> {
         let reg = self.read_registry();
         reg.by_id
             .get(id)
@@ -314,7 +322,7 @@ impl Fanout {
 
     /// Changes what an open connection receives from now on; returns its
     /// patterns after the change, or `None` when it is gone.
-    pub fn resubscribe(
+    pub(crate) fn resubscribe(
         &self,
         key: u64,
         add: &[Pattern],
@@ -346,7 +354,7 @@ impl Fanout {
     }
 
     /// Subscription patterns of open streams, with how many streams hold each.
-    pub fn subscriptions(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn subscriptions(&self) -> BTreeMap<String, usize> {
         let reg = self.read_registry();
         let mut counts = BTreeMap::new();
         for conn in reg.connections.values() {
@@ -358,7 +366,7 @@ impl Fanout {
     }
 
     /// Every open connection of a user.
-    pub fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
+    pub(crate) fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
         let reg = self.read_registry();
         reg.by_user
             .get(user)
@@ -371,7 +379,7 @@ impl Fanout {
     /// Who is on a topic or pattern: connections with a subscription that
     /// shares at least one topic with it. An exact topic is looked up in the
     /// index; a pattern is compared with every connection's patterns.
-    pub fn presence(&self, pattern: &Pattern) -> Presence {
+    pub(crate) fn presence(&self, pattern: &Pattern) -> Presence {
         let reg = self.read_registry();
         let mut present: HashSet<u64> = HashSet::new();
         match Topic::new(pattern.as_str()) {
@@ -401,7 +409,7 @@ impl Fanout {
         }
     }
 
-    pub fn stats(&self) -> FanoutStats {
+    pub(crate) fn stats(&self) -> FanoutStats {
         let reg = self.read_registry();
         let c = &self.counters;
         FanoutStats {
@@ -545,10 +553,10 @@ impl CommitSink for Fanout {
 mod tests {
     use super::*;
     use crate::config::Overflow;
-    use crate::event::{Event, EventDraft, Target};
-    use crate::pattern::Pattern;
-    use crate::selector::Selector;
-    use crate::topic::Topic;
+    use crate::values::event::{Event, EventDraft, Target};
+    use crate::values::pattern::Pattern;
+    use crate::values::selector::Selector;
+    use crate::values::topic::Topic;
 
     fn conn(key: u64, patterns: &[&str], user: Option<&str>) -> Arc<Connection> {
         let id: Arc<str> = format!("c{key}").into();
@@ -566,7 +574,6 @@ mod tests {
             key,
             id,
             selector,
-            None,
             16,
             Overflow::Disconnect,
             None,
