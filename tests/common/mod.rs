@@ -12,6 +12,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_wire::chunked::ChunkedDecoder;
+use herald_wire::head::{Framing, ResponseHead};
+use herald_wire::sse::{self, Line};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -325,7 +328,8 @@ pub struct SseClient {
     stream: TcpStream,
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    chunked: bool,
+    /// `Some` when the body is chunked.
+    chunked: Option<ChunkedDecoder>,
     /// Body bytes still expected when the response has a Content-Length.
     remaining: Option<usize>,
     raw: Vec<u8>,
@@ -382,7 +386,7 @@ impl SseClient {
             stream,
             status: 0,
             headers: Vec::new(),
-            chunked: false,
+            chunked: None,
             remaining: None,
             raw: Vec::new(),
             body: Vec::new(),
@@ -413,21 +417,15 @@ impl SseClient {
 
     async fn read_head(&mut self) {
         loop {
-            if let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(self.raw[..end].to_vec()).unwrap();
-                self.raw.drain(..end + 4);
-                let mut lines = head.split("\r\n");
-                let status_line = lines.next().unwrap();
-                self.status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-                for line in lines {
-                    let (k, v) = line.split_once(':').unwrap();
-                    self.headers
-                        .push((k.trim().to_owned(), v.trim().to_owned()));
+            if let Some((head, len)) = ResponseHead::parse(&self.raw).expect("a response head") {
+                self.raw.drain(..len);
+                self.status = head.status;
+                match head.framing().expect("a framed response") {
+                    Framing::Chunked => self.chunked = Some(ChunkedDecoder::new()),
+                    Framing::Length(n) => self.remaining = Some(n),
+                    Framing::UntilClose => {}
                 }
-                self.chunked = self
-                    .header("transfer-encoding")
-                    .is_some_and(|v| v.contains("chunked"));
-                self.remaining = self.header("content-length").map(|v| v.parse().unwrap());
+                self.headers = head.headers;
                 return;
             }
             assert!(
@@ -437,7 +435,7 @@ impl SseClient {
         }
     }
 
-    /// Moves whole chunks from `raw` to `body`; true at the last chunk.
+    /// Moves what is decoded of `raw` to `body`; true at the body's end.
     fn dechunk(&mut self) -> bool {
         if let Some(remaining) = self.remaining.as_mut() {
             let n = self.raw.len().min(*remaining);
@@ -445,70 +443,57 @@ impl SseClient {
             *remaining -= n;
             return *remaining == 0;
         }
-        if !self.chunked {
+        let Some(chunked) = self.chunked.as_mut() else {
             self.body.append(&mut self.raw);
             return false;
-        }
-        loop {
-            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
-                return false;
-            };
-            let size_text = std::str::from_utf8(&self.raw[..eol]).unwrap();
-            let size =
-                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-            if size == 0 {
-                return true;
-            }
-            if self.raw.len() < eol + 2 + size + 2 {
-                return false;
-            }
-            self.body
-                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
-            self.raw.drain(..eol + 2 + size + 2);
-        }
+        };
+        let took = chunked
+            .decode(&self.raw, &mut self.body)
+            .expect("a well-formed chunked body");
+        self.raw.drain(..took);
+        chunked.ended()
     }
 
     fn parse_lines(&mut self) {
-        while let Some(nl) = self.body.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.body.drain(..=nl).collect();
-            let line = String::from_utf8(line[..line.len() - 1].to_vec()).expect("utf-8 stream");
-            if line.is_empty() {
-                if self.block_has_data {
-                    let mut event = std::mem::take(&mut self.block);
-                    if event.event.is_empty() {
-                        event.event = "message".into();
+        while let Some((line, took)) = sse::next_line(&self.body) {
+            match line {
+                Line::Blank => {
+                    if self.block_has_data {
+                        let mut event = std::mem::take(&mut self.block);
+                        if event.event.is_empty() {
+                            event.event = "message".into();
+                        }
+                        event.data.pop(); // the trailing LF of the data buffer
+                        self.items.push_back(Item::Event(event));
+                    } else if let Some(id) = self.block.id.take() {
+                        self.items.push_back(Item::Position(id));
                     }
-                    event.data.pop(); // the trailing LF of the data buffer
-                    self.items.push_back(Item::Event(event));
-                } else if let Some(id) = self.block.id.take() {
-                    self.items.push_back(Item::Position(id));
+                    self.block = SseEvent::default();
+                    self.block_has_data = false;
                 }
-                self.block = SseEvent::default();
-                self.block_has_data = false;
-                continue;
-            }
-            if let Some(comment) = line.strip_prefix(':') {
-                self.items
-                    .push_back(Item::Comment(comment.trim_start().to_owned()));
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
-            };
-            match field {
-                "data" => {
-                    self.block.data.push_str(value);
-                    self.block.data.push('\n');
-                    self.block_has_data = true;
+                Line::Comment(text) => {
+                    let text = std::str::from_utf8(text).expect("utf-8 stream");
+                    self.items
+                        .push_back(Item::Comment(text.trim_start().to_owned()));
                 }
-                "event" => self.block.event = value.to_owned(),
-                "id" => self.block.id = Some(value.to_owned()),
-                "retry" => self
-                    .items
-                    .push_back(Item::Retry(value.parse().expect("retry"))),
-                other => panic!("unexpected field {other:?}"),
+                Line::Field { name, value } => {
+                    let value = std::str::from_utf8(value).expect("utf-8 stream");
+                    match name {
+                        b"data" => {
+                            self.block.data.push_str(value);
+                            self.block.data.push('\n');
+                            self.block_has_data = true;
+                        }
+                        b"event" => self.block.event = value.to_owned(),
+                        b"id" => self.block.id = Some(value.to_owned()),
+                        b"retry" => self
+                            .items
+                            .push_back(Item::Retry(value.parse().expect("retry"))),
+                        other => panic!("unexpected field {:?}", String::from_utf8_lossy(other)),
+                    }
+                }
             }
+            self.body.drain(..took);
         }
     }
 

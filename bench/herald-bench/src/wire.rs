@@ -4,6 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, bail, Context};
+use herald_wire::chunked::ChunkedDecoder;
+use herald_wire::head::{Framing, ResponseHead};
+use herald_wire::sse::{self, Line};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -62,11 +65,12 @@ pub trait OnEvent {
     fn event(&mut self, id: Option<&[u8]>, first_data_line: &[u8]);
 }
 
-/// Incremental SSE parser behind an incremental chunked decoder.
+/// An SSE stream read incrementally: herald-wire's chunked decoder and line
+/// splitter, keeping only what the generator measures (the id and the
+/// first `data:` line of each event).
 pub struct SseReader {
-    chunked: bool,
-    /// Bytes of the current chunk still to come (chunked only).
-    chunk_left: usize,
+    /// `None`: the body is not chunked.
+    chunked: Option<ChunkedDecoder>,
     /// Raw bytes not yet decoded.
     raw: Vec<u8>,
     /// Decoded body bytes not yet parsed into lines.
@@ -99,24 +103,25 @@ impl SseReader {
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await?;
         let (head, rest) = read_head(stream).await?;
-        let status = status_of(&head)?;
-        if status != 200 {
-            bail!("subscribe answered {status}");
+        if head.status != 200 {
+            bail!("subscribe answered {}", head.status);
         }
-        let chunked =
-            header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        Ok(SseReader {
+        let chunked = (head.framing()? == Framing::Chunked).then(ChunkedDecoder::new);
+        Ok(SseReader::new(chunked, rest))
+    }
+
+    fn new(chunked: Option<ChunkedDecoder>, raw: Vec<u8>) -> SseReader {
+        SseReader {
             chunked,
-            chunk_left: 0,
-            primed: !rest.is_empty(),
-            raw: rest,
+            primed: !raw.is_empty(),
+            raw,
             body: Vec::new(),
             id: Vec::new(),
             has_id: false,
             data: Vec::new(),
             has_data: false,
             ended: false,
-        })
+        }
     }
 
     /// Reads once from the socket and parses what came; false at EOF.
@@ -134,87 +139,43 @@ impl SseReader {
                 return Ok(false);
             }
         }
-        self.decode();
+        self.decode()?;
         self.parse(on);
         Ok(!self.ended)
     }
 
-    fn decode(&mut self) {
-        if !self.chunked {
+    fn decode(&mut self) -> anyhow::Result<()> {
+        let Some(chunked) = self.chunked.as_mut() else {
             self.body.append(&mut self.raw);
-            return;
-        }
-        let mut at = 0;
-        loop {
-            if self.chunk_left > 0 {
-                let take = self.chunk_left.min(self.raw.len() - at);
-                if take == 0 {
-                    break;
-                }
-                self.body.extend_from_slice(&self.raw[at..at + take]);
-                at += take;
-                self.chunk_left -= take;
-                if self.chunk_left > 0 {
-                    break;
-                }
-                continue;
-            }
-            // A size line, after the CRLF ending the previous chunk.
-            let rest = &self.raw[at..];
-            let skip = if rest.starts_with(b"\r\n") { 2 } else { 0 };
-            let Some(nl) = rest[skip..].windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
-            let line = &rest[skip..skip + nl];
-            let hex = line.split(|&b| b == b';').next().unwrap_or(b"");
-            let size = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-                .unwrap_or(0);
-            at += skip + nl + 2;
-            if size == 0 {
-                self.ended = true;
-                break;
-            }
-            self.chunk_left = size;
-        }
-        self.raw.drain(..at);
+            return Ok(());
+        };
+        let took = chunked.decode(&self.raw, &mut self.body)?;
+        self.raw.drain(..took);
+        self.ended = chunked.ended();
+        Ok(())
     }
 
     fn parse(&mut self, on: &mut impl OnEvent) {
         let mut start = 0;
-        while let Some(nl) = self.body[start..].iter().position(|&b| b == b'\n') {
-            let mut line = &self.body[start..start + nl];
-            start += nl + 1;
-            if let Some(l) = line.strip_suffix(b"\r") {
-                line = l;
-            }
-            if line.is_empty() {
-                if self.has_data {
-                    let id = self.has_id.then_some(&self.id[..]);
-                    on.event(id, &self.data);
+        while let Some((line, took)) = sse::next_line(&self.body[start..]) {
+            start += took;
+            match line {
+                Line::Blank => {
+                    if self.has_data {
+                        let id = self.has_id.then_some(&self.id[..]);
+                        on.event(id, &self.data);
+                    }
+                    self.has_data = false;
+                    self.data.clear();
                 }
-                self.has_data = false;
-                self.data.clear();
-                continue;
-            }
-            if line[0] == b':' {
-                continue;
-            }
-            let (field, value) = match line.iter().position(|&b| b == b':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-                }
-                None => (line, &b""[..]),
-            };
-            match field {
-                b"data" if !self.has_data => {
+                Line::Field {
+                    name: b"data",
+                    value,
+                } if !self.has_data => {
                     self.data.extend_from_slice(value);
                     self.has_data = true;
                 }
-                b"data" => {}
-                b"id" => {
+                Line::Field { name: b"id", value } => {
                     self.id.clear();
                     self.id.extend_from_slice(value);
                     self.has_id = true;
@@ -227,35 +188,17 @@ impl SseReader {
 }
 
 /// Reads up to the end of a response head; returns it and what followed.
-pub async fn read_head(stream: &mut TcpStream) -> anyhow::Result<(String, Vec<u8>)> {
+pub async fn read_head(stream: &mut TcpStream) -> anyhow::Result<(ResponseHead, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            return Ok((head, buf[end + 4..].to_vec()));
-        }
-        if buf.len() > 64 * 1024 {
-            bail!("response head over 64 KiB");
+        if let Some((head, len)) = ResponseHead::parse(&buf)? {
+            return Ok((head, buf[len..].to_vec()));
         }
         buf.reserve(4096);
         if stream.read_buf(&mut buf).await? == 0 {
             bail!("connection closed before a response");
         }
     }
-}
-
-pub fn status_of(head: &str) -> anyhow::Result<u16> {
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP response: {head:?}"))
-}
-
-pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.split("\r\n").skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 /// Reads pipelined HTTP responses off one connection, in order.
@@ -286,43 +229,25 @@ impl ResponseReader {
     }
 
     fn take_one(&mut self) -> anyhow::Result<Option<u16>> {
-        let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some((head, body_start)) = ResponseHead::parse(&self.buf)? else {
             return Ok(None);
         };
-        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        let status = status_of(&head)?;
-        let body_start = end + 4;
-        if let Some(len) = header(&head, "content-length") {
-            let len: usize = len.parse()?;
-            if self.buf.len() < body_start + len {
-                return Ok(None);
-            }
-            self.buf.drain(..body_start + len);
-            return Ok(Some(status));
-        }
-        if header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            // Walk the chunks; the response is whole at the zero chunk.
-            let mut at = body_start;
-            loop {
-                let Some(nl) = self.buf[at..].windows(2).position(|w| w == b"\r\n") else {
-                    return Ok(None);
-                };
-                let line = std::str::from_utf8(&self.buf[at..at + nl])?;
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)?;
-                at += nl + 2;
-                if self.buf.len() < at + size + 2 {
+        let end = match head.framing()? {
+            Framing::Length(len) if self.buf.len() >= body_start + len => body_start + len,
+            Framing::Length(_) => return Ok(None),
+            Framing::Chunked => {
+                // The response is whole once the decoder has seen its end.
+                let mut chunks = ChunkedDecoder::new();
+                let took = chunks.skip(&self.buf[body_start..])?;
+                if !chunks.ended() {
                     return Ok(None);
                 }
-                at += size + 2;
-                if size == 0 {
-                    self.buf.drain(..at);
-                    return Ok(Some(status));
-                }
+                body_start + took
             }
-        }
-        // No body (204, or a 1xx).
-        self.buf.drain(..body_start);
-        Ok(Some(status))
+            Framing::UntilClose => bail!("a publish answer without a length cannot be pipelined"),
+        };
+        self.buf.drain(..end);
+        Ok(Some(head.status))
     }
 }
 
@@ -392,18 +317,7 @@ mod tests {
     }
 
     fn reader(chunked: bool) -> SseReader {
-        SseReader {
-            chunked,
-            chunk_left: 0,
-            primed: false,
-            raw: Vec::new(),
-            body: Vec::new(),
-            id: Vec::new(),
-            has_id: false,
-            data: Vec::new(),
-            has_data: false,
-            ended: false,
-        }
+        SseReader::new(chunked.then(ChunkedDecoder::new), Vec::new())
     }
 
     #[test]
@@ -421,7 +335,7 @@ mod tests {
         let mut seen = Collect(Vec::new());
         for bytes in wire.chunks(3) {
             r.raw.extend_from_slice(bytes);
-            r.decode();
+            r.decode().unwrap();
             r.parse(&mut seen);
         }
         assert!(r.ended);

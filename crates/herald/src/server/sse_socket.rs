@@ -26,6 +26,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
+use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -322,7 +323,7 @@ async fn stream_body(
         }
     }
     if chunked {
-        writer.write_all(b"0\r\n\r\n").await?;
+        writer.write_all(LAST_CHUNK).await?;
     }
     writer.shutdown().await
 }
@@ -349,8 +350,8 @@ async fn write_chunk(
     data: Bytes,
     write_timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let size = format!("{:x}\r\n", data.len());
-    let mut parts: [&[u8]; 3] = [size.as_bytes(), &data, b"\r\n"];
+    let size = ChunkHead::new(data.len());
+    let mut parts: [&[u8]; 3] = [size.as_bytes(), &data, CHUNK_END];
     loop {
         let slices = [
             IoSlice::new(parts[0]),
