@@ -201,7 +201,7 @@ impl Server {
                             return;
                         };
                         if subscribe {
-                            let served = subscribes.track_future(sse_socket::serve(
+                            let opening = subscribes.track_future(sse_socket::open(
                                 stream,
                                 addr,
                                 router,
@@ -215,13 +215,23 @@ impl Server {
                                 },
                                 pending,
                             ));
-                            tokio::select! {
-                                result = served => if let Err(err) = result {
-                                    tracing::debug!(%addr, %err, "stream ended with an error");
-                                },
+                            let opened = tokio::select! {
+                                opened = opening => opened,
                                 () = kill.cancelled() => {
                                     tracing::debug!(%addr, "connection dropped by the hub");
+                                    return;
                                 }
+                            };
+                            match opened {
+                                // The body goes on in a task of its own,
+                                // holding only what streaming needs (this
+                                // task's state is mostly for the accept
+                                // and the head); the tracker sees no gap.
+                                Ok(Some(streaming)) => {
+                                    tokio::spawn(subscribes.track_future(stream_until_killed(streaming, addr, kill)));
+                                }
+                                Ok(None) => {}
+                                Err(err) => tracing::debug!(%addr, %err, "stream ended with an error"),
                             }
                             return;
                         }
@@ -290,6 +300,23 @@ impl Server {
             tracing::warn!("background work did not stop within 5 s; leaving it");
         }
         Ok(())
+    }
+}
+
+/// A subscriber's stream after its head, until its body ends, the client
+/// leaves or the hub drops the connection (`kill`).
+async fn stream_until_killed(
+    streaming: sse_socket::Streaming,
+    addr: SocketAddr,
+    kill: CancellationToken,
+) {
+    tokio::select! {
+        result = streaming.run() => if let Err(err) = result {
+            tracing::debug!(%addr, %err, "stream ended with an error");
+        },
+        () = kill.cancelled() => {
+            tracing::debug!(%addr, "connection dropped by the hub");
+        }
     }
 }
 

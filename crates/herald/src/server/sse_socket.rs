@@ -19,14 +19,15 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
+use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -58,23 +59,51 @@ pub(super) struct Bounds {
     pub openings: Openings,
 }
 
-/// Serves one subscribe request on `stream`, then closes it.
-pub(super) async fn serve(
+/// A stream whose response head is written: what is left to send, and
+/// all [`Streaming::run`] keeps for the stream's life.
+pub(super) struct Streaming {
+    stream: TcpStream,
+    body: Body,
+    chunked: bool,
+    write_timeout: Option<Duration>,
+}
+
+/// Answers one subscribe request on `stream` up to its response head.
+/// `None`: the answer is complete (a refusal, or no request came) and the
+/// connection closes.
+///
+/// Reading the head, routing and writing the response head take far more
+/// state than streaming the body, and only for a moment: the caller runs
+/// this in the accept task and the body in a task of its own
+/// ([`Streaming::run`]), so an idle stream holds a small task.
+pub(super) async fn open(
     mut stream: TcpStream,
     addr: SocketAddr,
     router: axum::Router,
     handle: CancellationToken,
     bounds: Bounds,
     pending: super::PendingHead,
-) -> io::Result<()> {
-    // Boxed: reading the head, routing and writing the response head take
-    // far more state than streaming the body, and only for a moment; the
-    // connection's task keeps only what streaming needs.
+) -> io::Result<Option<Streaming>> {
     let write_timeout = bounds.write_timeout;
     let answered = Box::pin(answer(&mut stream, addr, router, handle, bounds, pending));
-    match answered.await? {
-        Some((body, chunked)) => stream_body(&mut stream, body, chunked, write_timeout).await,
-        None => Ok(()),
+    Ok(answered.await?.map(|(body, chunked)| Streaming {
+        stream,
+        body,
+        chunked,
+        write_timeout,
+    }))
+}
+
+impl Streaming {
+    /// Sends the body until it ends or the client leaves, then closes.
+    pub(super) async fn run(mut self) -> io::Result<()> {
+        stream_body(
+            &mut self.stream,
+            self.body,
+            self.chunked,
+            self.write_timeout,
+        )
+        .await
     }
 }
 
@@ -293,39 +322,78 @@ async fn write_head(
 
 /// Sends the body as it comes, until it ends or the client leaves, or
 /// accepts no bytes for `write_timeout`.
+///
+/// Written for the state it keeps while idle (most of a stream's life, in
+/// every stream's task): waiting is one `poll_fn` over references, and the
+/// few bytes read to notice the client leaving live on the stack of a
+/// poll, not in the task.
 async fn stream_body(
     stream: &mut TcpStream,
-    body: Body,
+    mut body: Body,
     chunked: bool,
     write_timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let (mut reader, mut writer) = stream.split();
-    let mut chunks = body.into_data_stream();
-    let mut scrap = [0u8; 64];
     loop {
-        tokio::select! {
-            chunk = chunks.next() => match chunk {
-                Some(Ok(data)) if data.is_empty() => {}
-                Some(Ok(data)) => match chunked {
-                    false => within(write_timeout, writer.write_all(&data)).await?,
-                    true => write_chunk(&mut writer, data, write_timeout).await?,
-                },
-                // A body that fails ends the response where it stands.
-                Some(Err(_)) => return Ok(()),
-                None => break,
-            },
-            read = reader.read(&mut scrap) => match read {
-                // Nothing more is expected from a subscriber; what it sends
-                // is dropped, and its end (or an error) ends the stream.
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(_) => {}
-            },
+        let data = match std::future::poll_fn(|cx| next_chunk(stream, &mut body, cx)).await {
+            Next::Data(data) => data,
+            Next::End => break,
+            Next::Gone => return Ok(()),
+        };
+        let head = chunked.then(|| ChunkHead::new(data.len()));
+        if let Some(sent) = try_write(stream, head.as_ref(), &data)? {
+            // The socket is full: the rest waits for room, in a future of
+            // its own (boxed: its timer and buffers would otherwise sit in
+            // every idle stream's task).
+            Box::pin(write_rest(stream, head, data, sent, write_timeout)).await?;
         }
     }
     if chunked {
-        writer.write_all(LAST_CHUNK).await?;
+        stream.write_all(LAST_CHUNK).await?;
     }
-    writer.shutdown().await
+    stream.shutdown().await
+}
+
+/// What a stream waits for.
+enum Next {
+    /// Data to send.
+    Data(Bytes),
+    /// The body ended, or failed: a body that fails ends the response
+    /// where it stands.
+    End,
+    /// The client left (or its socket failed).
+    Gone,
+}
+
+/// The body's next data, or the client's leaving. Nothing more is expected
+/// from a subscriber: what it sends is dropped, and its end (or an error)
+/// ends the stream.
+fn next_chunk(stream: &TcpStream, body: &mut Body, cx: &mut std::task::Context<'_>) -> Poll<Next> {
+    loop {
+        match stream.poll_read_ready(cx) {
+            // The waker is registered: the client's bytes or end wake us.
+            Poll::Pending => break,
+            Poll::Ready(Err(_)) => return Poll::Ready(Next::Gone),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut scrap = [0u8; 64];
+        match stream.try_read(&mut scrap) {
+            // Read, or readiness was stale (now cleared): look again.
+            Ok(n) if n > 0 => continue,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(_) | Err(_) => return Poll::Ready(Next::Gone),
+        }
+    }
+    loop {
+        return match std::pin::Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => Poll::Ready(Next::End),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Poll::Ready(Next::Data(data)),
+                // Empty data, or trailers: nothing to send.
+                _ => continue,
+            },
+        };
+    }
 }
 
 fn write_headers(head: &mut BytesMut, headers: &HeaderMap) {
@@ -343,33 +411,56 @@ fn write_headers(head: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-/// One chunk in one `writev`: size line, data, CRLF. The data is the
-/// hub's shared encoding, never copied.
-async fn write_chunk(
-    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+/// The parts of one write: the chunk's size line (when chunked), the data
+/// (the hub's shared encoding, never copied), and the CRLF after a chunk.
+fn parts<'a>(head: Option<&'a ChunkHead>, data: &'a [u8]) -> [&'a [u8]; 3] {
+    match head {
+        Some(head) => [head.as_bytes(), data, CHUNK_END],
+        None => [&[], data, &[]],
+    }
+}
+
+/// Writes what the socket takes now, in one `writev`, without waiting:
+/// `None` when all of it went, else how many bytes did (maybe none).
+fn try_write(
+    stream: &TcpStream,
+    head: Option<&ChunkHead>,
+    data: &[u8],
+) -> io::Result<Option<usize>> {
+    let parts = parts(head, data);
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let slices = parts.map(IoSlice::new);
+    match stream.try_write_vectored(&slices) {
+        Ok(n) if n == total => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Writes the rest of a write of which `sent` bytes went, waiting for room;
+/// each write that makes progress restarts the clock.
+async fn write_rest(
+    stream: &mut TcpStream,
+    head: Option<ChunkHead>,
     data: Bytes,
+    mut sent: usize,
     write_timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let size = ChunkHead::new(data.len());
-    let mut parts: [&[u8]; 3] = [size.as_bytes(), &data, CHUNK_END];
+    let mut parts = parts(head.as_ref(), &data);
     loop {
-        let slices = [
-            IoSlice::new(parts[0]),
-            IoSlice::new(parts[1]),
-            IoSlice::new(parts[2]),
-        ];
-        // Each write that makes progress restarts the clock.
-        let mut n = within(write_timeout, writer.write_vectored(&slices)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
         for part in parts.iter_mut() {
-            let take = n.min(part.len());
+            let take = sent.min(part.len());
             *part = &part[take..];
-            n -= take;
+            sent -= take;
         }
         if parts.iter().all(|p| p.is_empty()) {
             return Ok(());
+        }
+        let slices = parts.map(IoSlice::new);
+        sent = within(write_timeout, stream.write_vectored(&slices)).await?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
     }
 }
@@ -426,14 +517,19 @@ mod tests {
                     openings: openings.clone(),
                 };
                 let router = router.clone();
-                tokio::spawn(serve(
-                    stream,
-                    peer,
-                    router,
-                    CancellationToken::new(),
-                    bounds,
-                    pending,
-                ));
+                tokio::spawn(async move {
+                    let opened = open(
+                        stream,
+                        peer,
+                        router,
+                        CancellationToken::new(),
+                        bounds,
+                        pending,
+                    );
+                    if let Ok(Some(streaming)) = opened.await {
+                        let _ = streaming.run().await;
+                    }
+                });
             }
         });
         addr
