@@ -108,7 +108,12 @@ pub(crate) struct Writer<H: StreamHost> {
     /// Id of the last event written; nothing at or below it is written again.
     last_written: u64,
     heartbeat_every: Duration,
+    /// Fires at the earliest moment a heartbeat may be due. A write does
+    /// not move it (moving a timer is a trip through the timer wheel, per
+    /// delivery); it notes when it wrote, and the timer, when it fires,
+    /// sleeps again until a heartbeat after the last write.
     heartbeat: Pin<Box<Sleep>>,
+    last_wrote: Instant,
     /// When the connection's token stops being valid: the stream then
     /// sends `herald.token_expired` and ends.
     token_expiry: Option<Pin<Box<Sleep>>>,
@@ -193,6 +198,7 @@ impl<H: StreamHost> Writer<H> {
             last_written: position.parse().unwrap_or(0),
             heartbeat_every,
             heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            last_wrote: Instant::now(),
             token_expiry: valid_until.map(|until| {
                 let left = until.saturating_sub(crate::access::auth::now_secs());
                 Box::pin(tokio::time::sleep(Duration::from_secs(left)))
@@ -218,9 +224,7 @@ impl<H: StreamHost> Writer<H> {
     }
 
     fn wrote(&mut self) {
-        self.heartbeat
-            .as_mut()
-            .reset(Instant::now() + self.heartbeat_every);
+        self.last_wrote = Instant::now();
     }
 
     /// Encodes events from the front of `scratch` that are newer than the
@@ -323,15 +327,18 @@ impl<H: StreamHost> Writer<H> {
                 // The client resumes from history; what is queued is stale.
                 return None;
             }
+            let now = Instant::now();
             if let Some(oldest) = self.scratch.first() {
                 let metrics = self.hub.metrics();
                 metrics.queue_depth.observe(self.scratch.len() as f64);
-                metrics
-                    .write_latency
-                    .observe(oldest.committed_at.elapsed().as_secs_f64());
+                metrics.write_latency.observe(
+                    now.into_std()
+                        .saturating_duration_since(oldest.committed_at)
+                        .as_secs_f64(),
+                );
             }
             if let Some(chunk) = self.take_scratch() {
-                self.wrote();
+                self.last_wrote = now;
                 return Some(chunk);
             }
             if closed.is_some() || self.hub.is_shutting_down() {
@@ -351,7 +358,14 @@ impl<H: StreamHost> Writer<H> {
                 _ = self.conn.ready() => {}
                 _ = shutdown.cancelled() => {}
                 _ = self.heartbeat.as_mut() => {
+                    let due = self.last_wrote + self.heartbeat_every;
+                    if due > Instant::now() {
+                        // Written to since: not quiet yet.
+                        self.heartbeat.as_mut().reset(due);
+                        continue;
+                    }
                     self.wrote();
+                    self.heartbeat.as_mut().reset(self.last_wrote + self.heartbeat_every);
                     return Some(Bytes::from_static(sse::HEARTBEAT));
                 }
                 () = expiry => {
