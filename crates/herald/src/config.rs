@@ -619,6 +619,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(feature = "nats", feature = "redis")),
+        ignore = "names cluster URLs of both engines: needs the nats and redis features"
+    )]
     fn refuses_zero_and_unbuilt_settings() {
         let mut c = Config::default();
         c.stream.queue_capacity = 0;
