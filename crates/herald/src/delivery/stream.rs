@@ -97,14 +97,9 @@ pub(crate) struct Writer<H: StreamHost> {
     hub: H,
     conn: Arc<Connection>,
     _permit: ConnectionPermit,
-    /// What goes before the state snapshot, in parts (shared, not yet copied).
-    preamble: VecDeque<Bytes>,
-    /// A fresh stream's retained state, read a page at a time.
-    snapshot: Option<SnapshotCursor>,
-    /// What goes after the snapshot and before the backlog (`herald.reset`).
-    after_snapshot: Bytes,
-    /// The backlog still to read, and the id it stops at.
-    replay: Option<(ReadFrom, EventId)>,
+    /// What the stream writes before it goes live; `None` once it is live.
+    /// Boxed and dropped then: every idle stream would otherwise carry it.
+    opening: Option<Box<Opening>>,
     /// Id of the last event written; nothing at or below it is written again.
     last_written: u64,
     heartbeat_every: Duration,
@@ -119,10 +114,23 @@ pub(crate) struct Writer<H: StreamHost> {
     token_expiry: Option<Pin<Box<Sleep>>>,
     scratch: Vec<SharedEvent>,
     finished: bool,
+}
+
+/// What a stream writes before it goes live, in this order.
+struct Opening {
+    /// What goes before the state snapshot, in parts (shared, not yet copied).
+    preamble: VecDeque<Bytes>,
     /// Events from the user's inbox in the preamble: once the preamble has
     /// been written, direct messages among them stop waiting.
     waited: Option<Vec<SharedEvent>>,
-    /// Ids of those events, sorted: the backlog does not write them again.
+    /// A fresh stream's retained state, read a page at a time.
+    snapshot: Option<SnapshotCursor>,
+    /// What goes after the snapshot and before the backlog (`herald.reset`).
+    after_snapshot: Bytes,
+    /// The backlog still to read, and the id it stops at.
+    replay: Option<(ReadFrom, EventId)>,
+    /// Ids of the events that waited, sorted: the backlog does not write
+    /// them again.
     skip: Vec<u64>,
 }
 
@@ -187,10 +195,20 @@ impl<H: StreamHost> Writer<H> {
             hub,
             conn,
             _permit: permit,
-            preamble: parts,
-            snapshot,
-            after_snapshot: preamble.freeze(),
-            replay,
+            opening: Some(Box::new(Opening {
+                preamble: parts,
+                waited: (!waiting.is_empty()).then_some(waiting),
+                snapshot,
+                after_snapshot: preamble.freeze(),
+                replay,
+                skip: match replay.is_some() {
+                    true => {
+                        skip.sort_unstable();
+                        skip
+                    }
+                    false => Vec::new(),
+                },
+            })),
             // Nothing at or below where the stream starts is written: a
             // client resuming from an id fan-out has not dispatched yet
             // (answered before the dispatch, or read on another node)
@@ -205,14 +223,6 @@ impl<H: StreamHost> Writer<H> {
             }),
             scratch: Vec::new(),
             finished: false,
-            waited: (!waiting.is_empty()).then_some(waiting),
-            skip: match replay.is_some() {
-                true => {
-                    skip.sort_unstable();
-                    skip
-                }
-                false => Vec::new(),
-            },
         }
     }
 
@@ -234,12 +244,13 @@ impl<H: StreamHost> Writer<H> {
         // Queues and replay pages hold events in ascending id order (fan-out
         // offers in id order; the log reads in it), so what was written
         // already is a prefix.
+        let skip = self.opening.as_ref().map_or(&[][..], |o| &o.skip[..]);
         let mut chunk = Chunk::default();
         let mut taken = 0;
         for event in &self.scratch {
             let id = event.id.0;
             if id > self.last_written {
-                let skipped = !self.skip.is_empty() && self.skip.binary_search(&id).is_ok();
+                let skipped = !skip.is_empty() && skip.binary_search(&id).is_ok();
                 if !skipped && !chunk.add(&event.frame) {
                     break;
                 }
@@ -252,42 +263,57 @@ impl<H: StreamHost> Writer<H> {
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if !self.preamble.is_empty() {
+        if self.opening.is_some() {
+            if let Some(chunk) = self.next_opening_chunk().await {
+                return chunk;
+            }
+            // Live events all lie above what waited.
+            self.opening = None;
+        }
+        self.next_live_chunk().await
+    }
+
+    /// The next chunk of the opening: `None` once it is all written (the
+    /// stream goes live), `Some(None)` when the stream must end.
+    async fn next_opening_chunk(&mut self) -> Option<Option<Bytes>> {
+        let opening = self.opening.as_mut()?;
+        if !opening.preamble.is_empty() {
             let mut chunk = Chunk::default();
-            while let Some(part) = self.preamble.front() {
+            while let Some(part) = opening.preamble.front() {
                 if !chunk.add(part) {
                     break;
                 }
-                self.preamble.pop_front();
+                opening.preamble.pop_front();
             }
             self.wrote();
-            return chunk.done();
+            return Some(chunk.done());
         }
-        if let Some(waited) = self.waited.take() {
+        if let Some(waited) = opening.waited.take() {
             // Asked for more: the preamble is written.
             self.hub.waited_events_delivered(&self.conn, &waited);
         }
-        if let Some(cursor) = self.snapshot.as_mut() {
+        let opening = self.opening.as_mut()?;
+        if let Some(cursor) = opening.snapshot.as_mut() {
             let hub = self.hub.clone();
             if let Some(page) = hub.state_page(&self.conn.selector, cursor).await {
                 self.wrote();
-                return Some(page);
+                return Some(Some(page));
             }
-            self.snapshot = None;
+            self.opening.as_mut()?.snapshot = None;
         }
-        if !self.after_snapshot.is_empty() {
+        let opening = self.opening.as_mut()?;
+        if !opening.after_snapshot.is_empty() {
+            let chunk = std::mem::take(&mut opening.after_snapshot);
             self.wrote();
-            return Some(std::mem::take(&mut self.after_snapshot));
+            return Some(Some(chunk));
         }
         loop {
             // What is left of the last page goes first.
             if let Some(chunk) = self.take_scratch() {
                 self.wrote();
-                return Some(chunk);
+                return Some(Some(chunk));
             }
-            let Some((from, until)) = self.replay else {
-                break;
-            };
+            let (from, until) = self.opening.as_ref()?.replay?;
             let hub = self.hub.clone();
             let limit = hub.config().stream.replay_batch;
             let request = ReadRequest {
@@ -304,18 +330,21 @@ impl<H: StreamHost> Writer<H> {
                     // Going on would leave a gap; end the stream and let the
                     // client resume with its Last-Event-ID.
                     tracing::warn!(connection = %self.conn.id, %err, "replay failed; closing stream");
-                    return None;
+                    return Some(None);
                 }
             };
             let more = page.len() == limit && !matches!(from, ReadFrom::Last(_));
-            self.replay = match (more, page.last()) {
+            self.opening.as_mut()?.replay = match (more, page.last()) {
                 (true, Some(last)) => Some((ReadFrom::After(last.id), until)),
                 _ => None,
             };
             self.scratch = page;
         }
-        // Live events all lie above what waited.
-        self.skip = Vec::new();
+    }
+
+    /// The next chunk of a live stream: what its queue holds, a heartbeat,
+    /// or its end.
+    async fn next_live_chunk(&mut self) -> Option<Bytes> {
         loop {
             if self.finished {
                 return None;
