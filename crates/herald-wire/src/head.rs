@@ -59,10 +59,10 @@ impl ResponseHead {
 
     /// How the body is framed.
     pub fn framing(&self) -> Result<Framing, WireError> {
-        if self
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        {
+        if self.header("transfer-encoding").is_some_and(|v| {
+            v.split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        }) {
             return Ok(Framing::Chunked);
         }
         match self.header("content-length") {
