@@ -367,11 +367,27 @@ enum Next {
 /// The body's next data, or the client's leaving. Nothing more is expected
 /// from a subscriber: what it sends is dropped, and its end (or an error)
 /// ends the stream.
+///
+/// The body is asked first: asking it is how it learns that what it gave
+/// last was written (the writer then reports the messages that waited for
+/// the user as delivered), and a client that read them and left at once
+/// must not skip that.
 fn next_chunk(stream: &TcpStream, body: &mut Body, cx: &mut std::task::Context<'_>) -> Poll<Next> {
+    loop {
+        match std::pin::Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => break,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => return Poll::Ready(Next::End),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => return Poll::Ready(Next::Data(data)),
+                // Empty data, or trailers: nothing to send.
+                _ => continue,
+            },
+        }
+    }
     loop {
         match stream.poll_read_ready(cx) {
             // The waker is registered: the client's bytes or end wake us.
-            Poll::Pending => break,
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(_)) => return Poll::Ready(Next::Gone),
             Poll::Ready(Ok(())) => {}
         }
@@ -382,17 +398,6 @@ fn next_chunk(stream: &TcpStream, body: &mut Body, cx: &mut std::task::Context<'
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Ok(_) | Err(_) => return Poll::Ready(Next::Gone),
         }
-    }
-    loop {
-        return match std::pin::Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => Poll::Ready(Next::End),
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => Poll::Ready(Next::Data(data)),
-                // Empty data, or trailers: nothing to send.
-                _ => continue,
-            },
-        };
     }
 }
 
