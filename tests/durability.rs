@@ -215,7 +215,27 @@ async fn one_process_per_data_directory() {
 /// acknowledged events after its id that match, in order.
 #[tokio::test]
 async fn random_publishes_restarts_and_resumes_lose_and_repeat_nothing() {
-    for seed in [3u64, 17, 4242] {
+    random_publishes_restarts_and_resumes(&[3, 17, 4242], &[]).await;
+}
+
+/// The same with history on disk only (`history.hot_bytes = 0`: only the
+/// newest event is held whole): every replay reads the journal back.
+#[tokio::test]
+async fn history_on_disk_only_replays_as_history_in_memory() {
+    let hub = random_publishes_restarts_and_resumes(&[5, 23], &["history.hot_bytes=0"]).await;
+    let metrics = hub.metrics().await;
+    let cold: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_history_cold_events "))
+        .expect("the gauge")
+        .parse()
+        .unwrap();
+    assert!(cold > 10, "history is on disk only: {cold} cold events");
+}
+
+async fn random_publishes_restarts_and_resumes(seeds: &[u64], extra: &[&str]) -> HubProcess {
+    let mut last = None;
+    for &seed in seeds {
         let mut rng = seed;
         let mut next = move |n: u64| {
             rng = rng
@@ -224,7 +244,8 @@ async fn random_publishes_restarts_and_resumes_lose_and_repeat_nothing() {
             (rng >> 33) % n
         };
         let dir = data_dir(&format!("random-{seed}"));
-        let settings = ["history.max_events_per_topic=100000"];
+        let mut settings = vec!["history.max_events_per_topic=100000"];
+        settings.extend(extra);
         let mut hub = HubProcess::start_durable(&dir, &settings);
         // Every acknowledged event: (id, topic, data), in id order.
         let mut acked: Vec<(u64, String, String)> = Vec::new();
@@ -298,7 +319,9 @@ async fn random_publishes_restarts_and_resumes_lose_and_repeat_nothing() {
                 }
             }
         }
+        last = Some(hub);
     }
+    last.expect("a seed")
 }
 
 /// A write that fails part way (here a file size limit, as a full disk

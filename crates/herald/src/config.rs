@@ -208,6 +208,12 @@ pub struct HistoryConfig {
     /// Most topics with retained events. Past it the oldest events leave
     /// history until a topic has none. Default `100000`.
     pub max_topics: usize,
+    /// With the journal (not `memory = true`): most bytes, in the measure
+    /// of `max_bytes`, of the newest retained events held whole in memory.
+    /// Older ones stay retained, on disk only (about 60 bytes of memory
+    /// each), and are read back from the journal when a replay reaches
+    /// them. Default `134217728` (128 MiB).
+    pub hot_bytes: u64,
 }
 
 /// `[inbox]`: events waiting for a user (SPEC §7): pending acknowledgements
@@ -364,6 +370,7 @@ impl Default for HistoryConfig {
             max_idempotency_keys: 100_000,
             max_bytes: 1 << 30,
             max_topics: 100_000,
+            hot_bytes: 128 << 20,
         }
     }
 }

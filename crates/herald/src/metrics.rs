@@ -228,6 +228,18 @@ impl Collector for HubCollector {
         )?;
         gauge(
             &mut encoder,
+            "herald_history_hot_bytes",
+            "Of herald_history_bytes, the events held whole in memory (what history.hot_bytes bounds)",
+            r.hot_bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "herald_history_cold_events",
+            "Retained events held on disk only, read back from the journal when asked for",
+            r.cold_events as i64,
+        )?;
+        gauge(
+            &mut encoder,
             "herald_history_topics",
             "Topics with retained events (what history.max_topics bounds)",
             r.topics as i64,

@@ -74,6 +74,7 @@ pub(super) fn history_settings(config: &Config) -> MemoryLogSettings {
         max_idempotency_keys: h.max_idempotency_keys,
         max_bytes: h.max_bytes,
         max_topics: h.max_topics,
+        hot_bytes: h.hot_bytes,
     }
 }
 

@@ -19,6 +19,10 @@
 //! as live appends, which rebuilds history, per-topic eviction marks and
 //! idempotency keys exactly; ids continue after the highest found. Segments
 //! whose every event has left history are deleted as appends go on.
+//!
+//! Only the newest `history.hot_bytes` of history are held whole in memory;
+//! the index keeps older events by their place in the journal, and a read
+//! that reaches them reads them back off the runtime's threads.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -27,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use super::journal::{Journal, JournalError};
+use super::journal::{Journal, JournalError, Segments};
 use super::memory::{lock, Inner, MemoryLogSettings};
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, ReadRequest};
 use crate::values::event::{EventDraft, EventId, SharedEvent};
@@ -82,6 +86,8 @@ pub struct DurableLog {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// Why the last write failed; `None` once a write succeeds.
     failure: Arc<Mutex<Option<String>>>,
+    /// The journal's files, to read back events held by their place.
+    files: Arc<Segments>,
     /// Held for the life of the log: one process per data directory.
     _lock: std::fs::File,
 }
@@ -121,24 +127,22 @@ impl DurableLog {
         if lock_file.try_lock().is_err() {
             return Err(OpenError::Locked(dir.to_owned()));
         }
-        let (journal, recovered) = Journal::open(&dir.join("log"))?;
+        // Each event goes through retention as it is read, so that what
+        // is older than the hot window is never all in memory at once.
+        let mut inner = Inner::new(settings, 1);
+        let (journal, recovered) = Journal::open(&dir.join("log"), |event, place| {
+            inner.restore(Arc::new(event), Some(place))
+        })?;
         // A new journal starts its ids at the start time in µs, as the
         // in-memory log does: after a wiped data directory, ids clients
         // still hold fall below the new ones and get `herald.reset`.
-        let fresh = recovered.events.is_empty() && recovered.floor == 0 && recovered.reserved == 0;
-        let first_id = if fresh {
-            now_ms().saturating_mul(1000).max(1)
-        } else {
-            1
-        };
-        let mut inner = Inner::new(settings, first_id);
+        if recovered.events == 0 && recovered.floor == 0 && recovered.reserved == 0 {
+            inner = Inner::new(settings, now_ms().saturating_mul(1000).max(1));
+        }
         inner.set_floor(recovered.floor);
         // Continue above every id an earlier run may have handed out.
         inner.advance(recovered.reserved);
-        let events_read = recovered.events.len();
-        for event in recovered.events {
-            inner.restore(Arc::new(event));
-        }
+        let events_read = recovered.events;
         let ahead = inner.last_ms().saturating_sub(now_ms());
         if ahead > 60_000 {
             // Times never go back along the log (`since=` searches by them),
@@ -156,6 +160,7 @@ impl DurableLog {
             next_id: inner.next_id(),
         };
         let inner = Arc::new(Mutex::new(inner));
+        let files = journal.files();
         let sink: Arc<OnceLock<Arc<dyn CommitSink>>> = Arc::new(OnceLock::new());
         let (tx, rx) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
@@ -175,6 +180,7 @@ impl DurableLog {
                 sink,
                 jobs: Mutex::new(Some(tx)),
                 failure,
+                files,
                 _lock: lock_file,
             },
             report,
@@ -224,7 +230,7 @@ impl Committer {
             let written = journal.append(&events, fsync != Fsync::Never);
             let mut inner = lock(&inner);
             match written {
-                Ok(()) => {
+                Ok(places) => {
                     if failure
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -233,7 +239,7 @@ impl Committer {
                     {
                         tracing::info!("journal writes succeed again");
                     }
-                    inner.apply(&events);
+                    inner.apply_placed(&events, &places);
                     // Readable now. Publishers are answered before fan-out
                     // wakes the subscribers' writers, so that their tasks run
                     // first and the next publish on their connections is not
@@ -315,7 +321,18 @@ impl EventLog for DurableLog {
     }
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
-        Ok(lock(&self.inner).read(&request, now_ms()))
+        let now = now_ms();
+        let gathered = lock(&self.inner).gather(&request, now);
+        let cold = gathered.cold();
+        if cold.is_empty() {
+            return Ok(gathered.into_page(&[], |_| true));
+        }
+        let files = self.files.clone();
+        let loaded = tokio::task::spawn_blocking(move || files.read(&cold))
+            .await
+            .map_err(|e| LogError::Failed(format!("reading the journal failed: {e}")))?;
+        let loaded: Vec<SharedEvent> = loaded.into_iter().map(Arc::new).collect();
+        Ok(gathered.into_page(&loaded, |e| !e.is_expired(now) && request.selector.wants(e)))
     }
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
@@ -335,5 +352,196 @@ impl EventLog for DurableLog {
 
     fn kind(&self) -> &'static str {
         "journal"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::log::{read_all, MemoryLog, ReadFrom};
+    use crate::values::pattern::Pattern;
+    use crate::values::topic::Topic;
+
+    struct Nothing;
+    impl CommitSink for Nothing {
+        fn committed(&self, _: &[SharedEvent]) {}
+    }
+
+    fn settings(hot_bytes: u64) -> MemoryLogSettings {
+        MemoryLogSettings {
+            max_events_per_topic: 300,
+            max_age: None,
+            idempotency_window: Duration::from_secs(60),
+            max_idempotency_keys: 1000,
+            max_bytes: u64::MAX,
+            max_topics: usize::MAX,
+            hot_bytes,
+        }
+    }
+
+    fn selector(patterns: &[&str], types: Option<&str>) -> Selector {
+        Selector {
+            connection_id: "c".into(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).unwrap())
+                .collect(),
+            event_types: types.map(|t| vec![t.into()]),
+            user: None,
+            meta: Default::default(),
+        }
+    }
+
+    /// The `i`th event of the mixed workload: topics exact, nested and
+    /// shared, presence announcements, broadcasts, events that expire at
+    /// once, and a rare type that most reads filter out.
+    fn draft(i: usize) -> EventDraft {
+        let topic = match i % 3 {
+            0 => format!("room/{}", i % 50),
+            1 => format!("other/{}/x", i % 7),
+            _ => format!("deep/{}/{}", i % 5, i % 11),
+        };
+        let mut d = EventDraft {
+            topics: vec![Topic::new(&topic).unwrap()],
+            data: i.to_string(),
+            event_type: Some(
+                if i.is_multiple_of(97) {
+                    "rare"
+                } else {
+                    "common"
+                }
+                .into(),
+            ),
+            ..Default::default()
+        };
+        if i.is_multiple_of(5) {
+            d.topics.push(Topic::new("room/1").unwrap());
+        }
+        if i.is_multiple_of(13) {
+            d.event_type = Some(crate::log::PRESENCE_EVENT.into());
+            d.topics.truncate(1);
+        }
+        if i.is_multiple_of(101) {
+            d.topics = match i.is_multiple_of(202) {
+                true => vec![],
+                false => vec![Topic::new("zz").unwrap()],
+            };
+            d.target.broadcast = true;
+        }
+        if i.is_multiple_of(9) {
+            d.ttl_secs = Some(0);
+        }
+        d
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("herald-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Every read and every coverage answer of a journal whose history is
+    /// mostly on disk only is what the same history held whole in memory
+    /// gives: by topic, wildcard and whole-log reads, forward and from the
+    /// end, with filters that reject most of what is read back; also after
+    /// a restart rebuilt the index from the journal.
+    #[tokio::test]
+    async fn history_on_disk_reads_as_history_in_memory() {
+        const N: usize = 6000;
+        let whole = MemoryLog::new(settings(u64::MAX));
+        whole.attach(Arc::new(Nothing));
+        let dir = temp_dir("cold");
+        let (cold, _) = open(&dir);
+        let (mut ids_whole, mut ids_cold) = (Vec::new(), Vec::new());
+        for start in (0..N).step_by(100) {
+            let batch: Vec<EventDraft> = (start..start + 100).map(draft).collect();
+            let a = whole.append(batch.clone()).await.unwrap();
+            let b = cold.append(batch).await.unwrap();
+            ids_whole.extend(a.iter().map(|a| a.id));
+            ids_cold.extend(b.iter().map(|a| a.id));
+        }
+        let now = now_ms() + 5;
+        lock(&whole.inner_for_tests()).sweep(now);
+        lock(&cold.inner).sweep(now);
+        let retention = cold.retention();
+        assert!(
+            retention.cold_events > retention.events / 2,
+            "most of history is on disk only: {retention:?}"
+        );
+        assert_eq!(retention.events, whole.retention().events);
+        compare(&whole, &ids_whole, &cold, &ids_cold).await;
+        drop(cold);
+        let (cold, report) = open(&dir);
+        assert_eq!(report.events_read, N);
+        lock(&cold.inner).sweep(now);
+        assert!(cold.retention().cold_events > 0);
+        compare(&whole, &ids_whole, &cold, &ids_cold).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A journal holding 64 KiB of history whole, opened off the runtime
+    /// (opening syncs files).
+    fn open(dir: &Path) -> (DurableLog, OpenReport) {
+        crate::blocking::at_start(|| {
+            DurableLog::open(dir, settings(64 << 10), Fsync::Never).unwrap()
+        })
+    }
+
+    async fn compare(
+        whole: &MemoryLog,
+        ids_whole: &[EventId],
+        cold: &DurableLog,
+        ids_cold: &[EventId],
+    ) {
+        let selectors = [
+            selector(&["room/1", "deep/3/4"], None),
+            selector(&["room/*"], None),
+            selector(&["*/3/x", "room/1"], None),
+            selector(&["deep/**", "room/7"], None),
+            selector(&["**"], None),
+            selector(&["**"], Some("rare")),
+            selector(&["room/*", "*/*/x"], Some("rare")),
+        ];
+        let data = |events: Vec<SharedEvent>| -> Vec<String> {
+            events.iter().map(|e| e.data.to_string()).collect()
+        };
+        let n = ids_whole.len();
+        for sel in &selectors {
+            for (from, limit) in [
+                (Some(ReadFrom::Last(5)), 100),
+                (Some(ReadFrom::Last(1000)), 1000),
+                (Some(ReadFrom::Last(50)), 20),
+                (None, 100),
+                (Some(ReadFrom::Since(0)), 50),
+                (Some(ReadFrom::After(EventId(0))), 100),
+            ] {
+                for (at, until) in [(n / 2, n - 1), (n - 10, n - 1), (0, n / 3)] {
+                    let request = |ids: &[EventId]| ReadRequest {
+                        from: from.unwrap_or(ReadFrom::After(ids[at])),
+                        until: ids[until],
+                        limit,
+                        selector: sel,
+                    };
+                    let expected = data(read_all(whole, request(ids_whole)).await.unwrap());
+                    let got = data(read_all(cold, request(ids_cold)).await.unwrap());
+                    assert_eq!(
+                        got, expected,
+                        "{:?} {from:?} {limit} {at} {until}",
+                        sel.patterns
+                    );
+                }
+            }
+            for at in [0, n / 4, n / 2, n - 2] {
+                assert_eq!(
+                    cold.coverage(ids_cold[at], sel).await.unwrap(),
+                    whole.coverage(ids_whole[at], sel).await.unwrap(),
+                    "{:?} after {at}",
+                    sel.patterns
+                );
+            }
+        }
     }
 }

@@ -15,13 +15,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::journal::Place;
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, Page, ReadRequest};
 use crate::blocking::{Lock, Ordered};
 use crate::values::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::values::selector::Selector;
 use crate::values::topic::Topic;
 
+mod cold;
 mod read;
+
+use cold::{ColdEntry, ColdIndex, TakenCold};
 
 /// Retention settings of the in-memory log.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +44,11 @@ pub struct MemoryLogSettings {
     /// Most topics with retained events; the oldest events leave history
     /// first until a topic has none left.
     pub max_topics: usize,
+    /// Most bytes (the measure of `max_bytes`) of the newest events held
+    /// whole in memory when a journal holds them all: older ones keep only
+    /// their place on disk and are read back when asked for. Without a
+    /// journal every retained event is held whole.
+    pub hot_bytes: u64,
 }
 
 /// What the log retains now, and what its global caps pushed out.
@@ -55,6 +64,10 @@ pub struct Retention {
     pub evicted_for_bytes: u64,
     /// Events that left history early because of `max_topics`.
     pub evicted_for_topics: u64,
+    /// Of `events`, those held on disk only (older than the hot window).
+    pub cold_events: u64,
+    /// Of `bytes`, what the events held whole take (see `hot_bytes`).
+    pub hot_bytes: u64,
 }
 
 /// What one retained event costs in memory, roughly: its text twice (the
@@ -91,6 +104,30 @@ struct Stored {
     event: SharedEvent,
     /// Topic histories still holding this event.
     refs: usize,
+    /// Where the journal holds it (`None` without a journal).
+    place: Option<Place>,
+}
+
+/// An event taken out of the index: what its histories need to let it go.
+enum Taken {
+    Hot(SharedEvent),
+    Cold(TakenCold),
+}
+
+impl Taken {
+    fn direct(&self) -> bool {
+        match self {
+            Taken::Hot(event) => in_direct_history(event),
+            Taken::Cold(cold) => cold.direct,
+        }
+    }
+
+    fn topics(&self) -> &[Topic] {
+        match self {
+            Taken::Hot(event) => &event.topics,
+            Taken::Cold(cold) => &cold.topics,
+        }
+    }
 }
 
 /// The ids one topic (or the topic-less stream of direct events) retains.
@@ -112,7 +149,12 @@ pub(crate) struct Inner {
     first_id: u64,
     next_id: u64,
     last_ms: u64,
+    /// The retained events held whole (the newest), by id.
     events: BTreeMap<u64, Stored>,
+    /// The older retained events, on disk only (see `cold.rs`).
+    cold: ColdIndex,
+    /// Sum of [`retained_cost`] over `events`.
+    hot_bytes: u64,
     topics: HashMap<Topic, History>,
     /// The keys of `topics`, in order: a wildcard read walks only the
     /// topics that share its pattern's literal prefix.
@@ -126,7 +168,7 @@ pub(crate) struct Inner {
     expiring: BinaryHeap<Reverse<(u64, u64)>>,
     idempotency: HashMap<Box<str>, (EventId, u64)>,
     idempotency_order: VecDeque<(Box<str>, u64)>,
-    /// Sum of [`retained_cost`] over `events`.
+    /// Sum of [`retained_cost`] over every retained event.
     bytes: u64,
     evicted_for_bytes: u64,
     evicted_for_topics: u64,
@@ -149,12 +191,18 @@ impl MemoryLog {
 
     /// Number of events held (for tests and stats).
     pub fn len(&self) -> usize {
-        self.lock().events.len()
+        self.lock().len()
     }
 
     /// Whether no event is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The index itself, for tests of the logs built on it.
+    #[cfg(test)]
+    pub(crate) fn inner_for_tests(&self) -> Arc<Mutex<Inner>> {
+        self.inner.clone()
     }
 
     /// Drops expired and too-old events now (also done on every append and
@@ -206,6 +254,8 @@ impl Inner {
             next_id: first_id,
             last_ms: 0,
             events: BTreeMap::new(),
+            cold: ColdIndex::default(),
+            hot_bytes: 0,
             topics: HashMap::new(),
             names: BTreeSet::new(),
             direct: History::default(),
@@ -261,7 +311,16 @@ impl Inner {
     /// Makes prepared (or recovered) events readable, applying retention.
     pub(crate) fn apply(&mut self, events: &[SharedEvent]) {
         for event in events {
-            self.store(event.clone());
+            self.store(event.clone(), None);
+        }
+    }
+
+    /// [`Inner::apply`] for events a journal holds, each at its place: the
+    /// oldest may then be held by their place only.
+    pub(crate) fn apply_placed(&mut self, events: &[SharedEvent], places: &[Place]) {
+        debug_assert_eq!(events.len(), places.len());
+        for (event, place) in events.iter().zip(places) {
+            self.store(event.clone(), Some(*place));
         }
     }
 
@@ -281,12 +340,13 @@ impl Inner {
         }
     }
 
-    /// Loads an event read back from disk at start, in id order.
-    pub(crate) fn restore(&mut self, event: SharedEvent) {
+    /// Loads an event read back at start, in id order (from its place in
+    /// the journal, when it has one).
+    pub(crate) fn restore(&mut self, event: SharedEvent, place: Option<Place>) {
         self.next_id = self.next_id.max(event.id.0 + 1);
         self.last_ms = self.last_ms.max(event.published_at_ms);
         self.remember_key(&event);
-        self.store(event);
+        self.store(event, place);
     }
 
     /// Moves the head past an id that holds no event (a clustered log's
@@ -304,7 +364,21 @@ impl Inner {
 
     /// The oldest event still held, if any.
     pub(crate) fn oldest_id(&self) -> Option<u64> {
-        self.events.first_key_value().map(|(id, _)| *id)
+        match self.cold.first() {
+            Some(cold) => Some(cold.id),
+            None => self.events.first_key_value().map(|(id, _)| *id),
+        }
+    }
+
+    /// The oldest event's id and publish time.
+    fn oldest(&self) -> Option<(u64, u64)> {
+        match self.cold.first() {
+            Some(cold) => Some((cold.id, cold.published_at_ms)),
+            None => self
+                .events
+                .first_key_value()
+                .map(|(&id, s)| (id, s.event.published_at_ms)),
+        }
     }
 
     /// The latest publish time given out (or read back).
@@ -317,7 +391,7 @@ impl Inner {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.events.len()
+        self.events.len() + self.cold.len()
     }
 
     fn remember_key(&mut self, event: &Event) {
@@ -343,23 +417,33 @@ impl Inner {
     /// on several topics may have been evicted from one of them and not yet
     /// from another; to a reader of the first it is gone.
     fn holds(&self, event: &Event, selector: &Selector) -> bool {
-        in_direct_history(event)
-            || event.topics.iter().any(|t| {
+        self.holds_in(
+            event.id.0,
+            in_direct_history(event),
+            &event.topics,
+            selector,
+        )
+    }
+
+    /// [`Inner::holds`] for the event `id`, in the topic-less history when
+    /// `direct`, else on `topics`.
+    fn holds_in(&self, id: u64, direct: bool, topics: &[Topic], selector: &Selector) -> bool {
+        direct
+            || topics.iter().any(|t| {
                 selector.patterns.iter().any(|p| p.matches(t))
                     && self.topics.get(t).is_some_and(|h| {
-                        h.ids.binary_search(&event.id.0).is_ok()
-                            || h.presence.binary_search(&event.id.0).is_ok()
+                        h.ids.binary_search(&id).is_ok() || h.presence.binary_search(&id).is_ok()
                     })
             })
     }
 
-    /// Drops `id` (leaving `event`) from the front of every history holding it.
-    fn trim_all(&mut self, event: &Event, evicted: bool) {
-        if in_direct_history(event) {
-            self.trim_front(None, event.id.0, evicted);
+    /// Drops `id` (taken out) from the front of every history holding it.
+    fn trim_all(&mut self, id: u64, taken: &Taken, evicted: bool) {
+        if taken.direct() {
+            self.trim_front(None, id, evicted);
         } else {
-            for topic in event.topics.iter() {
-                self.trim_front(Some(topic), event.id.0, evicted);
+            for topic in taken.topics() {
+                self.trim_front(Some(topic), id, evicted);
             }
         }
     }
@@ -370,15 +454,15 @@ impl Inner {
                 break;
             }
             self.expiring.pop();
-            if let Some(event) = self.take(id) {
+            if let Some(taken) = self.take(id) {
                 // Expiry is not eviction: no watermark moves.
-                self.trim_all(&event, false);
+                self.trim_all(id, &taken, false);
             }
         }
         if let Some(max_age) = self.settings.max_age {
             let oldest_kept = now.saturating_sub(max_age.as_millis() as u64);
-            while let Some((&id, stored)) = self.events.first_key_value() {
-                if stored.event.published_at_ms >= oldest_kept {
+            while let Some((id, published_at_ms)) = self.oldest() {
+                if published_at_ms >= oldest_kept {
                     break;
                 }
                 self.evict_oldest(id);
@@ -400,6 +484,8 @@ impl Inner {
     /// skip it: older events around it stay readable. Drops a topic history
     /// left empty.
     fn trim_front(&mut self, topic: Option<&Topic>, id: u64, evicted: bool) {
+        let (events, cold) = (&self.events, &self.cold);
+        let held = |f: u64| events.contains_key(&f) || cold.get(f).is_some();
         let history = match topic {
             Some(t) => match self.topics.get_mut(t) {
                 Some(h) => h,
@@ -410,7 +496,7 @@ impl Inner {
         for ids in [&mut history.ids, &mut history.presence] {
             while ids
                 .front()
-                .is_some_and(|&f| (evicted && f <= id) || !self.events.contains_key(&f))
+                .is_some_and(|&f| (evicted && f <= id) || !held(f))
             {
                 ids.pop_front();
             }
@@ -429,7 +515,7 @@ impl Inner {
         }
     }
 
-    fn store(&mut self, event: SharedEvent) {
+    fn store(&mut self, event: SharedEvent, place: Option<Place>) {
         let id = event.id.0;
         let max = self.settings.max_events_per_topic.max(1);
         let mut refs = 0;
@@ -470,8 +556,10 @@ impl Inner {
         if let Some(at) = event.expires_at_ms {
             self.expiring.push(Reverse((at, id)));
         }
-        self.bytes += retained_cost(&event);
-        self.events.insert(id, Stored { event, refs });
+        let cost = retained_cost(&event);
+        self.bytes += cost;
+        self.hot_bytes += cost;
+        self.events.insert(id, Stored { event, refs, place });
         for (topic, old) in evict {
             self.release(topic.as_ref(), old);
         }
@@ -480,19 +568,65 @@ impl Inner {
             self.take(old);
         }
         self.enforce_caps();
+        self.cool();
+    }
+
+    /// Past `hot_bytes`, the oldest events held whole keep only their
+    /// place in the journal (the newest always stays whole).
+    fn cool(&mut self) {
+        while self.hot_bytes > self.settings.hot_bytes && self.events.len() > 1 {
+            let Some(entry) = self.events.first_entry() else {
+                break;
+            };
+            let Some(place) = entry.get().place else {
+                break; // no journal: everything stays whole
+            };
+            let (id, stored) = entry.remove_entry();
+            let event = stored.event;
+            let cost = retained_cost(&event);
+            self.hot_bytes -= cost;
+            let direct = in_direct_history(&event);
+            // The histories' own names, so that no topic text is kept twice.
+            let topics = match direct {
+                true => Box::default(),
+                false => event
+                    .topics
+                    .iter()
+                    .map(|t| match self.topics.get_key_value(t) {
+                        Some((name, _)) => name.clone(),
+                        None => t.clone(),
+                    })
+                    .collect(),
+            };
+            self.cold.push(ColdEntry {
+                id,
+                published_at_ms: event.published_at_ms,
+                place,
+                cost: cost.min(u32::MAX as u64) as u32,
+                refs: stored.refs.min(u16::MAX as usize) as u16,
+                direct,
+                topics,
+            });
+        }
     }
 
     /// Removes an event from the index (not from its histories).
-    fn take(&mut self, id: u64) -> Option<SharedEvent> {
-        let stored = self.events.remove(&id)?;
-        self.bytes -= retained_cost(&stored.event);
-        Some(stored.event)
+    fn take(&mut self, id: u64) -> Option<Taken> {
+        if let Some(stored) = self.events.remove(&id) {
+            let cost = retained_cost(&stored.event);
+            self.bytes -= cost;
+            self.hot_bytes -= cost;
+            return Some(Taken::Hot(stored.event));
+        }
+        let cold = self.cold.take(id)?;
+        self.bytes -= cold.cost as u64;
+        Some(Taken::Cold(cold))
     }
 
     /// Evicts `id`, the oldest event, from every history holding it.
     fn evict_oldest(&mut self, id: u64) {
-        if let Some(event) = self.take(id) {
-            self.trim_all(&event, true);
+        if let Some(taken) = self.take(id) {
+            self.trim_all(id, &taken, true);
         }
     }
 
@@ -500,12 +634,12 @@ impl Inner {
     /// events take more than `max_bytes`, or while more than `max_topics`
     /// topics hold any. The newest event always stays.
     fn enforce_caps(&mut self) {
-        while self.events.len() > 1 {
+        while self.len() > 1 {
             let over_bytes = self.bytes > self.settings.max_bytes;
             if !over_bytes && self.topics.len() <= self.settings.max_topics {
                 break;
             }
-            let oldest = *self.events.first_key_value().expect("non-empty").0;
+            let oldest = self.oldest_id().expect("non-empty");
             if over_bytes {
                 self.evicted_for_bytes += 1;
             } else {
@@ -517,21 +651,32 @@ impl Inner {
 
     pub(crate) fn retention(&self) -> Retention {
         Retention {
-            events: self.events.len() as u64,
+            events: self.len() as u64,
             bytes: self.bytes,
             topics: self.topics.len() as u64,
             evicted_for_bytes: self.evicted_for_bytes,
             evicted_for_topics: self.evicted_for_topics,
+            cold_events: self.cold.len() as u64,
+            hot_bytes: self.hot_bytes,
         }
     }
 
     /// One history let go of `id` because it was over its count.
     fn release(&mut self, topic: Option<&Topic>, id: u64) {
-        let Some(stored) = self.events.get_mut(&id) else {
+        let left = if let Some(stored) = self.events.get_mut(&id) {
+            stored.refs -= 1;
+            stored.refs
+        } else if let Some(cold) = self.cold.get_mut(id) {
+            // The last reference goes with the entry (`take`).
+            let left = cold.refs - 1;
+            if left > 0 {
+                cold.refs = left;
+            }
+            usize::from(left)
+        } else {
             return; // expired by ttl already: not an eviction
         };
-        stored.refs -= 1;
-        if stored.refs == 0 {
+        if left == 0 {
             self.take(id);
         }
         let history = match topic {
@@ -606,6 +751,7 @@ mod tests {
             max_idempotency_keys: 1000,
             max_bytes: u64::MAX,
             max_topics: usize::MAX,
+            hot_bytes: u64::MAX,
         }
     }
 

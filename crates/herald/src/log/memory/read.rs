@@ -3,7 +3,9 @@
 
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::cold::ColdEntry;
 use super::{History, Inner};
+use crate::log::journal::Place;
 use crate::log::{Coverage, Page, ReadFrom, ReadRequest, SCAN_BUDGET};
 use crate::values::event::{Event, EventId, SharedEvent};
 use crate::values::pattern::{Pattern, Segment};
@@ -41,6 +43,10 @@ impl Inner {
     /// First id whose event was published at or after `ms`. Ids and times
     /// rise together, so this is a binary search over the id range.
     fn first_id_since(&self, ms: u64, until: u64) -> Option<u64> {
+        // Cold ids all lie below the events held whole.
+        if let Some(id) = self.cold.first_since(ms, until) {
+            return Some(id);
+        }
         let (mut lo, mut hi) = (*self.events.first_key_value()?.0, until.saturating_add(1));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -115,28 +121,50 @@ impl Inner {
         )
     }
 
-    /// Reads a page. Candidates are the ids of the histories the selector
-    /// can receive from, merged in id order (an event on two of them comes
-    /// once), or, when too many topics match to merge their histories,
-    /// every retained event in id order. At most [`SCAN_BUDGET`] of them
-    /// are examined under the lock, and a read that stops there says where
-    /// to go on.
+    /// Reads a page of events held whole: the in-memory log and the
+    /// cluster replicas, which hold nothing cold.
     pub(crate) fn read(&self, req: &ReadRequest<'_>, now: u64) -> Page {
+        let gathered = self.gather(req, now);
+        debug_assert!(
+            gathered.cold().is_empty(),
+            "a log without a journal holds nothing cold"
+        );
+        gathered.into_page(&[], |_| true)
+    }
+
+    /// Gathers a page. Candidates are the ids of the histories the
+    /// selector can receive from, merged in id order (an event on two of
+    /// them comes once), or, when too many topics match to merge their
+    /// histories, every retained event in id order. At most
+    /// [`SCAN_BUDGET`] of them are examined under the lock, and a read that
+    /// stops there says where to go on. Cold events are gathered by their
+    /// place; their own checks (expiry, the selector's filters) wait until
+    /// they are read back ([`Gathered::into_page`]).
+    pub(crate) fn gather(&self, req: &ReadRequest<'_>, now: u64) -> Gathered {
         let until = req.until.0;
         let (after, want, newest_first) = match req.from {
             ReadFrom::After(id) => (id.0, req.limit, false),
             ReadFrom::Since(ms) => match self.first_id_since(ms, until) {
                 Some(first) => (first - 1, req.limit, false),
-                None => return Page::default(),
+                None => return Gathered::empty(req),
             },
             ReadFrom::Last(n) => (0, n.min(req.limit), true),
         };
+        let mut gathered = Gathered {
+            found: Vec::new(),
+            resume: None,
+            newest_first,
+            want,
+            filled_at: None,
+            until: req.until,
+        };
         if !newest_first && after >= until {
-            return Page::default();
+            return gathered;
         }
         let visible =
             |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
-        type Candidates<'a> = Box<dyn Iterator<Item = (u64, Option<&'a SharedEvent>)> + 'a>;
+        let cold_visible = |c: &ColdEntry| self.holds_in(c.id, c.direct, &c.topics, req.selector);
+        type Candidates<'a> = Box<dyn Iterator<Item = (u64, Option<Candidate<'a>>)> + 'a>;
         let candidates: Candidates<'_> = match self.histories(req.selector) {
             Some(histories) => {
                 let lists = Self::id_lists(&histories);
@@ -147,41 +175,152 @@ impl Inner {
                 Box::new(
                     merged
                         .take_while(move |&id| id <= until)
-                        .map(|id| (id, self.events.get(&id).map(|s| &s.event))),
+                        .map(|id| (id, self.candidate(id))),
                 )
             }
             None if newest_first => Box::new(
                 self.events
                     .range(..=until)
                     .rev()
-                    .map(|(&id, s)| (id, Some(&s.event))),
+                    .map(|(&id, s)| (id, Some(Candidate::Hot(&s.event))))
+                    .chain(
+                        self.cold
+                            .range(0, until)
+                            .rev()
+                            .map(|c| (c.id, Some(Candidate::Cold(c)))),
+                    ),
             ),
             None => Box::new(
-                self.events
-                    .range(after + 1..=until)
-                    .map(|(&id, s)| (id, Some(&s.event))),
+                self.cold
+                    .range(after, until)
+                    .map(|c| (c.id, Some(Candidate::Cold(c))))
+                    .chain(
+                        self.events
+                            .range(after + 1..=until)
+                            .map(|(&id, s)| (id, Some(Candidate::Hot(&s.event)))),
+                    ),
             ),
         };
-        let mut page = Page::default();
-        for (examined, (id, event)) in candidates.enumerate() {
-            if page.events.len() == want {
+        let mut last = None;
+        for (examined, (id, candidate)) in candidates.enumerate() {
+            if gathered.found.len() == want {
+                gathered.filled_at = last;
                 break;
             }
             if examined == SCAN_BUDGET {
-                page.resume = Some(match newest_first {
-                    true => (ReadFrom::Last(want - page.events.len()), EventId(id)),
+                let kept = gathered.found.len();
+                gathered.resume = Some(match newest_first {
+                    true => (ReadFrom::Last(want - kept), EventId(id)),
                     false => (ReadFrom::After(EventId(id - 1)), req.until),
                 });
                 break;
             }
-            if let Some(event) = event.filter(|e| visible(e)) {
-                page.events.push(event.clone());
+            last = Some(id);
+            match candidate {
+                Some(Candidate::Hot(event)) if visible(event) => {
+                    gathered.found.push(Found::Hot(event.clone()))
+                }
+                Some(Candidate::Cold(cold)) if cold_visible(cold) => {
+                    gathered.found.push(Found::Cold(cold.id, cold.place))
+                }
+                _ => {}
             }
         }
-        if newest_first {
-            page.events.reverse();
+        gathered
+    }
+
+    fn candidate(&self, id: u64) -> Option<Candidate<'_>> {
+        match self.events.get(&id) {
+            Some(stored) => Some(Candidate::Hot(&stored.event)),
+            None => self.cold.get(id).map(Candidate::Cold),
         }
-        page
+    }
+}
+
+/// A retained event a read looks at.
+enum Candidate<'a> {
+    Hot(&'a SharedEvent),
+    Cold(&'a ColdEntry),
+}
+
+/// An event a read found: whole, or its place in the journal.
+pub(crate) enum Found {
+    /// Held whole, and every check passed.
+    Hot(SharedEvent),
+    /// On disk only: its id and place; expiry and the selector's filters
+    /// are checked once it is read back.
+    Cold(u64, Place),
+}
+
+/// A page gathered under the lock, before its cold events are read back.
+pub(crate) struct Gathered {
+    found: Vec<Found>,
+    resume: Option<(ReadFrom, EventId)>,
+    newest_first: bool,
+    want: usize,
+    /// The page filled at this id (the last examined): a page left short
+    /// by cold events that fail their checks goes on from there.
+    filled_at: Option<u64>,
+    until: EventId,
+}
+
+impl Gathered {
+    fn empty(req: &ReadRequest<'_>) -> Gathered {
+        Gathered {
+            found: Vec::new(),
+            resume: None,
+            newest_first: false,
+            want: 0,
+            filled_at: None,
+            until: req.until,
+        }
+    }
+
+    /// The cold events to read back, ascending by id.
+    pub(crate) fn cold(&self) -> Vec<(u64, Place)> {
+        let mut cold: Vec<(u64, Place)> = self
+            .found
+            .iter()
+            .filter_map(|f| match f {
+                Found::Cold(id, place) => Some((*id, *place)),
+                Found::Hot(_) => None,
+            })
+            .collect();
+        if self.newest_first {
+            cold.reverse();
+        }
+        cold
+    }
+
+    /// The page: cold events replaced by those read back (`loaded`,
+    /// ascending by id) that `keep` accepts; one that could not be read or
+    /// is not kept is left out, and the page then says where to go on.
+    pub(crate) fn into_page(self, loaded: &[SharedEvent], keep: impl Fn(&Event) -> bool) -> Page {
+        let mut events = Vec::with_capacity(self.found.len());
+        let mut dropped = false;
+        for found in self.found {
+            match found {
+                Found::Hot(event) => events.push(event),
+                Found::Cold(id, _) => match loaded.binary_search_by_key(&id, |e| e.id.0) {
+                    Ok(at) if keep(&loaded[at]) => events.push(loaded[at].clone()),
+                    _ => dropped = true,
+                },
+            }
+        }
+        let mut resume = self.resume;
+        if let (true, None, Some(last)) = (dropped, resume, self.filled_at) {
+            resume = Some(match self.newest_first {
+                true => (
+                    ReadFrom::Last(self.want - events.len()),
+                    EventId(last.saturating_sub(1)),
+                ),
+                false => (ReadFrom::After(EventId(last)), self.until),
+            });
+        }
+        if self.newest_first {
+            events.reverse();
+        }
+        Page { events, resume }
     }
 }
 

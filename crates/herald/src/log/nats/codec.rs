@@ -302,6 +302,7 @@ pub(super) fn standalone_decoder(
         max_idempotency_keys,
         max_bytes: u64::MAX,
         max_topics: usize::MAX,
+        hot_bytes: u64::MAX,
     };
     let options = ClusterOptions {
         name: "herald".into(),

@@ -1,0 +1,161 @@
+//! Retained events older than the hot window, with a journal behind the
+//! index: what the index needs to know of each without its text (its id,
+//! time, topics and place on disk), about 50 bytes where the whole event
+//! takes several hundred. Reads fetch their text from the journal
+//! (`Segments::read`).
+//!
+//! Events turn cold oldest first, so cold ids all lie below hot ones and
+//! the list is in id order; one that leaves from the middle (its `ttl`, or
+//! its topic's count) is marked gone and dropped when it reaches the front.
+
+use std::collections::VecDeque;
+
+use crate::log::journal::Place;
+use crate::values::topic::Topic;
+
+/// One cold event.
+pub(super) struct ColdEntry {
+    pub(super) id: u64,
+    pub(super) published_at_ms: u64,
+    pub(super) place: Place,
+    /// Its share of `history.max_bytes` ([`super::retained_cost`]).
+    pub(super) cost: u32,
+    /// Histories still holding it; 0: gone.
+    pub(super) refs: u16,
+    /// In the topic-less history (a broadcast or a topic-less event).
+    pub(super) direct: bool,
+    /// Its topics (the histories' own names: no text is copied).
+    pub(super) topics: Box<[Topic]>,
+}
+
+/// What a cold event left behind when it was taken out.
+pub(super) struct TakenCold {
+    pub(super) direct: bool,
+    pub(super) topics: Box<[Topic]>,
+    pub(super) cost: u32,
+}
+
+/// The cold events, ascending by id.
+#[derive(Default)]
+pub(super) struct ColdIndex {
+    entries: VecDeque<ColdEntry>,
+    live: usize,
+}
+
+impl ColdIndex {
+    /// Adds the newest cold event (above every id held).
+    pub(super) fn push(&mut self, entry: ColdEntry) {
+        debug_assert!(self.entries.back().is_none_or(|b| b.id < entry.id));
+        self.live += 1;
+        self.entries.push_back(entry);
+    }
+
+    /// Cold events held.
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// The oldest cold event (the front is never a gone one).
+    pub(super) fn first(&self) -> Option<&ColdEntry> {
+        self.entries.front()
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        let at = self.entries.binary_search_by_key(&id, |e| e.id).ok()?;
+        (self.entries[at].refs > 0).then_some(at)
+    }
+
+    pub(super) fn get(&self, id: u64) -> Option<&ColdEntry> {
+        self.position(id).map(|at| &self.entries[at])
+    }
+
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut ColdEntry> {
+        self.position(id).map(|at| &mut self.entries[at])
+    }
+
+    /// Takes `id` out; `None` when it is not held.
+    pub(super) fn take(&mut self, id: u64) -> Option<TakenCold> {
+        let at = self.position(id)?;
+        let entry = &mut self.entries[at];
+        entry.refs = 0;
+        let taken = TakenCold {
+            direct: entry.direct,
+            topics: std::mem::take(&mut entry.topics),
+            cost: entry.cost,
+        };
+        self.live -= 1;
+        while self.entries.front().is_some_and(|e| e.refs == 0) {
+            self.entries.pop_front();
+        }
+        if self.entries.len() * 4 < self.entries.capacity() && self.entries.capacity() > 1024 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+        Some(taken)
+    }
+
+    /// The cold events with ids in `after+1..=until`, ascending.
+    pub(super) fn range(
+        &self,
+        after: u64,
+        until: u64,
+    ) -> impl DoubleEndedIterator<Item = &ColdEntry> + '_ {
+        let start = self.entries.partition_point(|e| e.id <= after);
+        let end = self.entries.partition_point(|e| e.id <= until);
+        self.entries
+            .range(start..end.max(start))
+            .filter(|e| e.refs > 0)
+    }
+
+    /// The first cold event at or below `until` published at or after `ms`.
+    pub(super) fn first_since(&self, ms: u64, until: u64) -> Option<u64> {
+        // Times rise with ids, gone entries included.
+        let start = self.entries.partition_point(|e| e.published_at_ms < ms);
+        self.entries
+            .range(start..)
+            .take_while(|e| e.id <= until)
+            .find(|e| e.refs > 0)
+            .map(|e| e.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64) -> ColdEntry {
+        ColdEntry {
+            id,
+            published_at_ms: id * 10,
+            place: Place {
+                offset: id as u32,
+                len: 1,
+            },
+            cost: 100,
+            refs: 1,
+            direct: false,
+            topics: Box::new([Topic::new("t").unwrap()]),
+        }
+    }
+
+    #[test]
+    fn gone_entries_are_skipped_and_dropped_from_the_front() {
+        let mut cold = ColdIndex::default();
+        for id in [2, 3, 5, 8] {
+            cold.push(entry(id));
+        }
+        assert_eq!(cold.take(5).map(|t| t.cost), Some(100));
+        assert!(cold.take(5).is_none(), "taken once");
+        assert!(cold.get(5).is_none());
+        let ids = |c: &ColdIndex, a, u| c.range(a, u).map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&cold, 0, 100), [2, 3, 8]);
+        assert_eq!(ids(&cold, 2, 7), [3]);
+        assert_eq!(ids(&cold, 8, 100), Vec::<u64>::new());
+        assert_eq!(cold.first_since(40, 100), Some(8), "5 is gone");
+        assert_eq!(cold.first_since(40, 7), None, "above until");
+        assert_eq!(cold.len(), 3);
+        cold.take(2);
+        cold.take(3);
+        assert_eq!(cold.first().map(|e| e.id), Some(8), "gone fronts dropped");
+        assert_eq!(cold.entries.len(), 1);
+    }
+}
