@@ -127,11 +127,12 @@ impl DurableLog {
         if lock_file.try_lock().is_err() {
             return Err(OpenError::Locked(dir.to_owned()));
         }
-        // Each event goes through retention as it is read, so that what
-        // is older than the hot window is never all in memory at once.
+        // Each event goes through retention as it is read, held by its
+        // place only (its text is not even copied out of the file); the
+        // newest are then read back whole, as many as `hot_bytes` allows.
         let mut inner = Inner::new(settings, 1);
-        let (journal, recovered) = Journal::open(&dir.join("log"), |event, place| {
-            inner.restore(Arc::new(event), Some(place))
+        let (journal, recovered) = Journal::open(&dir.join("log"), |record, place| {
+            inner.restore_cold(record, place)
         })?;
         // A new journal starts its ids at the start time in µs, as the
         // in-memory log does: after a wiped data directory, ids clients
@@ -142,6 +143,7 @@ impl DurableLog {
         inner.set_floor(recovered.floor);
         // Continue above every id an earlier run may have handed out.
         inner.advance(recovered.reserved);
+        inner.warm(&journal.files());
         let events_read = recovered.events;
         let ahead = inner.last_ms().saturating_sub(now_ms());
         if ahead > 60_000 {

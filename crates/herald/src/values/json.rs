@@ -73,7 +73,13 @@ fn nesting(bytes: &[u8]) -> usize {
 /// module documentation). Only for the hub's own records: what comes from
 /// outside is parsed with serde_json's default limit.
 pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
-    let depth = nesting(bytes);
+    // Brackets counted anywhere (strings included) bound the depth from
+    // above; only a record with that many needs the exact walk.
+    let brackets = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    let depth = match brackets > MAX_READ_DEPTH {
+        true => nesting(bytes),
+        false => 0,
+    };
     if depth > MAX_READ_DEPTH {
         return Err(serde::de::Error::custom(format!(
             "nested {depth} deep, deeper than any record the hub writes ({MAX_READ_DEPTH})"

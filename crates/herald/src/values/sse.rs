@@ -29,7 +29,7 @@ pub(crate) fn write_event(
 ) {
     if let Some(id) = id {
         buf.put_slice(b"id: ");
-        buf.put_slice(id.to_string().as_bytes());
+        let _ = std::fmt::Write::write_fmt(buf, format_args!("{}", id.0));
         buf.put_u8(b'\n');
     }
     if let Some(ty) = event_type {
@@ -47,6 +47,44 @@ pub(crate) fn write_event(
         buf.put_u8(b'\n');
     }
     buf.put_u8(b'\n');
+}
+
+/// The length of what [`encode_event`] makes of an event with this id, type
+/// and data, without making it.
+pub(crate) fn encoded_len(id: Option<EventId>, event_type: Option<&str>, data: &str) -> usize {
+    let id = id.map_or(0, |id| "id: \n".len() + digits(id.0));
+    let ty = event_type.map_or(0, |t| "event: \n".len() + t.len());
+    // Each line is framed by "data: " and "\n"; the line breaks between
+    // them ("\r\n" one break of two bytes) are not written.
+    let (mut breaks, mut break_bytes) = (0, 0);
+    let bytes = data.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                breaks += 1;
+                break_bytes += 2;
+                i += 1;
+            }
+            b'\r' | b'\n' => {
+                breaks += 1;
+                break_bytes += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let data = (breaks + 1) * "data: \n".len() + data.len() - break_bytes;
+    id + ty + data + 1
+}
+
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 /// Appends a `retry:` field (a block of its own, which dispatches no event).
@@ -72,7 +110,8 @@ fn lines(data: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(data);
     std::iter::from_fn(move || {
         let s = rest?;
-        match s.find(['\r', '\n']) {
+        // A byte search: both are ASCII, so never inside a character.
+        match s.bytes().position(|b| b == b'\r' || b == b'\n') {
             None => {
                 rest = None;
                 Some(s)
@@ -92,6 +131,22 @@ mod tests {
     use eventsource_stream::Eventsource;
     use futures_util::{FutureExt, StreamExt};
     use proptest::prelude::*;
+
+    proptest! {
+        /// The length is that of the encoding, whatever the data's lines.
+        #[test]
+        fn encoded_len_is_the_encodings(
+            id in proptest::option::of(0u64..u64::MAX),
+            ty in proptest::option::of("[a-z.]{0,12}"),
+            data in "(\\PC|\r|\n|\r\n){0,40}",
+        ) {
+            let id = id.map(EventId);
+            prop_assert_eq!(
+                encoded_len(id, ty.as_deref(), &data),
+                encode_event(id, ty.as_deref(), &data).len()
+            );
+        }
+    }
 
     /// Parses `bytes` with an independent, conforming SSE parser.
     fn parse(bytes: Bytes) -> Vec<eventsource_stream::Event> {

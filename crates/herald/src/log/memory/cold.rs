@@ -25,13 +25,44 @@ pub(super) struct ColdEntry {
     /// In the topic-less history (a broadcast or a topic-less event).
     pub(super) direct: bool,
     /// Its topics (the histories' own names: no text is copied).
-    pub(super) topics: Box<[Topic]>,
+    pub(super) topics: ColdTopics,
+}
+
+/// A cold event's topics: one (most events) without an allocation of its
+/// own, which would stay behind among the freed blocks of whole events.
+#[derive(Default)]
+pub(super) enum ColdTopics {
+    /// None (a topic-less event).
+    #[default]
+    None,
+    /// One topic.
+    One(Topic),
+    /// More than one.
+    Many(Box<[Topic]>),
+}
+
+impl ColdTopics {
+    pub(super) fn new(mut topics: Vec<Topic>) -> ColdTopics {
+        match topics.len() {
+            0 => ColdTopics::None,
+            1 => ColdTopics::One(topics.pop().expect("one")),
+            _ => ColdTopics::Many(topics.into()),
+        }
+    }
+
+    pub(super) fn as_slice(&self) -> &[Topic] {
+        match self {
+            ColdTopics::None => &[],
+            ColdTopics::One(topic) => std::slice::from_ref(topic),
+            ColdTopics::Many(topics) => topics,
+        }
+    }
 }
 
 /// What a cold event left behind when it was taken out.
 pub(super) struct TakenCold {
     pub(super) direct: bool,
-    pub(super) topics: Box<[Topic]>,
+    pub(super) topics: ColdTopics,
     pub(super) cost: u32,
 }
 
@@ -71,6 +102,24 @@ impl ColdIndex {
 
     pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut ColdEntry> {
         self.position(id).map(|at| &mut self.entries[at])
+    }
+
+    /// The cold events, newest first.
+    pub(super) fn newest_first(&self) -> impl Iterator<Item = &ColdEntry> + '_ {
+        self.entries.iter().rev().filter(|e| e.refs > 0)
+    }
+
+    /// Takes out the newest cold event when it is `id` (gone entries above
+    /// it are dropped).
+    pub(super) fn pop_newest_if(&mut self, id: u64) -> Option<ColdEntry> {
+        while self.entries.back().is_some_and(|e| e.refs == 0) {
+            self.entries.pop_back();
+        }
+        if self.entries.back()?.id != id {
+            return None;
+        }
+        self.live -= 1;
+        self.entries.pop_back()
     }
 
     /// Takes `id` out; `None` when it is not held.
@@ -133,7 +182,7 @@ mod tests {
             cost: 100,
             refs: 1,
             direct: false,
-            topics: Box::new([Topic::new("t").unwrap()]),
+            topics: ColdTopics::new(vec![Topic::new("t").unwrap()]),
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::journal::Place;
+use super::journal::{Place, Recovering, Segments};
 use super::{now_ms, Appended, CommitSink, Coverage, EventLog, LogError, Page, ReadRequest};
 use crate::blocking::{Lock, Ordered};
 use crate::values::event::{Event, EventDraft, EventId, SharedEvent};
@@ -25,7 +25,7 @@ use crate::values::topic::Topic;
 mod cold;
 mod read;
 
-use cold::{ColdEntry, ColdIndex, TakenCold};
+use cold::{ColdEntry, ColdIndex, ColdTopics, TakenCold};
 
 /// Retention settings of the in-memory log.
 #[derive(Debug, Clone, Copy)]
@@ -75,21 +75,42 @@ pub struct Retention {
 /// the event, its index entries and its place in each history. This is the
 /// measure `history.max_bytes` bounds.
 pub(crate) fn retained_cost(event: &Event) -> u64 {
-    const FIXED: usize = 256;
-    let topics: usize = event.topics.iter().map(|t| t.as_str().len() + 16).sum();
-    (FIXED
-        + event.data.len()
-        + event.frame.len()
-        + topics
-        + event.event_type.as_deref().map_or(0, str::len)
-        + event.coalesce_key.as_deref().map_or(0, str::len)
-        + event.idempotency_key.as_deref().map_or(0, str::len)
-        + event
-            .target
-            .users
-            .iter()
-            .map(|u| u.len() + 24)
-            .sum::<usize>()) as u64
+    Cost {
+        data: event.data.len(),
+        frame: event.frame.len(),
+        topics: event.topics.iter().map(|t| t.as_str()),
+        event_type: event.event_type.as_deref(),
+        coalesce_key: event.coalesce_key.as_deref(),
+        idempotency_key: event.idempotency_key.as_deref(),
+        users: event.target.users.iter().map(String::as_str),
+    }
+    .bytes()
+}
+
+/// The parts of an event [`retained_cost`] counts.
+struct Cost<'a, T, U> {
+    data: usize,
+    frame: usize,
+    topics: T,
+    event_type: Option<&'a str>,
+    coalesce_key: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+    users: U,
+}
+
+impl<'a, T: Iterator<Item = &'a str>, U: Iterator<Item = &'a str>> Cost<'a, T, U> {
+    fn bytes(self) -> u64 {
+        const FIXED: usize = 256;
+        let len = |s: Option<&str>| s.map_or(0, str::len);
+        (FIXED
+            + self.data
+            + self.frame
+            + self.topics.map(|t| t.len() + 16).sum::<usize>()
+            + len(self.event_type)
+            + len(self.coalesce_key)
+            + len(self.idempotency_key)
+            + self.users.map(|u| u.len() + 24).sum::<usize>()) as u64
+    }
 }
 
 /// The in-memory log: history by topic, bounded by its settings, lost on
@@ -106,6 +127,15 @@ struct Stored {
     refs: usize,
     /// Where the journal holds it (`None` without a journal).
     place: Option<Place>,
+}
+
+/// What a new event pushed out of its histories.
+#[derive(Default)]
+struct Evicted {
+    /// Over a history's count: (the history, the id).
+    evict: Vec<(Option<Topic>, u64)>,
+    /// Announcements over their count.
+    ended: Vec<u64>,
 }
 
 /// An event taken out of the index: what its histories need to let it go.
@@ -125,7 +155,7 @@ impl Taken {
     fn topics(&self) -> &[Topic] {
         match self {
             Taken::Hot(event) => &event.topics,
-            Taken::Cold(cold) => &cold.topics,
+            Taken::Cold(cold) => cold.topics.as_slice(),
         }
     }
 }
@@ -341,7 +371,8 @@ impl Inner {
     }
 
     /// Loads an event read back at start, in id order (from its place in
-    /// the journal, when it has one).
+    /// the journal, when it has one): a cluster replica's.
+    #[cfg(any(feature = "redis", feature = "nats"))]
     pub(crate) fn restore(&mut self, event: SharedEvent, place: Option<Place>) {
         self.next_id = self.next_id.max(event.id.0 + 1);
         self.last_ms = self.last_ms.max(event.published_at_ms);
@@ -395,19 +426,19 @@ impl Inner {
     }
 
     fn remember_key(&mut self, event: &Event) {
-        let Some(key) = &event.idempotency_key else {
-            return;
-        };
-        let until = event.published_at_ms + self.settings.idempotency_window.as_millis() as u64;
-        self.idempotency.insert(key.clone(), (event.id, until));
-        self.idempotency_order.push_back((key.clone(), until));
+        if let Some(key) = &event.idempotency_key {
+            self.remember(key, event.id, event.published_at_ms);
+        }
+    }
+
+    fn remember(&mut self, key: &str, id: EventId, published_at_ms: u64) {
+        let until = published_at_ms + self.settings.idempotency_window.as_millis() as u64;
+        let key: Box<str> = key.into();
+        self.idempotency.insert(key.clone(), (id, until));
+        self.idempotency_order.push_back((key, until));
         while self.idempotency_order.len() > self.settings.max_idempotency_keys {
             let (old, _) = self.idempotency_order.pop_front().expect("non-empty");
-            if self
-                .idempotency
-                .get(&old)
-                .is_some_and(|(i, _)| i.0 <= event.id.0)
-            {
+            if self.idempotency.get(&old).is_some_and(|(i, _)| i.0 <= id.0) {
                 self.idempotency.remove(&old);
             }
         }
@@ -517,20 +548,43 @@ impl Inner {
 
     fn store(&mut self, event: SharedEvent, place: Option<Place>) {
         let id = event.id.0;
+        let presence = event.event_type.as_deref() == Some(super::PRESENCE_EVENT);
+        let direct = in_direct_history(&event);
+        let (refs, evicted) = self.enter(id, direct, &event.topics, presence);
+        if let Some(at) = event.expires_at_ms {
+            self.expiring.push(Reverse((at, id)));
+        }
+        let cost = retained_cost(&event);
+        self.bytes += cost;
+        self.hot_bytes += cost;
+        self.events.insert(id, Stored { event, refs, place });
+        self.settle(evicted);
+        self.cool();
+    }
+
+    /// Lists a new event `id` in its histories: the topic-less one when
+    /// `direct`, else those of `topics` (announcements apart). Returns how
+    /// many hold it, and what they pushed out for it.
+    fn enter(
+        &mut self,
+        id: u64,
+        direct: bool,
+        topics: &[Topic],
+        presence: bool,
+    ) -> (usize, Evicted) {
         let max = self.settings.max_events_per_topic.max(1);
         let mut refs = 0;
-        let mut evict = Vec::new();
-        let mut ended = Vec::new();
-        let presence = event.event_type.as_deref() == Some(super::PRESENCE_EVENT);
-        let topics: &[Topic] = if in_direct_history(&event) {
+        let mut out = Evicted::default();
+        let topics: &[Topic] = if direct {
             refs = 1;
             self.direct.ids.push_back(id);
             while self.direct.ids.len() > max {
-                evict.push((None, self.direct.ids.pop_front().expect("non-empty")));
+                out.evict
+                    .push((None, self.direct.ids.pop_front().expect("non-empty")));
             }
             &[]
         } else {
-            &event.topics
+            topics
         };
         for topic in topics {
             refs += 1;
@@ -541,34 +595,150 @@ impl Inner {
             if presence {
                 history.presence.push_back(id);
                 while history.presence.len() > max {
-                    ended.push(history.presence.pop_front().expect("non-empty"));
+                    out.ended
+                        .push(history.presence.pop_front().expect("non-empty"));
                 }
                 continue;
             }
             history.ids.push_back(id);
             while history.ids.len() > max {
-                evict.push((
+                out.evict.push((
                     Some(topic.clone()),
                     history.ids.pop_front().expect("non-empty"),
                 ));
             }
         }
-        if let Some(at) = event.expires_at_ms {
-            self.expiring.push(Reverse((at, id)));
-        }
-        let cost = retained_cost(&event);
-        self.bytes += cost;
-        self.hot_bytes += cost;
-        self.events.insert(id, Stored { event, refs, place });
-        for (topic, old) in evict {
+        (refs, out)
+    }
+
+    /// Lets go of what a new event pushed out, then applies the global caps.
+    fn settle(&mut self, evicted: Evicted) {
+        for (topic, old) in evicted.evict {
             self.release(topic.as_ref(), old);
         }
-        for old in ended {
+        for old in evicted.ended {
             // Announcements are on one topic each: nothing else holds it.
             self.take(old);
         }
         self.enforce_caps();
-        self.cool();
+    }
+
+    /// Loads a record read back at start, in id order, by its place only:
+    /// the journal's head of it when it read alone, else the whole event.
+    /// After the last, [`Inner::warm`] reads the newest back whole.
+    pub(crate) fn restore_cold(&mut self, record: Recovering<'_>, place: Place) {
+        let (id, ts) = match &record {
+            Recovering::Head(head) => (head.id, head.ts),
+            Recovering::Whole(event) => (event.id.0, event.published_at_ms),
+        };
+        debug_assert!(self.events.is_empty(), "cold ids lie below whole ones");
+        self.next_id = self.next_id.max(id + 1);
+        self.last_ms = self.last_ms.max(ts);
+        let (direct, presence, expires_at, cost, topics) = match &record {
+            Recovering::Head(head) => {
+                if let Some(key) = &head.idempotency_key {
+                    self.remember(key, EventId(id), ts);
+                }
+                let cost = Cost {
+                    data: head.data.len(),
+                    frame: crate::values::sse::encoded_len(
+                        Some(EventId(id)),
+                        head.event_type.as_deref(),
+                        &head.data,
+                    ),
+                    topics: head.topics.iter(),
+                    event_type: head.event_type.as_deref(),
+                    coalesce_key: head.coalesce_key.as_deref(),
+                    idempotency_key: head.idempotency_key.as_deref(),
+                    users: head.target.users.iter().map(String::as_str),
+                }
+                .bytes();
+                (
+                    head.target.broadcast || head.topics.len() == 0,
+                    head.event_type.as_deref() == Some(super::PRESENCE_EVENT),
+                    head.ttl_secs
+                        .map(|s| ts.saturating_add(s.saturating_mul(1000))),
+                    cost,
+                    self.intern(head.topics.iter(), head.topics.len()),
+                )
+            }
+            Recovering::Whole(event) => {
+                self.remember_key(event);
+                (
+                    in_direct_history(event),
+                    event.event_type.as_deref() == Some(super::PRESENCE_EVENT),
+                    event.expires_at_ms,
+                    retained_cost(event),
+                    self.intern(event.topics.iter().map(Topic::as_str), event.topics.len()),
+                )
+            }
+        };
+        let (refs, evicted) = self.enter(id, direct, topics.as_slice(), presence);
+        if let Some(at) = expires_at {
+            self.expiring.push(Reverse((at, id)));
+        }
+        self.bytes += cost;
+        self.cold.push(ColdEntry {
+            id,
+            published_at_ms: ts,
+            place,
+            cost: cost.min(u32::MAX as u64) as u32,
+            refs: refs.min(u16::MAX as usize) as u16,
+            direct,
+            topics: match direct {
+                true => ColdTopics::None,
+                false => topics,
+            },
+        });
+        self.settle(evicted);
+    }
+
+    /// Topic names as the histories' own names (new ones made), so that
+    /// no topic's text is held twice.
+    fn intern<'a>(&self, names: impl Iterator<Item = &'a str>, count: usize) -> ColdTopics {
+        let mut topics = names.filter_map(|name| match self.topics.get_key_value(name) {
+            Some((topic, _)) => Some(topic.clone()),
+            None => Topic::new(name).ok(),
+        });
+        match count {
+            0 => ColdTopics::None,
+            1 => topics.next().map_or(ColdTopics::None, ColdTopics::One),
+            _ => ColdTopics::new(topics.collect()),
+        }
+    }
+
+    /// After [`Inner::restore_cold`]: reads the newest events back from
+    /// `files` and holds them whole, as many as `hot_bytes` allows (the
+    /// newest at least), as if they had been appended now.
+    pub(crate) fn warm(&mut self, files: &Segments) {
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        for entry in self.cold.newest_first() {
+            if !wanted.is_empty() && bytes + entry.cost as u64 > self.settings.hot_bytes {
+                break;
+            }
+            bytes += entry.cost as u64;
+            wanted.push((entry.id, entry.place));
+        }
+        wanted.reverse();
+        let loaded = files.read(&wanted);
+        // Newest first, while they were read: cold ids stay below whole ones.
+        for event in loaded.into_iter().rev() {
+            let Some(entry) = self.cold.pop_newest_if(event.id.0) else {
+                break;
+            };
+            let cost = retained_cost(&event);
+            debug_assert_eq!(cost.min(u32::MAX as u64), entry.cost as u64, "{}", event.id);
+            self.hot_bytes += cost;
+            self.events.insert(
+                entry.id,
+                Stored {
+                    event: Arc::new(event),
+                    refs: entry.refs as usize,
+                    place: Some(entry.place),
+                },
+            );
+        }
     }
 
     /// Past `hot_bytes`, the oldest events held whole keep only their
@@ -588,15 +758,17 @@ impl Inner {
             let direct = in_direct_history(&event);
             // The histories' own names, so that no topic text is kept twice.
             let topics = match direct {
-                true => Box::default(),
-                false => event
-                    .topics
-                    .iter()
-                    .map(|t| match self.topics.get_key_value(t) {
-                        Some((name, _)) => name.clone(),
-                        None => t.clone(),
-                    })
-                    .collect(),
+                true => ColdTopics::None,
+                false => ColdTopics::new(
+                    event
+                        .topics
+                        .iter()
+                        .map(|t| match self.topics.get_key_value(t) {
+                            Some((name, _)) => name.clone(),
+                            None => t.clone(),
+                        })
+                        .collect(),
+                ),
             };
             self.cold.push(ColdEntry {
                 id,

@@ -163,7 +163,8 @@ impl Inner {
         }
         let visible =
             |e: &Event| !e.is_expired(now) && req.selector.wants(e) && self.holds(e, req.selector);
-        let cold_visible = |c: &ColdEntry| self.holds_in(c.id, c.direct, &c.topics, req.selector);
+        let cold_visible =
+            |c: &ColdEntry| self.holds_in(c.id, c.direct, c.topics.as_slice(), req.selector);
         type Candidates<'a> = Box<dyn Iterator<Item = (u64, Option<Candidate<'a>>)> + 'a>;
         let candidates: Candidates<'_> = match self.histories(req.selector) {
             Some(histories) => {
