@@ -11,7 +11,8 @@
 //! Memory is the process's RSS (`/proc/self/statm`) before and after, over
 //! the events retained; it includes what the allocator keeps around freed
 //! blocks. Times are wall-clock on this machine; the replay reads pages of
-//! `stream.replay_batch` (500) events, as a stream's replay does.
+//! `stream.replay_batch` (500) events, as a stream's replay does
+//! (`HISTORY_DISK_NO_REPLAY=1` leaves the replays out, for profiling).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -114,6 +115,9 @@ async fn measure(dir: &Path, events: usize, hot_bytes: u64, label: &str) {
         after.saturating_sub(before) as f64 / (1 << 20) as f64,
     );
     let head = EventId(report.next_id - 1);
+    if std::env::var_os("HISTORY_DISK_NO_REPLAY").is_some() {
+        return;
+    }
     for pattern in ["bench/3", "bench/*"] {
         let (n, secs) = replay(&log, pattern, head).await;
         println!(

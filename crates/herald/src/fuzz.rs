@@ -39,9 +39,15 @@ fn records(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A journal segment: whatever decodes, encodes again to a segment that
-/// decodes to the same events, whole.
+/// decodes to the same events, whole; and the head recovery reads of each
+/// record (`log/head.rs`, a scanner of its own) is that event's.
 pub fn journal_segment(bytes: &[u8]) {
     let bytes = &records(bytes)[..];
+    let mut rest = bytes;
+    while let Some((body, size)) = crate::log::journal::unframe(rest) {
+        crate::log::head::fuzz_head(body);
+        rest = &rest[size..];
+    }
     let mut events = Vec::new();
     let (end, _) = decode_records(bytes, &mut events, Path::new("fuzz"));
     assert!(end <= bytes.len());

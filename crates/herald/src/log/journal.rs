@@ -34,6 +34,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::head::RecordHead;
 use crate::blocking;
 use crate::values::event::{Event, EventDraft, EventId};
 
@@ -101,80 +102,6 @@ struct FlatRecord {
     idempotency_key: Option<String>,
     #[serde(default)]
     require_ack: bool,
-}
-
-/// What the index needs of a record, read without copying its text where
-/// JSON allows: recovery reads every record so, and reads whole only the
-/// newest, which memory holds whole (see `Inner::warm`).
-#[derive(Deserialize)]
-pub(crate) struct RecordHead<'a> {
-    pub id: u64,
-    pub ts: u64,
-    /// Topic names have no characters JSON escapes: always borrowed.
-    #[serde(borrow)]
-    pub topics: TopicNames<'a>,
-    pub event_type: Option<String>,
-    #[serde(borrow)]
-    pub data: std::borrow::Cow<'a, str>,
-    pub target: TargetHead,
-    pub ttl_secs: Option<u64>,
-    pub coalesce_key: Option<String>,
-    pub idempotency_key: Option<String>,
-}
-
-/// A record's topic names, borrowed from it; one (most events) without
-/// an allocation.
-#[derive(Default)]
-pub(crate) struct TopicNames<'a> {
-    first: Option<&'a str>,
-    rest: Vec<&'a str>,
-}
-
-impl<'a> TopicNames<'a> {
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.first.into_iter().chain(self.rest.iter().copied())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.len()
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for TopicNames<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Names;
-        impl<'de> serde::de::Visitor<'de> for Names {
-            type Value = TopicNames<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list of topic names")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut names = TopicNames {
-                    first: seq.next_element()?,
-                    rest: Vec::new(),
-                };
-                if names.first.is_some() {
-                    while let Some(name) = seq.next_element()? {
-                        names.rest.push(name);
-                    }
-                }
-                Ok(names)
-            }
-        }
-        d.deserialize_seq(Names)
-    }
-}
-
-/// The part of a record's target the index needs.
-#[derive(Deserialize)]
-pub(crate) struct TargetHead {
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub broadcast: bool,
 }
 
 /// One record as recovery hands it over: its head, or (when the head
@@ -415,6 +342,7 @@ impl Journal {
             .collect();
         paths.sort();
         let files = Arc::new(Segments::default());
+        let mut buffer = Vec::new();
         let mut events = 0;
         let mut last_read = 0;
         let mut segments = Vec::new();
@@ -426,7 +354,7 @@ impl Journal {
                 path: path.clone(),
                 offset: 0,
             })?;
-            let (last_id, cut) = read_segment(&path, last, &mut |record, place| {
+            let (last_id, cut) = read_segment(&path, last, &mut buffer, &mut |record, place| {
                 events += 1;
                 last_read = record.id();
                 each(record, place)
@@ -616,13 +544,17 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 fn read_segment(
     path: &Path,
     last: bool,
+    bytes: &mut Vec<u8>,
     each: &mut dyn FnMut(Recovering<'_>, Place),
 ) -> Result<(u64, u64), JournalError> {
-    let mut bytes = Vec::new();
+    // One buffer for every segment: its pages are touched once, not once
+    // per segment.
+    bytes.clear();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .and_then(|mut f| f.read_to_end(bytes))
         .map_err(io_err(path))?;
-    let (at, last_id) = decode_placed(&bytes, path, true, each);
+    let bytes = &bytes[..];
+    let (at, last_id) = decode_placed(bytes, path, true, each);
     if at == bytes.len() {
         return Ok((last_id, 0));
     }
@@ -672,9 +604,7 @@ fn decode_placed(
         };
         at += size;
         if heads {
-            // serde_json's own nesting limit: a record nested deeper (an
-            // old deep filter) is read whole below.
-            if let Ok(head) = serde_json::from_slice::<RecordHead<'_>>(body) {
+            if let Some(head) = RecordHead::read(body) {
                 last_id = head.id;
                 each(Recovering::Head(head), place);
                 continue;
@@ -739,20 +669,29 @@ mod tests {
     fn open(dir: &Path) -> Result<(Journal, Back), JournalError> {
         let mut events = Vec::new();
         let mut places = Vec::new();
+        let mut heads = Vec::new();
         let (journal, r) = Journal::open(dir, |record, p| {
-            events.push(match record {
-                Recovering::Whole(event) => event,
+            match record {
+                Recovering::Whole(event) => events.push((event.id.0, Some(event))),
+                // Read whole from its place below.
                 Recovering::Head(head) => {
-                    // What the tests look at: id, time, data.
-                    let draft = EventDraft {
-                        data: head.data.into_owned(),
-                        ..Default::default()
-                    };
-                    Event::commit(draft, EventId(head.id), head.ts)
+                    events.push((head.id, None));
+                    heads.push((head.id, p));
                 }
-            });
+            }
             places.push(p);
         })?;
+        let mut whole = journal.files().read(&heads).into_iter();
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|(id, event)| {
+                event.unwrap_or_else(|| {
+                    let event = whole.next().expect("read back");
+                    assert_eq!(event.id.0, id);
+                    event
+                })
+            })
+            .collect();
         assert_eq!(r.events, events.len());
         Ok((
             journal,

@@ -27,6 +27,7 @@
 
 pub(crate) mod durable;
 pub(crate) mod engine;
+pub(crate) mod head;
 pub(crate) mod journal;
 pub(crate) mod memory;
 #[cfg(feature = "nats")]

@@ -49,32 +49,57 @@ pub(crate) fn write_event(
     buf.put_u8(b'\n');
 }
 
+/// What the length of an event's encoding depends on in its data: its
+/// length and its line breaks (`\r\n` one break of two bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DataShape {
+    /// Bytes.
+    pub len: usize,
+    /// Line breaks.
+    pub breaks: usize,
+    /// Bytes the line breaks take.
+    pub break_bytes: usize,
+}
+
+impl DataShape {
+    pub(crate) fn of(data: &str) -> DataShape {
+        let mut shape = DataShape {
+            len: data.len(),
+            ..DataShape::default()
+        };
+        let bytes = data.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                    shape.breaks += 1;
+                    shape.break_bytes += 2;
+                    i += 1;
+                }
+                b'\r' | b'\n' => {
+                    shape.breaks += 1;
+                    shape.break_bytes += 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        shape
+    }
+}
+
 /// The length of what [`encode_event`] makes of an event with this id, type
-/// and data, without making it.
-pub(crate) fn encoded_len(id: Option<EventId>, event_type: Option<&str>, data: &str) -> usize {
+/// and data (by its shape), without making it.
+pub(crate) fn encoded_len(
+    id: Option<EventId>,
+    event_type: Option<&str>,
+    data: &DataShape,
+) -> usize {
     let id = id.map_or(0, |id| "id: \n".len() + digits(id.0));
     let ty = event_type.map_or(0, |t| "event: \n".len() + t.len());
-    // Each line is framed by "data: " and "\n"; the line breaks between
-    // them ("\r\n" one break of two bytes) are not written.
-    let (mut breaks, mut break_bytes) = (0, 0);
-    let bytes = data.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
-                breaks += 1;
-                break_bytes += 2;
-                i += 1;
-            }
-            b'\r' | b'\n' => {
-                breaks += 1;
-                break_bytes += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    let data = (breaks + 1) * "data: \n".len() + data.len() - break_bytes;
+    // Each line is framed by "data: " and "\n"; the breaks between them
+    // are not written.
+    let data = (data.breaks + 1) * "data: \n".len() + data.len - data.break_bytes;
     id + ty + data + 1
 }
 
@@ -142,7 +167,7 @@ mod tests {
         ) {
             let id = id.map(EventId);
             prop_assert_eq!(
-                encoded_len(id, ty.as_deref(), &data),
+                encoded_len(id, ty.as_deref(), &DataShape::of(&data)),
                 encode_event(id, ty.as_deref(), &data).len()
             );
         }

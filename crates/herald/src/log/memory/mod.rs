@@ -636,26 +636,26 @@ impl Inner {
         self.last_ms = self.last_ms.max(ts);
         let (direct, presence, expires_at, cost, topics) = match &record {
             Recovering::Head(head) => {
-                if let Some(key) = &head.idempotency_key {
+                if let Some(key) = head.idempotency_key {
                     self.remember(key, EventId(id), ts);
                 }
                 let cost = Cost {
-                    data: head.data.len(),
+                    data: head.data.len,
                     frame: crate::values::sse::encoded_len(
                         Some(EventId(id)),
-                        head.event_type.as_deref(),
+                        head.event_type,
                         &head.data,
                     ),
                     topics: head.topics.iter(),
-                    event_type: head.event_type.as_deref(),
-                    coalesce_key: head.coalesce_key.as_deref(),
-                    idempotency_key: head.idempotency_key.as_deref(),
-                    users: head.target.users.iter().map(String::as_str),
+                    event_type: head.event_type,
+                    coalesce_key: head.coalesce_key,
+                    idempotency_key: head.idempotency_key,
+                    users: head.users.iter().copied(),
                 }
                 .bytes();
                 (
-                    head.target.broadcast || head.topics.len() == 0,
-                    head.event_type.as_deref() == Some(super::PRESENCE_EVENT),
+                    head.broadcast || head.topics.len() == 0,
+                    head.event_type == Some(super::PRESENCE_EVENT),
                     head.ttl_secs
                         .map(|s| ts.saturating_add(s.saturating_mul(1000))),
                     cost,
