@@ -15,31 +15,41 @@ use serde::Deserialize;
 use crate::values::sse::DataShape;
 
 /// A record's head: what the index keeps of a cold event, and what its
-/// [`retained_cost`](super::memory) counts.
+/// [`retained_cost`](super::memory) counts. Its text is `&str` borrowed
+/// from the record, or a [`Span`] of the segment it was read from (to go
+/// from the thread that reads segments to the one that takes them in).
 #[derive(Debug, PartialEq)]
-pub(crate) struct RecordHead<'a> {
+pub(crate) struct RecordHead<S> {
     pub id: u64,
     pub ts: u64,
-    pub topics: TopicNames<'a>,
-    pub event_type: Option<&'a str>,
+    pub topics: TopicNames<S>,
+    pub event_type: Option<S>,
     pub data: DataShape,
-    pub users: Vec<&'a str>,
+    pub users: Vec<S>,
     pub broadcast: bool,
     pub ttl_secs: Option<u64>,
-    pub coalesce_key: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
+    pub coalesce_key: Option<S>,
+    pub idempotency_key: Option<S>,
 }
 
-/// A record's topic names, borrowed from it; one (most events) without
-/// an allocation.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct TopicNames<'a> {
-    first: Option<&'a str>,
-    rest: Vec<&'a str>,
+/// A record's topic names; one (most events) without an allocation.
+#[derive(Debug, PartialEq)]
+pub(crate) struct TopicNames<S> {
+    first: Option<S>,
+    rest: Vec<S>,
 }
 
-impl<'a> TopicNames<'a> {
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+impl<S> Default for TopicNames<S> {
+    fn default() -> Self {
+        TopicNames {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<S: Copy> TopicNames<S> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = S> + '_ {
         self.first.into_iter().chain(self.rest.iter().copied())
     }
 
@@ -47,7 +57,7 @@ impl<'a> TopicNames<'a> {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
-    fn push(&mut self, name: &'a str) {
+    fn push(&mut self, name: S) {
         match self.first {
             None => self.first = Some(name),
             Some(_) => self.rest.push(name),
@@ -55,10 +65,63 @@ impl<'a> TopicNames<'a> {
     }
 }
 
-impl<'a> RecordHead<'a> {
+/// Where a string lies in a segment's bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl<S: Copy> RecordHead<S> {
+    /// The same head with its text as `f` makes it.
+    pub(crate) fn map<T: Copy>(self, mut f: impl FnMut(S) -> T) -> RecordHead<T> {
+        let mut topics = TopicNames::default();
+        self.topics.iter().for_each(|t| topics.push(f(t)));
+        RecordHead {
+            id: self.id,
+            ts: self.ts,
+            topics,
+            event_type: self.event_type.map(&mut f),
+            data: self.data,
+            users: self.users.into_iter().map(&mut f).collect(),
+            broadcast: self.broadcast,
+            ttl_secs: self.ttl_secs,
+            coalesce_key: self.coalesce_key.map(&mut f),
+            idempotency_key: self.idempotency_key.map(&mut f),
+        }
+    }
+}
+
+impl RecordHead<&str> {
+    /// Where each string lies in `segment`, which holds the record.
+    pub(crate) fn spans(self, segment: &[u8]) -> RecordHead<Span> {
+        let base = segment.as_ptr() as usize;
+        self.map(|s| {
+            let start = s.as_ptr() as usize - base;
+            debug_assert!(start + s.len() <= segment.len());
+            Span {
+                start: start as u32,
+                len: s.len() as u32,
+            }
+        })
+    }
+}
+
+impl RecordHead<Span> {
+    /// The head borrowing its text from `segment` again.
+    pub(crate) fn text(self, segment: &[u8]) -> RecordHead<&str> {
+        self.map(|span| {
+            let start = span.start as usize;
+            std::str::from_utf8(&segment[start..start + span.len as usize])
+                .expect("text checked when the head was read")
+        })
+    }
+}
+
+impl<'a> RecordHead<&'a str> {
     /// The head of the record `body`: by the scanner, else by serde;
     /// `None` when neither reads it (the caller reads the record whole).
-    pub(crate) fn read(body: &'a [u8]) -> Option<RecordHead<'a>> {
+    pub(crate) fn read(body: &'a [u8]) -> Option<RecordHead<&'a str>> {
         Scanner { bytes: body, at: 0 }
             .record()
             .or_else(|| serde_head(body))
@@ -66,7 +129,7 @@ impl<'a> RecordHead<'a> {
 }
 
 /// The same head through serde (a record the scanner gives up on).
-fn serde_head(body: &[u8]) -> Option<RecordHead<'_>> {
+fn serde_head(body: &[u8]) -> Option<RecordHead<&str>> {
     #[derive(Deserialize)]
     struct Head<'a> {
         id: u64,
@@ -116,7 +179,7 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    fn record(mut self) -> Option<RecordHead<'a>> {
+    fn record(mut self) -> Option<RecordHead<&'a str>> {
         let mut head = RecordHead {
             id: 0,
             ts: 0,
@@ -171,7 +234,7 @@ impl<'a> Scanner<'a> {
         (self.at == self.bytes.len() && id && ts && topics && data && target).then_some(head)
     }
 
-    fn target(&mut self, head: &mut RecordHead<'a>) -> Option<()> {
+    fn target(&mut self, head: &mut RecordHead<&'a str>) -> Option<()> {
         self.byte(b'{')?;
         if self.peek_is(b'}') {
             self.at += 1;
@@ -451,7 +514,7 @@ mod tests {
         }
     }
 
-    fn scan(bytes: &[u8]) -> Option<RecordHead<'_>> {
+    fn scan(bytes: &[u8]) -> Option<RecordHead<&str>> {
         Scanner { bytes, at: 0 }.record()
     }
 
@@ -487,7 +550,7 @@ mod tests {
         )
     }
 
-    fn got(head: &RecordHead<'_>) -> Fields {
+    fn got(head: &RecordHead<&str>) -> Fields {
         (
             head.id,
             head.ts,
@@ -514,6 +577,11 @@ mod tests {
             }
             if let Some(head) = RecordHead::read(&body) {
                 prop_assert_eq!(got(&head), expected(&event));
+                // Through spans of a larger buffer and back.
+                let mut segment = b"prefix".to_vec();
+                segment.extend_from_slice(&body);
+                let head = RecordHead::read(&segment[6..]).unwrap().spans(&segment);
+                prop_assert_eq!(got(&head.text(&segment)), expected(&event));
             }
         }
     }

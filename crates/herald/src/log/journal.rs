@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::head::RecordHead;
+use super::head::{RecordHead, Span};
 use crate::blocking;
 use crate::values::event::{Event, EventDraft, EventId};
 
@@ -107,7 +107,7 @@ struct FlatRecord {
 /// One record as recovery hands it over: its head, or (when the head
 /// could not be read alone) the whole event.
 pub(crate) enum Recovering<'a> {
-    Head(RecordHead<'a>),
+    Head(RecordHead<&'a str>),
     Whole(Event),
 }
 
@@ -342,31 +342,63 @@ impl Journal {
             .collect();
         paths.sort();
         let files = Arc::new(Segments::default());
-        let mut buffer = Vec::new();
         let mut events = 0;
         let mut last_read = 0;
         let mut segments = Vec::new();
         let mut cut_bytes = 0;
         let count = paths.len();
-        for (i, path) in paths.into_iter().enumerate() {
-            let last = i + 1 == count;
-            let first_id = segment_first_id(&path).ok_or_else(|| JournalError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-            })?;
-            let (last_id, cut) = read_segment(&path, last, &mut buffer, &mut |record, place| {
-                events += 1;
-                last_read = record.id();
-                each(record, place)
-            })?;
-            cut_bytes += cut;
-            files.add(first_id, &path)?;
-            segments.push(Segment {
-                first_id,
-                path,
-                last_id,
+        // One thread reads and scans the next segment while this one hands
+        // the last to `each`; two buffers go back and forth between them.
+        let (scanned_tx, scanned_rx) = std::sync::mpsc::sync_channel(1);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Spare>();
+        std::thread::scope(|scope| -> Result<(), JournalError> {
+            let paths = &paths;
+            scope.spawn(move || {
+                for path in paths {
+                    let scanned = scan_segment(path, spare_rx.try_recv().unwrap_or_default());
+                    let failed = scanned.is_err();
+                    if scanned_tx.send(scanned).is_err() || failed {
+                        return; // the taker stopped
+                    }
+                }
             });
-        }
+            // Dropped on an early return, so that the reader stops.
+            let scanned_rx = scanned_rx;
+            for (i, path) in paths.iter().enumerate() {
+                let first_id = segment_first_id(path).ok_or_else(|| JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                })?;
+                let scanned = scanned_rx.recv().map_err(|_| JournalError::Io {
+                    path: path.clone(),
+                    source: io::Error::other("the journal's reading thread stopped"),
+                })??;
+                let Scanned {
+                    bytes,
+                    mut records,
+                    end,
+                    last_id,
+                } = scanned;
+                for (record, place) in records.drain(..) {
+                    events += 1;
+                    let record = match record {
+                        Scan::Head(head) => Recovering::Head(head.text(&bytes)),
+                        Scan::Whole(event) => Recovering::Whole(event),
+                    };
+                    last_read = record.id();
+                    each(record, place);
+                }
+                cut_bytes += cut_tail(path, i + 1 == count, bytes.len(), end)?;
+                files.add(first_id, path)?;
+                segments.push(Segment {
+                    first_id,
+                    path: path.clone(),
+                    last_id,
+                });
+                let _ = spare_tx.send((bytes, records));
+            }
+            Ok(())
+        })?;
         let current = match segments.pop() {
             Some(segment) => segment,
             None => {
@@ -539,39 +571,67 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(io_err(dir))
 }
 
-/// Reads one segment into `each`; returns its last id and the bytes cut
-/// from a torn tail (only allowed on the last segment).
-fn read_segment(
-    path: &Path,
-    last: bool,
-    bytes: &mut Vec<u8>,
-    each: &mut dyn FnMut(Recovering<'_>, Place),
-) -> Result<(u64, u64), JournalError> {
-    // One buffer for every segment: its pages are touched once, not once
-    // per segment.
+/// One segment, read and scanned: its bytes (the heads' text lies in
+/// them), its whole records, where they end and the last id among them.
+struct Scanned {
+    bytes: Vec<u8>,
+    records: Vec<(Scan, Place)>,
+    end: usize,
+    last_id: u64,
+}
+
+/// A record as the reading thread hands it over.
+enum Scan {
+    Head(RecordHead<Span>),
+    Whole(Event),
+}
+
+/// Buffers a scanned segment leaves for the next: reused, their pages are
+/// touched once, not once per segment.
+type Spare = (Vec<u8>, Vec<(Scan, Place)>);
+
+/// Reads and scans one segment into spare buffers.
+fn scan_segment(path: &Path, (mut bytes, mut records): Spare) -> Result<Scanned, JournalError> {
     bytes.clear();
+    records.clear();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(bytes))
+        .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
-    let bytes = &bytes[..];
-    let (at, last_id) = decode_placed(bytes, path, true, each);
-    if at == bytes.len() {
-        return Ok((last_id, 0));
+    let (end, last_id) = decode_placed(&bytes, path, true, &mut |record, place| {
+        let scan = match record {
+            Recovering::Head(head) => Scan::Head(head.spans(&bytes)),
+            Recovering::Whole(event) => Scan::Whole(event),
+        };
+        records.push((scan, place));
+    });
+    Ok(Scanned {
+        bytes,
+        records,
+        end,
+        last_id,
+    })
+}
+
+/// What follows a segment's whole records (`end` of `len` bytes): nothing,
+/// or on the last segment a write a crash cut short, cut off here (the
+/// bytes cut are returned); anywhere else it is damage.
+fn cut_tail(path: &Path, last: bool, len: usize, end: usize) -> Result<u64, JournalError> {
+    if end == len {
+        return Ok(0);
     }
     if !last {
         return Err(JournalError::Corrupt {
             path: path.to_owned(),
-            offset: at as u64,
+            offset: end as u64,
         });
     }
-    let cut = (bytes.len() - at) as u64;
     let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    file.set_len(at as u64).map_err(io_err(path))?;
+    file.set_len(end as u64).map_err(io_err(path))?;
     blocking::sync_all(&file).map_err(io_err(path))?;
-    Ok((last_id, cut))
+    Ok((len - end) as u64)
 }
 
 /// Decodes the whole records at the start of `bytes` into `events`;
