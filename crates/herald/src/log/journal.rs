@@ -189,7 +189,9 @@ impl Segments {
     }
 
     /// Reads the events at `places` (ids ascending, each with its place);
-    /// a record next to the one before it is read with it, in one `pread`.
+    /// a record near the one before it in the same segment (at most
+    /// [`READ_GAP_BYTES`] after it: another topic's events between them)
+    /// is read with it, in one `pread`.
     /// An event whose record cannot be read back is left out and said: it
     /// was retired meanwhile, or the disk failed under it.
     pub(crate) fn read(&self, places: &[(u64, Place)]) -> Vec<Event> {
@@ -202,26 +204,30 @@ impl Segments {
                 i += 1;
                 continue;
             };
-            // The run of records that follow each other in this segment.
+            // The run of records near each other in this segment.
+            let start = first.offset as u64;
             let mut end = i + 1;
             let mut bytes = first.len as u64;
-            while end < places.len()
-                && self
+            while end < places.len() && bytes < READ_RUN_BYTES {
+                let next = places[end].1;
+                let near = (next.offset as u64)
+                    .checked_sub(start + bytes)
+                    .is_some_and(|gap| gap <= READ_GAP_BYTES);
+                let same_segment = self
                     .file_of(places[end].0)
-                    .is_some_and(|(s, _)| s == segment)
-                && places[end].1.offset as u64 == first.offset as u64 + bytes
-                && bytes < READ_RUN_BYTES
-            {
-                bytes += places[end].1.len as u64;
+                    .is_some_and(|(s, _)| s == segment);
+                if !(near && same_segment) {
+                    break;
+                }
+                bytes = next.offset as u64 + next.len as u64 - start;
                 end += 1;
             }
             buf.resize(bytes as usize, 0);
-            match file.read_exact_at(&mut buf, first.offset as u64) {
+            match file.read_exact_at(&mut buf, start) {
                 Ok(()) => {
-                    let mut at = 0;
                     for &(id, place) in &places[i..end] {
+                        let at = (place.offset as u64 - start) as usize;
                         let record = &buf[at..at + place.len as usize];
-                        at += place.len as usize;
                         match unframe(record).and_then(|(body, _)| {
                             crate::values::json::from_slice::<Record>(body).ok()
                         }) {
@@ -253,8 +259,11 @@ impl Segments {
     }
 }
 
-/// Most bytes one `pread` of adjacent records takes.
+/// Most bytes one `pread` of nearby records takes.
 const READ_RUN_BYTES: u64 = 1 << 20;
+/// Most bytes of other records one `pread` reads past between two it
+/// wants: cheaper than a `pread` more.
+const READ_GAP_BYTES: u64 = 16 << 10;
 
 struct Segment {
     /// The first id it may hold (its name).
@@ -943,6 +952,11 @@ mod tests {
         assert_eq!(
             data(files.read(&[ids[1], ids[4]])),
             [(2, "bb".to_owned()), (5, "e".to_owned())]
+        );
+        // A record between two wanted ones is read past, not returned.
+        assert_eq!(
+            data(files.read(&[ids[0], ids[2]])),
+            [(1, "a".to_owned()), (3, "ccc".to_owned())]
         );
         // A place that is not a record's is left out, never misread.
         let wrong = Place {
