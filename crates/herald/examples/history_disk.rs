@@ -115,16 +115,23 @@ async fn measure(dir: &Path, events: usize, hot_bytes: u64, label: &str) {
         after.saturating_sub(before) as f64 / (1 << 20) as f64,
     );
     let head = EventId(report.next_id - 1);
-    if std::env::var_os("HISTORY_DISK_NO_REPLAY").is_some() {
-        return;
+    let mut rates = Vec::new();
+    if std::env::var_os("HISTORY_DISK_NO_REPLAY").is_none() {
+        for pattern in ["bench/3", "bench/*"] {
+            let (n, secs) = replay(&log, pattern, head).await;
+            println!(
+                "{label}: replay {pattern}: {n} events in {secs:.2} s, {:.0}k events/s",
+                n as f64 / secs / 1e3
+            );
+            rates.push(format!("\"{pattern}\": {:.0}", n as f64 / secs));
+        }
     }
-    for pattern in ["bench/3", "bench/*"] {
-        let (n, secs) = replay(&log, pattern, head).await;
-        println!(
-            "{label}: replay {pattern}: {n} events in {secs:.2} s, {:.0}k events/s",
-            n as f64 / secs / 1e3
-        );
-    }
+    // One JSON line last, for bench/compare.
+    println!(
+        "{{\"history\": {{\"events\": {events}, \"hot_bytes\": {hot_bytes}, \"cold\": {}, \"recovery_secs\": {recovery:.3}, \"bytes_per_event\": {per_event:.1}, \"replay_events_per_sec\": {{{}}}}}}}",
+        retention.cold_events,
+        rates.join(", ")
+    );
 }
 
 /// `history_disk [events] [dir]` runs both measurements, each step in a
@@ -168,6 +175,9 @@ fn main() {
             let _ = std::fs::remove_dir_all(&dir);
             let (n, d) = (events.to_string(), dir.display().to_string());
             step(&["fill", &n, &d]);
+            // The fill's writes on disk first: a restart, not a race with
+            // the kernel's writeback.
+            let _ = std::process::Command::new("sync").status();
             step(&["measure", &n, &d, &(1u64 << 20).to_string()]);
             if events <= 2_000_000 {
                 step(&["measure", &n, &d, &u64::MAX.to_string()]);
