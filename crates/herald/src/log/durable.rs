@@ -359,8 +359,6 @@ impl EventLog for DurableLog {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::log::{read_all, MemoryLog, ReadFrom};
     use crate::values::pattern::Pattern;
@@ -373,13 +371,8 @@ mod tests {
 
     fn settings(hot_bytes: u64) -> MemoryLogSettings {
         MemoryLogSettings {
-            max_events_per_topic: 300,
-            max_age: None,
-            idempotency_window: Duration::from_secs(60),
-            max_idempotency_keys: 1000,
-            max_bytes: u64::MAX,
-            max_topics: usize::MAX,
             hot_bytes,
+            ..MemoryLogSettings::unbounded(300)
         }
     }
 

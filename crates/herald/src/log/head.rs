@@ -10,8 +10,6 @@
 //! the bytes are what the hub wrote; text the index only measures (the
 //! data) is not checked for UTF-8 here, it is when the event is read whole.
 
-use serde::Deserialize;
-
 use crate::values::sse::DataShape;
 
 /// A record's head: what the index keeps of a cold event, and what its
@@ -119,58 +117,11 @@ impl RecordHead<Span> {
 }
 
 impl<'a> RecordHead<&'a str> {
-    /// The head of the record `body`: by the scanner, else by serde;
-    /// `None` when neither reads it (the caller reads the record whole).
+    /// The head of the record `body`; `None` when the scanner gives up
+    /// (the caller reads the record whole).
     pub(crate) fn read(body: &'a [u8]) -> Option<RecordHead<&'a str>> {
-        Scanner { bytes: body, at: 0 }
-            .record()
-            .or_else(|| serde_head(body))
+        Scanner { bytes: body, at: 0 }.record()
     }
-}
-
-/// The same head through serde (a record the scanner gives up on).
-fn serde_head(body: &[u8]) -> Option<RecordHead<&str>> {
-    #[derive(Deserialize)]
-    struct Head<'a> {
-        id: u64,
-        ts: u64,
-        #[serde(borrow)]
-        topics: Vec<&'a str>,
-        #[serde(borrow)]
-        event_type: Option<&'a str>,
-        #[serde(borrow)]
-        data: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        target: Target<'a>,
-        ttl_secs: Option<u64>,
-        #[serde(borrow)]
-        coalesce_key: Option<&'a str>,
-        #[serde(borrow)]
-        idempotency_key: Option<&'a str>,
-    }
-    #[derive(Deserialize)]
-    struct Target<'a> {
-        #[serde(default, borrow)]
-        users: Vec<&'a str>,
-        #[serde(default)]
-        broadcast: bool,
-    }
-    // Borrowed strings fail on escapes: the record is then read whole.
-    let head: Head<'_> = serde_json::from_slice(body).ok()?;
-    let mut topics = TopicNames::default();
-    head.topics.into_iter().for_each(|t| topics.push(t));
-    Some(RecordHead {
-        id: head.id,
-        ts: head.ts,
-        topics,
-        event_type: head.event_type,
-        data: DataShape::of(&head.data),
-        users: head.target.users,
-        broadcast: head.target.broadcast,
-        ttl_secs: head.ttl_secs,
-        coalesce_key: head.coalesce_key,
-        idempotency_key: head.idempotency_key,
-    })
 }
 
 struct Scanner<'a> {
@@ -192,7 +143,7 @@ impl<'a> Scanner<'a> {
             coalesce_key: None,
             idempotency_key: None,
         };
-        // Fields every record has; a record without one goes to serde.
+        // Fields every record has; a record without one is read whole.
         let (mut id, mut ts, mut topics, mut data, mut target) =
             (false, false, false, false, false);
         self.byte(b'{')?;
@@ -338,7 +289,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The data string's decoded length and line breaks, escapes and all
-    /// (but `\u`, which goes to serde).
+    /// (but `\u`: the record is then read whole).
     fn data(&mut self) -> Option<DataShape> {
         self.byte(b'"')?;
         let mut shape = DataShape::default();
@@ -567,7 +518,7 @@ mod tests {
 
     proptest! {
         /// Any record the journal writes reads back to the event's head:
-        /// by the scanner when it can, else by serde, never wrongly.
+        /// by the scanner when it can (else it is read whole), never wrongly.
         #[test]
         fn heads_are_the_events(draft in draft(), id in 1u64..u64::MAX / 2, ts in 0u64..u64::MAX / 4) {
             let event = Event::commit(draft, EventId(id), ts);

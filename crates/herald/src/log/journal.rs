@@ -104,22 +104,6 @@ struct FlatRecord {
     require_ack: bool,
 }
 
-/// One record as recovery hands it over: its head, or (when the head
-/// could not be read alone) the whole event.
-pub(crate) enum Recovering<'a> {
-    Head(RecordHead<&'a str>),
-    Whole(Event),
-}
-
-impl Recovering<'_> {
-    fn id(&self) -> u64 {
-        match self {
-            Recovering::Head(head) => head.id,
-            Recovering::Whole(event) => event.id.0,
-        }
-    }
-}
-
 impl From<FlatRecord> for Record {
     fn from(r: FlatRecord) -> Record {
         Record {
@@ -150,6 +134,23 @@ impl Record {
 
     pub(crate) fn into_event(self) -> Event {
         Event::commit(self.draft, EventId(self.id), self.ts)
+    }
+}
+
+/// One record as recovery hands it over: its head (text borrowed from
+/// the record, or spans of its segment between threads), or, when the
+/// head could not be read alone, the whole event.
+pub(crate) enum Recovering<S> {
+    Head(RecordHead<S>),
+    Whole(Event),
+}
+
+impl<S> Recovering<S> {
+    fn id(&self) -> u64 {
+        match self {
+            Recovering::Head(head) => head.id,
+            Recovering::Whole(event) => event.id.0,
+        }
     }
 }
 
@@ -200,7 +201,7 @@ impl Segments {
         let mut i = 0;
         while i < places.len() {
             let (id, first) = places[i];
-            let Some((segment, file)) = self.file_of(id) else {
+            let Some((segment, file, next_segment)) = self.file_of(id) else {
                 i += 1;
                 continue;
             };
@@ -213,10 +214,7 @@ impl Segments {
                 let near = (next.offset as u64)
                     .checked_sub(start + bytes)
                     .is_some_and(|gap| gap <= READ_GAP_BYTES);
-                let same_segment = self
-                    .file_of(places[end].0)
-                    .is_some_and(|(s, _)| s == segment);
-                if !(near && same_segment) {
+                if !(near && places[end].0 < next_segment) {
                     break;
                 }
                 bytes = next.offset as u64 + next.len as u64 - start;
@@ -250,12 +248,13 @@ impl Segments {
         out
     }
 
-    fn file_of(&self, id: u64) -> Option<(u64, Arc<File>)> {
+    /// The segment holding `id`: its first id, its file, and the first id
+    /// of the segment after it (`u64::MAX`: none).
+    fn file_of(&self, id: u64) -> Option<(u64, Arc<File>, u64)> {
         let files = self.0.read().unwrap_or_else(|e| e.into_inner());
-        files
-            .range(..=id)
-            .next_back()
-            .map(|(&first, file)| (first, file.clone()))
+        let (&first, file) = files.range(..=id).next_back()?;
+        let next = files.range(id + 1..).next().map_or(u64::MAX, |(&n, _)| n);
+        Some((first, file.clone(), next))
     }
 }
 
@@ -339,7 +338,7 @@ impl Journal {
     /// in id order, into `each` with its place.
     pub(crate) fn open(
         dir: &Path,
-        mut each: impl FnMut(Recovering<'_>, Place),
+        mut each: impl FnMut(Recovering<&str>, Place),
     ) -> Result<(Journal, Recovered), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let floor = read_number(&dir.join("floor"))?;
@@ -391,8 +390,8 @@ impl Journal {
                 for (record, place) in records.drain(..) {
                     events += 1;
                     let record = match record {
-                        Scan::Head(head) => Recovering::Head(head.text(&bytes)),
-                        Scan::Whole(event) => Recovering::Whole(event),
+                        Recovering::Head(head) => Recovering::Head(head.text(&bytes)),
+                        Recovering::Whole(event) => Recovering::Whole(event),
                     };
                     last_read = record.id();
                     each(record, place);
@@ -584,20 +583,14 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// them), its whole records, where they end and the last id among them.
 struct Scanned {
     bytes: Vec<u8>,
-    records: Vec<(Scan, Place)>,
+    records: Vec<(Recovering<Span>, Place)>,
     end: usize,
     last_id: u64,
 }
 
-/// A record as the reading thread hands it over.
-enum Scan {
-    Head(RecordHead<Span>),
-    Whole(Event),
-}
-
 /// Buffers a scanned segment leaves for the next: reused, their pages are
 /// touched once, not once per segment.
-type Spare = (Vec<u8>, Vec<(Scan, Place)>);
+type Spare = (Vec<u8>, Vec<(Recovering<Span>, Place)>);
 
 /// Reads and scans one segment into spare buffers.
 fn scan_segment(path: &Path, (mut bytes, mut records): Spare) -> Result<Scanned, JournalError> {
@@ -607,11 +600,11 @@ fn scan_segment(path: &Path, (mut bytes, mut records): Spare) -> Result<Scanned,
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
     let (end, last_id) = decode_placed(&bytes, path, true, &mut |record, place| {
-        let scan = match record {
-            Recovering::Head(head) => Scan::Head(head.spans(&bytes)),
-            Recovering::Whole(event) => Scan::Whole(event),
+        let record = match record {
+            Recovering::Head(head) => Recovering::Head(head.spans(&bytes)),
+            Recovering::Whole(event) => Recovering::Whole(event),
         };
-        records.push((scan, place));
+        records.push((record, place));
     });
     Ok(Scanned {
         bytes,
@@ -662,7 +655,7 @@ fn decode_placed(
     bytes: &[u8],
     path: &Path,
     heads: bool,
-    each: &mut dyn FnMut(Recovering<'_>, Place),
+    each: &mut dyn FnMut(Recovering<&str>, Place),
 ) -> (usize, u64) {
     let mut at = 0usize;
     let mut last_id = 0;

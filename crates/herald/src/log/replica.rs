@@ -78,7 +78,7 @@ impl Replica {
                 recovered.push(entry.clone());
             }
             match entry {
-                Entry::Event(event) => inner.restore(event, None),
+                Entry::Event(event) => inner.restore(event),
                 Entry::Control { id, .. } => inner.advance(id.0),
                 Entry::Unreadable { id, reason } => {
                     unreadable(id, &reason);
@@ -124,7 +124,7 @@ impl Replica {
         for entry in fresh {
             match entry {
                 Entry::Event(event) => {
-                    inner.restore(event.clone(), None);
+                    inner.restore(event.clone());
                     run.push(event);
                 }
                 Entry::Control { id, record } => {

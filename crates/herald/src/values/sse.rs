@@ -62,6 +62,9 @@ pub(crate) struct DataShape {
 }
 
 impl DataShape {
+    /// The shape of `data` (the journal's head scanner measures it without
+    /// decoding; this is what it must agree with).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn of(data: &str) -> DataShape {
         let mut shape = DataShape {
             len: data.len(),

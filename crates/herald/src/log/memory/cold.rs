@@ -28,6 +28,33 @@ pub(super) struct ColdEntry {
     pub(super) topics: ColdTopics,
 }
 
+impl ColdEntry {
+    /// An event turning cold (its cost and references clamped to their
+    /// fields; a topic-less history's event keeps no topics).
+    pub(super) fn new(
+        id: u64,
+        published_at_ms: u64,
+        place: Place,
+        cost: u64,
+        refs: usize,
+        direct: bool,
+        topics: ColdTopics,
+    ) -> ColdEntry {
+        ColdEntry {
+            id,
+            published_at_ms,
+            place,
+            cost: cost.min(u32::MAX as u64) as u32,
+            refs: refs.min(u16::MAX as usize) as u16,
+            direct,
+            topics: match direct {
+                true => ColdTopics::None,
+                false => topics,
+            },
+        }
+    }
+}
+
 /// A cold event's topics: one (most events) without an allocation of its
 /// own, which would stay behind among the freed blocks of whole events.
 #[derive(Default)]

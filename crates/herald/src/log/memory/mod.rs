@@ -51,6 +51,23 @@ pub struct MemoryLogSettings {
     pub hot_bytes: u64,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl MemoryLogSettings {
+    /// No cap but the count per topic, no age limit, everything held whole
+    /// (tests and fuzzing).
+    pub(crate) fn unbounded(max_events_per_topic: usize) -> MemoryLogSettings {
+        MemoryLogSettings {
+            max_events_per_topic,
+            max_age: None,
+            idempotency_window: Duration::from_secs(60),
+            max_idempotency_keys: 1000,
+            max_bytes: u64::MAX,
+            max_topics: usize::MAX,
+            hot_bytes: u64::MAX,
+        }
+    }
+}
+
 /// What the log retains now, and what its global caps pushed out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
@@ -370,14 +387,13 @@ impl Inner {
         }
     }
 
-    /// Loads an event read back at start, in id order (from its place in
-    /// the journal, when it has one): a cluster replica's.
+    /// Loads an event a cluster replica read back at start, in id order.
     #[cfg(any(feature = "redis", feature = "nats"))]
-    pub(crate) fn restore(&mut self, event: SharedEvent, place: Option<Place>) {
+    pub(crate) fn restore(&mut self, event: SharedEvent) {
         self.next_id = self.next_id.max(event.id.0 + 1);
         self.last_ms = self.last_ms.max(event.published_at_ms);
         self.remember_key(&event);
-        self.store(event, place);
+        self.store(event, None);
     }
 
     /// Moves the head past an id that holds no event (a clustered log's
@@ -626,7 +642,7 @@ impl Inner {
     /// Loads a record read back at start, in id order, by its place only:
     /// the journal's head of it when it read alone, else the whole event.
     /// After the last, [`Inner::warm`] reads the newest back whole.
-    pub(crate) fn restore_cold(&mut self, record: Recovering<'_>, place: Place) {
+    pub(crate) fn restore_cold(&mut self, record: Recovering<&str>, place: Place) {
         let (id, ts) = match &record {
             Recovering::Head(head) => (head.id, head.ts),
             Recovering::Whole(event) => (event.id.0, event.published_at_ms),
@@ -678,18 +694,8 @@ impl Inner {
             self.expiring.push(Reverse((at, id)));
         }
         self.bytes += cost;
-        self.cold.push(ColdEntry {
-            id,
-            published_at_ms: ts,
-            place,
-            cost: cost.min(u32::MAX as u64) as u32,
-            refs: refs.min(u16::MAX as usize) as u16,
-            direct,
-            topics: match direct {
-                true => ColdTopics::None,
-                false => topics,
-            },
-        });
+        self.cold
+            .push(ColdEntry::new(id, ts, place, cost, refs, direct, topics));
         self.settle(evicted);
     }
 
@@ -755,30 +761,16 @@ impl Inner {
             let event = stored.event;
             let cost = retained_cost(&event);
             self.hot_bytes -= cost;
-            let direct = in_direct_history(&event);
-            // The histories' own names, so that no topic text is kept twice.
-            let topics = match direct {
-                true => ColdTopics::None,
-                false => ColdTopics::new(
-                    event
-                        .topics
-                        .iter()
-                        .map(|t| match self.topics.get_key_value(t) {
-                            Some((name, _)) => name.clone(),
-                            None => t.clone(),
-                        })
-                        .collect(),
-                ),
-            };
-            self.cold.push(ColdEntry {
+            let topics = self.intern(event.topics.iter().map(Topic::as_str), event.topics.len());
+            self.cold.push(ColdEntry::new(
                 id,
-                published_at_ms: event.published_at_ms,
+                event.published_at_ms,
                 place,
-                cost: cost.min(u32::MAX as u64) as u32,
-                refs: stored.refs.min(u16::MAX as usize) as u16,
-                direct,
+                cost,
+                stored.refs,
+                in_direct_history(&event),
                 topics,
-            });
+            ));
         }
     }
 
@@ -916,15 +908,7 @@ mod tests {
     }
 
     fn settings(max: usize) -> MemoryLogSettings {
-        MemoryLogSettings {
-            max_events_per_topic: max,
-            max_age: None,
-            idempotency_window: Duration::from_secs(60),
-            max_idempotency_keys: 1000,
-            max_bytes: u64::MAX,
-            max_topics: usize::MAX,
-            hot_bytes: u64::MAX,
-        }
+        MemoryLogSettings::unbounded(max)
     }
 
     fn log(max: usize) -> (MemoryLog, Arc<Collect>) {

@@ -151,7 +151,8 @@ impl Inner {
             ReadFrom::Last(n) => (0, n.min(req.limit), true),
         };
         let mut gathered = Gathered {
-            found: Vec::new(),
+            hot: Vec::new(),
+            cold: Vec::new(),
             resume: None,
             newest_first,
             want,
@@ -204,12 +205,12 @@ impl Inner {
         };
         let mut last = None;
         for (examined, (id, candidate)) in candidates.enumerate() {
-            if gathered.found.len() == want {
+            if gathered.len() == want {
                 gathered.filled_at = last;
                 break;
             }
             if examined == SCAN_BUDGET {
-                let kept = gathered.found.len();
+                let kept = gathered.len();
                 gathered.resume = Some(match newest_first {
                     true => (ReadFrom::Last(want - kept), EventId(id)),
                     false => (ReadFrom::After(EventId(id - 1)), req.until),
@@ -218,11 +219,10 @@ impl Inner {
             }
             last = Some(id);
             match candidate {
-                Some(Candidate::Hot(event)) if visible(event) => {
-                    gathered.found.push(Found::Hot(event.clone()))
-                }
+                Some(Candidate::Hot(event)) if visible(event) => gathered.hot.push(event.clone()),
                 Some(Candidate::Cold(cold)) if cold_visible(cold) => {
-                    gathered.found.push(Found::Cold(cold.id, cold.place))
+                    let before = gathered.hot.len();
+                    gathered.cold.push((before, cold.id, cold.place))
                 }
                 _ => {}
             }
@@ -244,18 +244,15 @@ enum Candidate<'a> {
     Cold(&'a ColdEntry),
 }
 
-/// An event a read found: whole, or its place in the journal.
-pub(crate) enum Found {
-    /// Held whole, and every check passed.
-    Hot(SharedEvent),
-    /// On disk only: its id and place; expiry and the selector's filters
-    /// are checked once it is read back.
-    Cold(u64, Place),
-}
-
 /// A page gathered under the lock, before its cold events are read back.
 pub(crate) struct Gathered {
-    found: Vec<Found>,
+    /// The events found held whole (every check passed), in the order
+    /// examined.
+    hot: Vec<SharedEvent>,
+    /// The cold ones, in the order examined: how many whole ones came
+    /// before each, its id and place. Expiry and the selector's filters
+    /// are checked once they are read back.
+    cold: Vec<(usize, u64, Place)>,
     resume: Option<(ReadFrom, EventId)>,
     newest_first: bool,
     want: usize,
@@ -268,7 +265,8 @@ pub(crate) struct Gathered {
 impl Gathered {
     fn empty(req: &ReadRequest<'_>) -> Gathered {
         Gathered {
-            found: Vec::new(),
+            hot: Vec::new(),
+            cold: Vec::new(),
             resume: None,
             newest_first: false,
             want: 0,
@@ -277,15 +275,16 @@ impl Gathered {
         }
     }
 
+    fn len(&self) -> usize {
+        self.hot.len() + self.cold.len()
+    }
+
     /// The cold events to read back, ascending by id.
     pub(crate) fn cold(&self) -> Vec<(u64, Place)> {
         let mut cold: Vec<(u64, Place)> = self
-            .found
+            .cold
             .iter()
-            .filter_map(|f| match f {
-                Found::Cold(id, place) => Some((*id, *place)),
-                Found::Hot(_) => None,
-            })
+            .map(|&(_, id, place)| (id, place))
             .collect();
         if self.newest_first {
             cold.reverse();
@@ -297,16 +296,21 @@ impl Gathered {
     /// ascending by id) that `keep` accepts; one that could not be read or
     /// is not kept is left out, and the page then says where to go on.
     pub(crate) fn into_page(self, loaded: &[SharedEvent], keep: impl Fn(&Event) -> bool) -> Page {
-        let mut events = Vec::with_capacity(self.found.len());
+        let mut events = self.hot;
         let mut dropped = false;
-        for found in self.found {
-            match found {
-                Found::Hot(event) => events.push(event),
-                Found::Cold(id, _) => match loaded.binary_search_by_key(&id, |e| e.id.0) {
+        if !self.cold.is_empty() {
+            let mut whole = std::mem::take(&mut events).into_iter();
+            let mut taken = 0;
+            events.reserve(whole.len() + self.cold.len());
+            for (before, id, _) in self.cold {
+                events.extend(whole.by_ref().take(before - taken));
+                taken = before;
+                match loaded.binary_search_by_key(&id, |e| e.id.0) {
                     Ok(at) if keep(&loaded[at]) => events.push(loaded[at].clone()),
                     _ => dropped = true,
-                },
+                }
             }
+            events.extend(whole);
         }
         let mut resume = self.resume;
         if let (true, None, Some(last)) = (dropped, resume, self.filled_at) {

@@ -296,13 +296,9 @@ pub(super) fn standalone_decoder(
     max_idempotency_keys: usize,
 ) -> Decoder {
     let settings = MemoryLogSettings {
-        max_events_per_topic,
-        max_age: None,
         idempotency_window,
         max_idempotency_keys,
-        max_bytes: u64::MAX,
-        max_topics: usize::MAX,
-        hot_bytes: u64::MAX,
+        ..MemoryLogSettings::unbounded(max_events_per_topic)
     };
     let options = ClusterOptions {
         name: "herald".into(),
