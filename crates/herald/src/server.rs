@@ -27,6 +27,7 @@ use tower::ServiceExt;
 
 use crate::hub::Hub;
 
+mod publish_socket;
 mod sse_socket;
 #[cfg(feature = "fuzzing")]
 pub(crate) use sse_socket::fuzz_head;
@@ -162,9 +163,16 @@ impl Server {
             secs => Some(Duration::from_secs(secs)),
         };
         let graceful = GracefulShutdown::new();
-        let subscribes = tokio_util::task::TaskTracker::new();
+        let lean = tokio_util::task::TaskTracker::new();
         let pending_heads = PendingHeads::default();
-        let openings = sse_socket::Openings::default();
+        let sockets = std::sync::Arc::new(Sockets {
+            hub: hub.clone(),
+            router,
+            builder,
+            write_timeout,
+            lean: lean.clone(),
+            openings: sse_socket::Openings::default(),
+        });
         tokio::pin!(signal);
         loop {
             tokio::select! {
@@ -181,84 +189,8 @@ impl Server {
                     };
                     let (pending, evicted) = pending_heads.join();
                     let _ = stream.set_nodelay(true);
-                    // Lets the hub drop this socket when it closes a stream
-                    // whose writes are blocked (see `Connection`).
-                    let kill = CancellationToken::new();
-                    let handle = kill.clone();
-                    let router = router.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let subscribes = subscribes.clone();
-                    let openings = openings.clone();
+                    let served = sockets.clone().serve(stream, addr, pending, graceful.watcher());
                     tokio::spawn(async move {
-                        let served = async move {
-                        // Subscribers get the lean path (see `sse_socket`);
-                        // everything else hyper.
-                        let accepted = tokio::time::Instant::now();
-                        let first = tokio::time::timeout(HEADER_READ_TIMEOUT, sse_socket::is_subscribe(&stream));
-                        let Ok(subscribe) = first.await else {
-                            tracing::debug!(%addr, "no request within the header timeout");
-                            return;
-                        };
-                        if subscribe {
-                            let opening = subscribes.track_future(sse_socket::open(
-                                stream,
-                                addr,
-                                router,
-                                handle,
-                                sse_socket::Bounds {
-                                    max_head: MAX_REQUEST_HEAD_BYTES,
-                                    // One deadline for the whole head.
-                                    head_timeout: HEADER_READ_TIMEOUT.saturating_sub(accepted.elapsed()),
-                                    write_timeout,
-                                    openings,
-                                },
-                                pending,
-                            ));
-                            let opened = tokio::select! {
-                                opened = opening => opened,
-                                () = kill.cancelled() => {
-                                    tracing::debug!(%addr, "connection dropped by the hub");
-                                    return;
-                                }
-                            };
-                            match opened {
-                                // The body goes on in a task of its own,
-                                // holding only what streaming needs (this
-                                // task's state is mostly for the accept
-                                // and the head); the tracker sees no gap.
-                                Ok(Some(streaming)) => {
-                                    tokio::spawn(subscribes.track_future(stream_until_killed(streaming, addr, kill)));
-                                }
-                                Ok(None) => {}
-                                Err(err) => tracing::debug!(%addr, %err, "stream ended with an error"),
-                            }
-                            return;
-                        }
-                        // Given back when hyper hands over the first request.
-                        let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(pending)));
-                        let service = router.map_request(move |mut req: Request<Incoming>| {
-                            pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-                            req.extensions_mut().insert(ConnectInfo(addr));
-                            req.extensions_mut().insert(handle.clone());
-                            req
-                        });
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-                            .into_owned();
-                        // Boxed: hyper's connection is large, and the task
-                        // is as large as its largest branch; a subscriber's
-                        // task (the branch above) stays small.
-                        let conn = Box::pin(watcher.watch(conn));
-                        tokio::select! {
-                            result = conn => if let Err(err) = result {
-                                tracing::debug!(%addr, %err, "connection ended with an error");
-                            },
-                            () = kill.cancelled() => {
-                                tracing::debug!(%addr, "connection dropped by the hub");
-                            }
-                        }
-                    };
                         // Evicted while still waiting for its head: a newer
                         // socket took its place (see `MAX_PENDING_HEADS`).
                         tokio::select! {
@@ -280,9 +212,9 @@ impl Server {
         );
         hub.shutdown();
         let limit = hub.config().shutdown_timeout();
-        subscribes.close();
+        lean.close();
         let closed = async {
-            tokio::join!(graceful.shutdown(), subscribes.wait());
+            tokio::join!(graceful.shutdown(), lean.wait());
         };
         match tokio::time::timeout(limit, closed).await {
             Ok(()) => tracing::info!("all connections closed"),
@@ -300,6 +232,126 @@ impl Server {
             tracing::warn!("background work did not stop within 5 s; leaving it");
         }
         Ok(())
+    }
+}
+
+/// What every accepted socket is served with.
+struct Sockets {
+    hub: Hub,
+    router: axum::Router,
+    builder: std::sync::Arc<auto::Builder<TokioExecutor>>,
+    write_timeout: Option<Duration>,
+    /// The connections served beside hyper, waited for at shutdown.
+    lean: tokio_util::task::TaskTracker,
+    openings: sse_socket::Openings,
+}
+
+impl Sockets {
+    /// Serves one accepted socket: a subscribe or a publisher's
+    /// connection on the lean paths (`sse_socket`, `publish_socket`),
+    /// anything else, and whatever those hand back, on hyper.
+    async fn serve(
+        self: std::sync::Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+        pending: PendingHead,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let accepted = tokio::time::Instant::now();
+        let first = tokio::time::timeout(HEADER_READ_TIMEOUT, sse_socket::first_request(&stream));
+        let Ok(first) = first.await else {
+            tracing::debug!(%addr, "no request within the header timeout");
+            return;
+        };
+        // Lets the hub drop this socket when it closes a stream whose
+        // writes are blocked (see `Connection`).
+        let kill = CancellationToken::new();
+        let (io, pending) = match first {
+            sse_socket::First::Subscribe => {
+                let bounds = sse_socket::Bounds {
+                    max_head: MAX_REQUEST_HEAD_BYTES,
+                    // One deadline for the whole head.
+                    head_timeout: HEADER_READ_TIMEOUT.saturating_sub(accepted.elapsed()),
+                    write_timeout: self.write_timeout,
+                    openings: self.openings.clone(),
+                };
+                let opening = self.lean.track_future(sse_socket::open(
+                    stream,
+                    addr,
+                    self.router.clone(),
+                    kill.clone(),
+                    bounds,
+                    pending,
+                ));
+                let opened = tokio::select! {
+                    opened = opening => opened,
+                    () = kill.cancelled() => {
+                        tracing::debug!(%addr, "connection dropped by the hub");
+                        return;
+                    }
+                };
+                match opened {
+                    // The body goes on in a task of its own, holding only
+                    // what streaming needs (this task's state is mostly for
+                    // the accept and the head); the tracker sees no gap.
+                    Ok(Some(streaming)) => {
+                        let streaming = stream_until_killed(streaming, addr, kill);
+                        tokio::spawn(self.lean.track_future(streaming));
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::debug!(%addr, %err, "stream ended with an error"),
+                }
+                return;
+            }
+            sse_socket::First::Publish => {
+                let bounds = publish_socket::Bounds {
+                    max_head: MAX_REQUEST_HEAD_BYTES,
+                    first_head_by: accepted + HEADER_READ_TIMEOUT,
+                    head_timeout: HEADER_READ_TIMEOUT,
+                };
+                let serving =
+                    publish_socket::serve(stream, addr, self.hub.clone(), bounds, pending);
+                match self.lean.track_future(Box::pin(serving)).await {
+                    // A request the lean path does not take: hyper serves
+                    // the rest of the connection.
+                    Ok(Some(handover)) => (handover, None),
+                    Ok(None) => return,
+                    Err(err) => {
+                        tracing::debug!(%addr, %err, "publisher's connection ended with an error");
+                        return;
+                    }
+                }
+            }
+            sse_socket::First::Other => (publish_socket::Handover::fresh(stream), Some(pending)),
+        };
+        // Given back when hyper hands over the first request.
+        let pending = std::sync::Arc::new(std::sync::Mutex::new(pending));
+        let handle = kill.clone();
+        let service = self
+            .router
+            .clone()
+            .map_request(move |mut req: Request<Incoming>| {
+                pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+                req.extensions_mut().insert(ConnectInfo(addr));
+                req.extensions_mut().insert(handle.clone());
+                req
+            });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
+            .into_owned();
+        // Boxed: hyper's connection is large, and the task is as large as
+        // its largest branch; a subscriber's task (the branch above) stays
+        // small.
+        let conn = Box::pin(watcher.watch(conn));
+        tokio::select! {
+            result = conn => if let Err(err) = result {
+                tracing::debug!(%addr, %err, "connection ended with an error");
+            },
+            () = kill.cancelled() => {
+                tracing::debug!(%addr, "connection dropped by the hub");
+            }
+        }
     }
 }
 

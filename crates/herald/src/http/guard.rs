@@ -37,21 +37,29 @@ pub(super) async fn client_address(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let proxies = &hub.config().trusted_proxies;
-    if !proxies.is_empty() {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| *addr);
-        if let Some(peer) = peer {
-            if let Some(client) = forwarded_client(peer.ip(), request.headers(), proxies) {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
-            }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    if let Some(peer) = peer {
+        let client = client_ip(&hub, peer.ip(), request.headers());
+        if client != peer.ip() {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
         }
     }
     next.run(request).await
+}
+
+/// The client behind `peer`: itself, or from `X-Forwarded-For` when `peer`
+/// is one of `trusted_proxies` (see [`client_address`]).
+pub(crate) fn client_ip(hub: &Hub, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let proxies = &hub.config().trusted_proxies;
+    if proxies.is_empty() {
+        return peer;
+    }
+    forwarded_client(peer, headers, proxies).unwrap_or(peer)
 }
 
 fn forwarded_client(peer: IpAddr, headers: &HeaderMap, proxies: &[String]) -> Option<IpAddr> {
@@ -93,7 +101,9 @@ pub(super) async fn browser_guard(
     next.run(request).await
 }
 
-fn check(
+/// The checks of [`browser_guard`], for a request's method, URI and
+/// headers.
+pub(crate) fn check(
     hub: &Hub,
     method: &Method,
     uri: &axum::http::Uri,

@@ -7,11 +7,11 @@ pub(crate) mod ack;
 mod console;
 mod error;
 mod events;
-mod guard;
+pub(crate) mod guard;
 pub(crate) mod openapi;
 mod ops;
 mod poll;
-mod publish;
+pub(crate) mod publish;
 mod state;
 
 use std::net::{IpAddr, SocketAddr};
@@ -158,14 +158,31 @@ where
         let PeerAddr(peer) = PeerAddr::from_request_parts(parts, state)
             .await
             .unwrap_or(PeerAddr(None));
-        let token = credentials(parts, &hub.config().auth.cookie_name);
+        Caller::resolve(&hub, peer, &parts.headers, &parts.uri).await
+    }
+}
+
+impl Caller {
+    /// The caller of a request with these headers and URI, from `peer`
+    /// (after `trusted_proxies`): what the extractor and the server's
+    /// socket path both run.
+    pub(crate) async fn resolve(
+        hub: &Hub,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+        uri: &axum::http::Uri,
+    ) -> Result<Caller, ApiError> {
+        let token = credentials(headers, uri, &hub.config().auth.cookie_name);
         let identity = hub.authenticate(token.as_deref()).await?;
         Ok(Caller { identity, peer })
     }
 }
 
-fn credentials(parts: &Parts, cookie_name: &str) -> Option<String> {
-    let headers = &parts.headers;
+fn credentials(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    cookie_name: &str,
+) -> Option<String> {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -189,7 +206,7 @@ fn credentials(parts: &Parts, cookie_name: &str) -> Option<String> {
             }
         }
     }
-    let query = parts.uri.query()?;
+    let query = uri.query()?;
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())

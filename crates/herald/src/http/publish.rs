@@ -11,6 +11,7 @@ use super::openapi::ErrorBody;
 use super::{require_publisher, ApiError, Caller};
 use crate::hub::Hub;
 use crate::requests::publish::PublishRequest;
+use crate::values::event::EventId;
 
 /// Publishes and answers once the events are in the log (SPEC §4).
 #[utoipa::path(post, path = "/v1/publish", tag = "publish",
@@ -33,12 +34,59 @@ pub(crate) async fn publish(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_publisher(&hub, &caller)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(hub.config().limits.max_body_bytes),
         _ => ApiError::BadBody(rejection.body_text()),
-    })?;
-    let query = shortcut(query.as_deref())?;
+    });
+    let published = publish_body(&hub, &caller, query.as_deref(), body).await?;
+    let mut answers = published
+        .ids
+        .iter()
+        .map(|id| json!({ "id": id.to_string() }));
+    Ok(Json(match published.batch {
+        true => Value::Array(answers.collect()),
+        false => answers.next().expect("one id per event"),
+    }))
+}
+
+/// The ids a publish was given, in the order of its events.
+pub(crate) struct Published {
+    pub ids: Vec<EventId>,
+    /// The body was an array: the answer is one too.
+    pub batch: bool,
+}
+
+impl Published {
+    /// The answer's JSON, as [`publish`] sends it, appended to `out`.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        if self.batch {
+            out.push(b'[');
+        }
+        for (i, id) in self.ids.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = write!(out, "{{\"id\":\"{id}\"}}");
+        }
+        if self.batch {
+            out.push(b']');
+        }
+    }
+}
+
+/// A publish after its caller is known: the publisher's checks, then the
+/// body (or why it could not be read) into events, then the log. What the
+/// router's handler and the server's socket path both run.
+pub(crate) async fn publish_body(
+    hub: &Hub,
+    caller: &Caller,
+    query: Option<&str>,
+    body: Result<Bytes, ApiError>,
+) -> Result<Published, ApiError> {
+    require_publisher(hub, caller)?;
+    let body = body?;
+    let query = shortcut(query)?;
     let default_event = query.as_ref().and_then(|q| q.event.clone());
     let (requests, batch) = match query.filter(|q| q.topic.is_some()) {
         Some(mut request) => {
@@ -59,11 +107,7 @@ pub(crate) async fn publish(
         }
     };
     let ids = hub.publish_as(&caller.identity, requests).await?;
-    let mut answers = ids.iter().map(|id| json!({ "id": id.to_string() }));
-    Ok(Json(match batch {
-        true => Value::Array(answers.collect()),
-        false => answers.next().expect("one id per event"),
-    }))
+    Ok(Published { ids, batch })
 }
 
 /// The query: `?topic=T&event=E` makes the body the data, as text; `?event=E`

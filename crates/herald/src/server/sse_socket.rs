@@ -36,16 +36,31 @@ use tower::ServiceExt;
 /// What a connection's first bytes must be for this path.
 const PREFIX: &[u8] = b"GET /v1/events";
 
-/// True when the request waiting on `stream` is a subscribe: its first
-/// bytes are `GET /v1/events` followed by `?` or a space. Looks without
-/// consuming; a client that has not yet sent that much is left to hyper.
-pub(super) async fn is_subscribe(stream: &TcpStream) -> bool {
-    let mut first = [0u8; PREFIX.len() + 1];
-    match stream.peek(&mut first).await {
-        Ok(n) if n == first.len() => {
-            first.starts_with(PREFIX) && matches!(first[PREFIX.len()], b'?' | b' ')
-        }
-        _ => false,
+/// What a connection's first request is, as far as the accept loop needs
+/// to know.
+pub(super) enum First {
+    /// `GET /v1/events`: served here.
+    Subscribe,
+    /// `POST /v1/publish`: served by `publish_socket`.
+    Publish,
+    /// Anything else, or a client that has not yet sent that much: hyper.
+    Other,
+}
+
+/// Looks at the first bytes waiting on `stream`, without consuming them.
+pub(super) async fn first_request(stream: &TcpStream) -> First {
+    let mut first = [0u8; super::publish_socket::PREFIX.len() + 1];
+    let n = stream.peek(&mut first).await.unwrap_or(0);
+    let first = &first[..n];
+    if first.len() > PREFIX.len()
+        && first.starts_with(PREFIX)
+        && matches!(first[PREFIX.len()], b'?' | b' ')
+    {
+        First::Subscribe
+    } else if super::publish_socket::is_publish(first) {
+        First::Publish
+    } else {
+        First::Other
     }
 }
 
@@ -229,14 +244,14 @@ async fn read_head(stream: &mut TcpStream, max_head: usize) -> Result<Request<Bo
 
 /// Whether the bytes from `new` on (with the three before them) hold the
 /// blank line that ends a head (`\n\n` or `\n\r\n`).
-fn ends_head(buf: &[u8], new: usize) -> bool {
+pub(super) fn ends_head(buf: &[u8], new: usize) -> bool {
     let from = new.saturating_sub(3);
     buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// Most header fields in a head: hyper's limit, so that the lean path and
 /// hyper take and refuse the same heads.
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 
 /// A whole request head at the start of `buf`; `None` while it is partial.
 fn parse_head(buf: &[u8]) -> Result<Option<Request<Body>>, Bad> {
