@@ -505,6 +505,21 @@ mod tests {
     use axum::routing::get;
     use std::sync::Arc;
 
+    #[test]
+    fn a_heads_end_is_seen_wherever_the_reads_split_it() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+        ] {
+            for split in 0..head.len() {
+                // Bytes up to `split` were looked at already, without the end.
+                assert!(ends_head(head, split), "{head:?} split at {split}");
+            }
+            let partial = &head[..head.len() - 2];
+            assert!(!ends_head(partial, 0), "{partial:?}");
+        }
+    }
+
     #[tokio::test]
     async fn at_most_max_opening_turns_are_held() {
         let openings = Openings::default();
