@@ -7,7 +7,9 @@
 //! and a shutdown that ends streams (the hub tells them to) before it waits
 //! for connections — bounded by `shutdown_timeout_secs`. Subscribe requests
 //! are served on the socket by [`sse_socket`], which holds a fraction of
-//! hyper's per-connection buffers; every other request goes to hyper.
+//! hyper's per-connection buffers, and publishers' connections by
+//! [`publish_socket`], which answers a publish for a fraction of hyper's and
+//! the router's CPU; every other request goes to hyper.
 
 use std::future::Future;
 use std::io;
