@@ -174,12 +174,13 @@ pub(super) async fn serve(
             }
             Ok(buf.split_to(len).freeze())
         };
-        // What is still to come of a body refused unread.
+        // A body refused unread ends the connection; what is still to come
+        // of it is drained after the answer.
         let unread = match body {
             Ok(_) => 0,
             Err(_) => head.body_len.saturating_sub(buf.len() as u64),
         };
-        let keep = unread == 0 && !head.close;
+        let keep = body.is_ok() && !head.close;
         let answer = publish(&hub, addr, &uri, &headers, body).await;
         let keep = keep && !hub.is_shutting_down();
         write_answer(&hub, &mut out, answer, keep).await;
@@ -619,6 +620,31 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_ends_the_connection_even_when_read_whole() {
+        let mut config = Config {
+            memory: true,
+            ..Config::default()
+        };
+        config.limits.max_body_bytes = 10;
+        let hub = Hub::new(config).unwrap();
+        let (mut client, served) = connect(&hub).await;
+        let head = hub.stats().head;
+        // Head and body arrive in one read: the body is in the buffer
+        // whole, and must not be taken for the next head.
+        let sent = publish("t", &"x".repeat(20)) + &publish("t", "after");
+        client.write_all(sent.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer));
+        read.await.expect("the connection closes").unwrap();
+        assert!(served.await.unwrap().unwrap().is_none());
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+        assert_eq!(hub.stats().head, head, "nothing published");
     }
 
     #[test]
