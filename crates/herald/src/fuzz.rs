@@ -14,12 +14,18 @@ pub use crate::http::fuzz_publish as publish_request;
 pub use crate::log::nats::fuzz_messages as nats_messages;
 pub use crate::requests::subscribe::fuzz_query as subscribe_query;
 
-/// The lean subscribe path's request-head parser: a refusal is 400 or 431,
-/// nothing else.
+/// The request-head parsers of the paths beside hyper: a refusal is 400 or
+/// 431, nothing else; the publish path's parts lie inside its head. The
+/// bytes go to the publish parser as they are and after `POST /v1/publish`
+/// (the only heads it takes further than the request line).
 pub fn request_head(bytes: &[u8]) {
     if let Some(status) = crate::server::fuzz_head(bytes) {
         assert!(status == 400 || status == 431, "{status}");
     }
+    crate::server::fuzz_publish_head(bytes);
+    let mut publish = b"POST /v1/publish".to_vec();
+    publish.extend_from_slice(bytes);
+    crate::server::fuzz_publish_head(&publish);
 }
 
 /// `bytes` as they are, or — when the first byte is odd — the lines of the

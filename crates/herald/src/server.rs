@@ -32,6 +32,8 @@ use crate::hub::Hub;
 mod publish_socket;
 mod sse_socket;
 #[cfg(feature = "fuzzing")]
+pub(crate) use publish_socket::fuzz_head as fuzz_publish_head;
+#[cfg(feature = "fuzzing")]
 pub(crate) use sse_socket::fuzz_head;
 
 /// Largest request head (request line and headers). A subscribe may carry

@@ -353,6 +353,29 @@ fn parse_head(buf: &[u8]) -> Parsed {
     Parsed::Publish(head)
 }
 
+/// Fuzzing entry: what the head parser says of `buf` holds together (a
+/// refusal is 400 or 431; a publish's parts lie inside its head, and
+/// building its URI and headers does not panic).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_head(buf: &[u8]) {
+    match parse_head(buf) {
+        Parsed::Bad(status) => assert!(matches!(status.as_u16(), 400 | 431), "{status}"),
+        Parsed::Publish(head) => {
+            assert!(head.len <= buf.len());
+            let parts = std::iter::once(head.target).chain(head.headers.iter().map(|(_, at)| *at));
+            for (start, end) in parts {
+                assert!(
+                    start <= end && end <= head.len,
+                    "{start}..{end} of {}",
+                    head.len
+                );
+            }
+            let _ = head.build(&Bytes::copy_from_slice(&buf[..head.len]));
+        }
+        Parsed::Partial | Parsed::Other => {}
+    }
+}
+
 /// A `Content-Length` value: digits only.
 fn digits(value: &str) -> Option<u64> {
     let value = value.trim();
