@@ -7,6 +7,7 @@
 mod common;
 
 use common::HubProcess;
+use herald_wire::head::{Framing, ResponseHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -186,33 +187,20 @@ impl Answer {
 async fn read_answers(socket: &mut TcpStream, rest: &mut Vec<u8>, count: usize) -> Vec<Answer> {
     let mut answers = Vec::new();
     while answers.len() < count {
-        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(rest[..end].to_vec()).unwrap();
-            let mut lines = head.split("\r\n");
-            let status = lines
-                .next()
-                .unwrap()
-                .split(' ')
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
-            let headers: Vec<(String, String)> = lines
-                .map(|l| {
-                    let (n, v) = l.split_once(':').unwrap();
-                    (n.trim().to_ascii_lowercase(), v.trim().to_owned())
-                })
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .map(|(_, v)| v.parse().unwrap())
-                .expect("a content-length");
-            if rest.len() >= end + 4 + len {
-                let body = String::from_utf8(rest[end + 4..end + 4 + len].to_vec()).unwrap();
-                rest.drain(..end + 4 + len);
+        if let Some((head, end)) = ResponseHead::parse(rest).unwrap() {
+            let Framing::Length(len) = head.framing().unwrap() else {
+                panic!("an answer without a content-length: {head:?}")
+            };
+            if rest.len() >= end + len {
+                let body = String::from_utf8(rest[end..end + len].to_vec()).unwrap();
+                rest.drain(..end + len);
+                let headers = head
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name.to_ascii_lowercase(), value))
+                    .collect();
                 answers.push(Answer {
-                    status,
+                    status: head.status,
                     headers,
                     body,
                 });
@@ -263,12 +251,18 @@ fn chunked(request: &str) -> String {
     chunked + "0\r\n\r\n"
 }
 
+/// A hub, a stream subscribed to `topic`, and a publisher's socket.
+async fn subscriber_and_publisher(topic: &str) -> (HubProcess, common::SseClient, TcpStream) {
+    let hub = HubProcess::start(&[]);
+    let mut sub = common::SseClient::connect(hub.addr, &format!("/v1/events?topic={topic}")).await;
+    sub.expect_connected().await;
+    let socket = TcpStream::connect(hub.addr).await.unwrap();
+    (hub, sub, socket)
+}
+
 #[tokio::test]
 async fn pipelined_publishes_are_answered_in_order() {
-    let hub = HubProcess::start(&[]);
-    let mut sub = common::SseClient::connect(hub.addr, "/v1/events?topic=p").await;
-    sub.expect_connected().await;
-    let mut socket = TcpStream::connect(hub.addr).await.unwrap();
+    let (_hub, mut sub, mut socket) = subscriber_and_publisher("p").await;
     let words = ["one", "two", "three", "four"];
     let pipelined: String = words.iter().map(|w| publish_request("p", w, "")).collect();
     socket.write_all(pipelined.as_bytes()).await.unwrap();
@@ -304,10 +298,7 @@ async fn pipelined_publishes_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_publishers_connection_goes_to_hyper_for_anything_else() {
-    let hub = HubProcess::start(&[]);
-    let mut sub = common::SseClient::connect(hub.addr, "/v1/events?topic=h").await;
-    sub.expect_connected().await;
-    let mut socket = TcpStream::connect(hub.addr).await.unwrap();
+    let (hub, mut sub, mut socket) = subscriber_and_publisher("h").await;
     // A publish, a request for hyper and two publishes after it, in one
     // write: what was read past the publish reaches hyper whole.
     let sent = publish_request("h", "before", "")

@@ -239,6 +239,34 @@ impl Server {
     }
 }
 
+/// What a connection's first request is, as far as the accept loop needs
+/// to know.
+enum First {
+    /// `GET /v1/events`: served by `sse_socket`.
+    Subscribe,
+    /// `POST /v1/publish`: served by `publish_socket`.
+    Publish,
+    /// Anything else, or a client that has not yet sent that much: hyper.
+    Other,
+}
+
+/// Looks at the first bytes waiting on `stream`, without consuming them.
+async fn first_request(stream: &tokio::net::TcpStream) -> First {
+    let mut first = [0u8; publish_socket::PREFIX.len() + 1];
+    let n = stream.peek(&mut first).await.unwrap_or(0);
+    // A path's prefix, then its query or the end of the path.
+    let starts = |prefix: &[u8]| {
+        first[..n].starts_with(prefix) && matches!(first[..n].get(prefix.len()), Some(b'?' | b' '))
+    };
+    if starts(sse_socket::PREFIX) {
+        First::Subscribe
+    } else if starts(publish_socket::PREFIX) {
+        First::Publish
+    } else {
+        First::Other
+    }
+}
+
 /// What every accepted socket is served with.
 struct Sockets {
     hub: Hub,
@@ -262,7 +290,7 @@ impl Sockets {
         watcher: hyper_util::server::graceful::Watcher,
     ) {
         let accepted = tokio::time::Instant::now();
-        let first = tokio::time::timeout(HEADER_READ_TIMEOUT, sse_socket::first_request(&stream));
+        let first = tokio::time::timeout(HEADER_READ_TIMEOUT, first_request(&stream));
         let Ok(first) = first.await else {
             tracing::debug!(%addr, "no request within the header timeout");
             return;
@@ -271,7 +299,7 @@ impl Sockets {
         // writes are blocked (see `Connection`).
         let kill = CancellationToken::new();
         let (io, pending) = match first {
-            sse_socket::First::Subscribe => {
+            First::Subscribe => {
                 let bounds = sse_socket::Bounds {
                     max_head: MAX_REQUEST_HEAD_BYTES,
                     // One deadline for the whole head.
@@ -307,7 +335,7 @@ impl Sockets {
                 }
                 return;
             }
-            sse_socket::First::Publish => {
+            First::Publish => {
                 let bounds = publish_socket::Bounds {
                     max_head: MAX_REQUEST_HEAD_BYTES,
                     first_head_by: accepted + HEADER_READ_TIMEOUT,
@@ -326,7 +354,7 @@ impl Sockets {
                     }
                 }
             }
-            sse_socket::First::Other => (publish_socket::Handover::fresh(stream), Some(pending)),
+            First::Other => (publish_socket::Handover::fresh(stream), Some(pending)),
         };
         // Given back when hyper hands over the first request.
         let pending = std::sync::Arc::new(std::sync::Mutex::new(pending));

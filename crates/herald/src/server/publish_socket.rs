@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::sse_socket::{ends_head, MAX_HEADERS};
+use super::sse_socket::{ends_head, status_line, write_headers, MAX_HEADERS};
 use crate::http::guard;
 use crate::http::publish::{publish_body, Published};
 use crate::http::{ApiError, Caller};
@@ -39,13 +39,6 @@ use crate::hub::Hub;
 /// What a connection's first bytes must be for this path (then `?` or a
 /// space).
 pub(super) const PREFIX: &[u8] = b"POST /v1/publish";
-
-/// Whether `first`, a connection's first bytes, start a publish.
-pub(super) fn is_publish(first: &[u8]) -> bool {
-    first.len() > PREFIX.len()
-        && first.starts_with(PREFIX)
-        && matches!(first[PREFIX.len()], b'?' | b' ')
-}
 
 /// A connection given to hyper: the socket, and what was read from it and
 /// not yet answered (hyper reads that first).
@@ -328,18 +321,12 @@ fn parse_head(buf: &[u8]) -> Parsed {
         {
             return Parsed::Other;
         } else if name == header::CONNECTION {
-            let value = String::from_utf8_lossy(field.value);
-            if value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"))
-            {
-                head.close = true;
-            }
-            if value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            {
-                return Parsed::Other;
+            for option in field.value.split(|&b| b == b',') {
+                let option = option.trim_ascii();
+                if option.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Other;
+                }
+                head.close |= option.eq_ignore_ascii_case(b"close");
             }
         } else if name == header::ORIGIN {
             // The CORS layer adds its headers to such answers: hyper's.
@@ -424,15 +411,7 @@ async fn write_answer(
                 .await
                 .unwrap_or_default();
             status_line(out, parts.status);
-            for (name, value) in &parts.headers {
-                if name == header::CONTENT_LENGTH || name == header::CONNECTION {
-                    continue;
-                }
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            write_headers(out, &parts.headers);
             end_head(out, body.len(), keep);
             out.extend_from_slice(&body);
             log_request(parts.status);
@@ -458,14 +437,6 @@ async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, status: StatusCode) -
     stream.write_all(out).await?;
     let _ = stream.shutdown().await;
     Ok(())
-}
-
-fn status_line(out: &mut Vec<u8>, status: StatusCode) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 fn end_head(out: &mut Vec<u8>, body_len: usize, keep: bool) {

@@ -33,36 +33,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// What a connection's first bytes must be for this path.
-const PREFIX: &[u8] = b"GET /v1/events";
-
-/// What a connection's first request is, as far as the accept loop needs
-/// to know.
-pub(super) enum First {
-    /// `GET /v1/events`: served here.
-    Subscribe,
-    /// `POST /v1/publish`: served by `publish_socket`.
-    Publish,
-    /// Anything else, or a client that has not yet sent that much: hyper.
-    Other,
-}
-
-/// Looks at the first bytes waiting on `stream`, without consuming them.
-pub(super) async fn first_request(stream: &TcpStream) -> First {
-    let mut first = [0u8; super::publish_socket::PREFIX.len() + 1];
-    let n = stream.peek(&mut first).await.unwrap_or(0);
-    let first = &first[..n];
-    if first.len() > PREFIX.len()
-        && first.starts_with(PREFIX)
-        && matches!(first[PREFIX.len()], b'?' | b' ')
-    {
-        First::Subscribe
-    } else if super::publish_socket::is_publish(first) {
-        First::Publish
-    } else {
-        First::Other
-    }
-}
+/// What a connection's first bytes must be for this path (then `?` or a
+/// space).
+pub(super) const PREFIX: &[u8] = b"GET /v1/events";
 
 /// What one socket may take: head size, time to send the head, time
 /// without progress while writing.
@@ -309,17 +282,7 @@ async fn write_head(
     let (parts, body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let mut head = BytesMut::with_capacity(256);
-    head.put_slice(b"HTTP/1.1 ");
-    head.put_slice(parts.status.as_str().as_bytes());
-    head.put_u8(b' ');
-    head.put_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    head.put_slice(b"\r\n");
+    status_line(&mut head, parts.status);
     write_headers(&mut head, &parts.headers);
     match length {
         Some(n) => {
@@ -416,7 +379,18 @@ fn next_chunk(stream: &TcpStream, body: &mut Body, cx: &mut std::task::Context<'
     }
 }
 
-fn write_headers(head: &mut BytesMut, headers: &HeaderMap) {
+/// A response's status line, reason included.
+pub(super) fn status_line(head: &mut impl BufMut, status: StatusCode) {
+    head.put_slice(b"HTTP/1.1 ");
+    head.put_slice(status.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    head.put_slice(b"\r\n");
+}
+
+/// A response's header fields, without those of its framing (the socket
+/// paths write their own length and connection fields).
+pub(super) fn write_headers(head: &mut impl BufMut, headers: &HeaderMap) {
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
