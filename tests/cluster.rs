@@ -653,6 +653,96 @@ async fn a_trimmed_log_resets_positions_before_it(kind: Kind) {
     assert!((50..300).contains(&kept), "kept {kept} of 300");
 }
 
+/// Events up to and including the message `marker`, of any type: (type,
+/// id, data) in arrival order.
+async fn events_until(client: &mut SseClient, marker: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    loop {
+        let e = tokio::time::timeout(PATIENCE, client.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("{marker} did not arrive after {out:?}"));
+        if e.event == "connected" {
+            continue;
+        }
+        let done = e.event == "message" && e.data == marker;
+        out.push((e.event, e.id.expect("an id"), e.data));
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Past the hot window (`history.hot_bytes=0`: only the newest event is
+/// held whole) history is read back from the engine by id, on the node
+/// that wrote it and on one that joined later: a resume replays what a
+/// live stream saw, in order, and `history=` the newest. On NATS the state
+/// changes, whose messages the next change replaces, stay whole on the
+/// node that read them.
+async fn history_beyond_the_hot_window(kind: Kind) {
+    let Some(engine) = Engine::start(kind) else {
+        return;
+    };
+    let cold = ["history.hot_bytes=0"];
+    let a = engine.node(&cold);
+    let mut live = subscribe(&a, "topic=cold/*").await;
+    let http = reqwest::Client::new();
+    for i in 0..40 {
+        if i % 10 == 5 {
+            let resp = http
+                .put(a.url("/v1/state/cold/s/n"))
+                .json(&json!(i))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        let topic = ["cold/x", "cold/y"][i % 2];
+        publish_data(&a, topic, format!("e{i}")).await;
+    }
+    a.publish_ok(json!({"topic": "cold/x", "data": "end"}))
+        .await;
+    let seen = events_until(&mut live, "end").await;
+    assert_eq!(seen.len(), 45);
+    let b = engine.node(&cold);
+    for (name, node) in [("a", &a), ("b", &b)] {
+        let metrics = node.metrics().await;
+        let cold: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_history_cold_events "))
+            .expect("the gauge")
+            .parse()
+            .unwrap();
+        assert!(cold >= 40, "history is in the engine only: {cold} cold");
+        // NATS keeps only a value's last change (its subject is rolled
+        // up): a node that joins later never read the earlier ones.
+        let joined_late = matches!(kind, Kind::Nats) && name == "b";
+        let want: Vec<_> = seen[1..]
+            .iter()
+            .filter(|(t, _, d)| !joined_late || t != "state" || d.contains(r#""version":4"#))
+            .cloned()
+            .collect();
+        let mut resumed = resume(node, "topic=cold/*", &seen[0].1).await;
+        assert_eq!(events_until(&mut resumed, "end").await, want, "node {name}");
+        let mut newest = subscribe(node, "topic=cold/y&history=4").await;
+        let want: Vec<(String, String)> = seen
+            .iter()
+            .filter(|(t, _, d)| t == "message" && ["e33", "e35", "e37", "e39"].contains(&&d[..]))
+            .map(|(_, id, d)| (id.clone(), d.clone()))
+            .collect();
+        assert_eq!(messages(&mut newest, 4).await, want);
+    }
+}
+
+#[tokio::test]
+async fn redis_history_beyond_the_hot_window() {
+    history_beyond_the_hot_window(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_history_beyond_the_hot_window() {
+    history_beyond_the_hot_window(Kind::Nats).await;
+}
+
 #[tokio::test]
 async fn redis_a_trimmed_log_resets_positions_before_it() {
     a_trimmed_log_resets_positions_before_it(Kind::Redis).await;

@@ -208,11 +208,11 @@ pub struct HistoryConfig {
     /// Most topics with retained events. Past it the oldest events leave
     /// history until a topic has none. Default `100000`.
     pub max_topics: usize,
-    /// With the journal (not `memory = true`): most bytes, in the measure
-    /// of `max_bytes`, of the newest retained events held whole in memory.
-    /// Older ones stay retained, on disk only (about 60 bytes of memory
-    /// each), and are read back from the journal when a replay reaches
-    /// them. Default `134217728` (128 MiB).
+    /// With the journal (not `memory = true`) or a cluster engine: most
+    /// bytes, in the measure of `max_bytes`, of the newest retained events
+    /// held whole in memory. Older ones stay retained, on disk or in the
+    /// engine only (about 60 bytes of memory each), and are read back from
+    /// there when a replay reaches them. Default `134217728` (128 MiB).
     pub hot_bytes: u64,
 }
 

@@ -541,7 +541,9 @@ impl CommitSink for Fanout {
             match entry {
                 // Nobody was connected to this node then: every addressed
                 // event waits, until a record says it was delivered.
-                Entry::Event(event) => inboxes.offer_at(event, |_| false, event.published_at_ms),
+                Entry::Event(event) | Entry::Held(event) => {
+                    inboxes.offer_at(event, |_| false, event.published_at_ms)
+                }
                 Entry::Control { record, .. } => self.control(record),
                 Entry::Unreadable { .. } => {}
             }

@@ -165,6 +165,19 @@ pub(crate) struct Place {
     pub len: u32,
 }
 
+impl Place {
+    /// An event a cluster engine holds: it has no place of its own, the
+    /// engine gives it back by its id (a Redis stream id, a NATS sequence
+    /// and index).
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) const BY_ID: Place = Place { offset: 0, len: 0 };
+    /// A cold event kept whole, which is never read back.
+    pub(crate) const UNPLACED: Place = Place {
+        offset: u32::MAX,
+        len: 0,
+    };
+}
+
 /// The segment files, open for reading, by the first id each may hold:
 /// shared by the journal (which adds and retires them) and the readers of
 /// events that are on disk only. A reader holding a file can finish its

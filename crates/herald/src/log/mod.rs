@@ -164,8 +164,13 @@ pub struct Conflict {
 /// One record of a clustered log.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    /// A committed event.
+    /// A committed event, which the engine gives back by its id while it
+    /// keeps it: past the replica's hot window it is held by its id only.
     Event(SharedEvent),
+    /// A committed event the engine will not give back by its id later
+    /// (NATS keeps only the last message of a state slot or a presence
+    /// pair): the replica holds it whole while it is retained.
+    Held(SharedEvent),
     /// A control record and its place in the log.
     Control {
         /// Its place in the log.
@@ -188,7 +193,7 @@ impl Entry {
     /// The record's place in the log.
     pub fn id(&self) -> EventId {
         match self {
-            Entry::Event(e) => e.id,
+            Entry::Event(e) | Entry::Held(e) => e.id,
             Entry::Control { id, .. } | Entry::Unreadable { id, .. } => *id,
         }
     }

@@ -8,9 +8,10 @@
 //! the list is in id order; one that leaves from the middle (its `ttl`, or
 //! its topic's count) is marked gone and dropped when it reaches the front.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::log::journal::Place;
+use crate::values::event::SharedEvent;
 use crate::values::topic::Topic;
 
 /// One cold event.
@@ -98,6 +99,11 @@ pub(super) struct TakenCold {
 pub(super) struct ColdIndex {
     entries: VecDeque<ColdEntry>,
     live: usize,
+    /// Cold events whose text stays in memory all the same: those a
+    /// cluster engine will not give back by id ([`crate::log::Entry::Held`]).
+    /// They turn cold with their neighbours so that cold ids stay below
+    /// whole ones.
+    whole: HashMap<u64, SharedEvent>,
 }
 
 impl ColdIndex {
@@ -106,6 +112,17 @@ impl ColdIndex {
         debug_assert!(self.entries.back().is_none_or(|b| b.id < entry.id));
         self.live += 1;
         self.entries.push_back(entry);
+    }
+
+    /// Adds the newest cold event, keeping its text.
+    pub(super) fn push_whole(&mut self, entry: ColdEntry, event: SharedEvent) {
+        self.whole.insert(entry.id, event);
+        self.push(entry);
+    }
+
+    /// The text of a cold event kept whole ([`ColdIndex::push_whole`]).
+    pub(super) fn whole(&self, id: u64) -> Option<&SharedEvent> {
+        self.whole.get(&id)
     }
 
     /// Cold events held.
@@ -146,6 +163,7 @@ impl ColdIndex {
             return None;
         }
         self.live -= 1;
+        self.whole.remove(&id);
         self.entries.pop_back()
     }
 
@@ -154,6 +172,7 @@ impl ColdIndex {
         let at = self.position(id)?;
         let entry = &mut self.entries[at];
         entry.refs = 0;
+        self.whole.remove(&id);
         let taken = TakenCold {
             direct: entry.direct,
             topics: std::mem::take(&mut entry.topics),

@@ -202,6 +202,10 @@ pub(crate) struct Inner {
     cold: ColdIndex,
     /// Sum of [`retained_cost`] over `events`.
     hot_bytes: u64,
+    /// Events without a place turn cold too, keeping their text (a cluster
+    /// replica's [`crate::log::Entry::Held`]); otherwise such an event
+    /// stops cooling (no journal: everything stays whole).
+    cool_unplaced: bool,
     topics: HashMap<Topic, History>,
     /// The keys of `topics`, in order: a wildcard read walks only the
     /// topics that share its pattern's literal prefix.
@@ -303,6 +307,7 @@ impl Inner {
             events: BTreeMap::new(),
             cold: ColdIndex::default(),
             hot_bytes: 0,
+            cool_unplaced: false,
             topics: HashMap::new(),
             names: BTreeSet::new(),
             direct: History::default(),
@@ -387,13 +392,59 @@ impl Inner {
         }
     }
 
-    /// Loads an event a cluster replica read back at start, in id order.
+    /// Loads an event a cluster replica read from its engine, in id order.
+    /// With a `place` ([`Place::BY_ID`]) it may turn cold past the hot
+    /// window, to be read back from the engine; without one it stays
+    /// whole.
     #[cfg(any(feature = "redis", feature = "nats"))]
-    pub(crate) fn restore(&mut self, event: SharedEvent) {
+    pub(crate) fn restore(&mut self, event: SharedEvent, place: Option<Place>) {
         self.next_id = self.next_id.max(event.id.0 + 1);
         self.last_ms = self.last_ms.max(event.published_at_ms);
         self.remember_key(&event);
-        self.store(event, None);
+        self.store(event, place);
+    }
+
+    /// Cold events a read could not get back from where they were kept (a
+    /// cluster engine trimmed them first): they leave history as if
+    /// evicted, so a resume from before one of them is told it lost
+    /// events instead of skipping it.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn lost(&mut self, ids: &[u64]) {
+        for &id in ids {
+            let Some(taken) = self.take(id) else {
+                continue; // left meanwhile
+            };
+            let topics: Vec<Option<Topic>> = match taken.direct() {
+                true => vec![None],
+                false => taken.topics().iter().cloned().map(Some).collect(),
+            };
+            for topic in topics {
+                let history = match &topic {
+                    Some(t) => match self.topics.get_mut(t) {
+                        Some(h) => h,
+                        None => continue,
+                    },
+                    None => &mut self.direct,
+                };
+                for ids in [&mut history.ids, &mut history.presence] {
+                    if let Ok(at) = ids.binary_search(&id) {
+                        ids.remove(at);
+                    }
+                }
+                history.evicted_through = history.evicted_through.max(id);
+                self.max_evicted = self.max_evicted.max(id);
+                if let Some(t) = &topic {
+                    self.prune_if_empty(t);
+                }
+            }
+        }
+    }
+
+    /// For a cluster replica: events read back by id turn cold past the
+    /// hot window, and those without a place with them, kept whole.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn cool_unplaced(&mut self) {
+        self.cool_unplaced = true;
     }
 
     /// Moves the head past an id that holds no event (a clustered log's
@@ -553,12 +604,21 @@ impl Inner {
             self.max_evicted = self.max_evicted.max(id);
         }
         if let Some(t) = topic {
-            if history.ids.is_empty() && history.presence.is_empty() {
-                let through = history.evicted_through;
-                self.topics.remove(t);
-                self.names.remove(t);
-                self.pruned_floor = self.pruned_floor.max(through);
-            }
+            self.prune_if_empty(t);
+        }
+    }
+
+    /// Drops a topic's history once it lists nothing; what it had evicted
+    /// becomes the floor below which no resume is covered.
+    fn prune_if_empty(&mut self, topic: &Topic) {
+        let Some(history) = self.topics.get(topic) else {
+            return;
+        };
+        if history.ids.is_empty() && history.presence.is_empty() {
+            let through = history.evicted_through;
+            self.topics.remove(topic);
+            self.names.remove(topic);
+            self.pruned_floor = self.pruned_floor.max(through);
         }
     }
 
@@ -754,23 +814,28 @@ impl Inner {
             let Some(entry) = self.events.first_entry() else {
                 break;
             };
-            let Some(place) = entry.get().place else {
+            let place = entry.get().place;
+            if place.is_none() && !self.cool_unplaced {
                 break; // no journal: everything stays whole
-            };
+            }
             let (id, stored) = entry.remove_entry();
             let event = stored.event;
             let cost = retained_cost(&event);
             self.hot_bytes -= cost;
             let topics = self.intern(event.topics.iter().map(Topic::as_str), event.topics.len());
-            self.cold.push(ColdEntry::new(
+            let cold = ColdEntry::new(
                 id,
                 event.published_at_ms,
-                place,
+                place.unwrap_or(Place::UNPLACED),
                 cost,
                 stored.refs,
                 in_direct_history(&event),
                 topics,
-            ));
+            );
+            match place {
+                Some(_) => self.cold.push(cold),
+                None => self.cold.push_whole(cold, event),
+            }
         }
     }
 

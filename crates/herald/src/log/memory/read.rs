@@ -121,8 +121,8 @@ impl Inner {
         )
     }
 
-    /// Reads a page of events held whole: the in-memory log and the
-    /// cluster replicas, which hold nothing cold.
+    /// Reads a page of events held whole: the in-memory log, which holds
+    /// nothing cold.
     pub(crate) fn read(&self, req: &ReadRequest<'_>, now: u64) -> Page {
         let gathered = self.gather(req, now);
         debug_assert!(
@@ -189,13 +189,13 @@ impl Inner {
                         self.cold
                             .range(0, until)
                             .rev()
-                            .map(|c| (c.id, Some(Candidate::Cold(c)))),
+                            .map(|c| (c.id, Some(self.cold_candidate(c)))),
                     ),
             ),
             None => Box::new(
                 self.cold
                     .range(after, until)
-                    .map(|c| (c.id, Some(Candidate::Cold(c))))
+                    .map(|c| (c.id, Some(self.cold_candidate(c))))
                     .chain(
                         self.events
                             .range(after + 1..=until)
@@ -222,7 +222,12 @@ impl Inner {
                 Some(Candidate::Hot(event)) if visible(event) => gathered.hot.push(event.clone()),
                 Some(Candidate::Cold(cold)) if cold_visible(cold) => {
                     let before = gathered.hot.len();
-                    gathered.cold.push((before, cold.id, cold.place))
+                    gathered.cold.push(ColdRead {
+                        before,
+                        id: cold.id,
+                        place: cold.place,
+                        published_at_ms: cold.published_at_ms,
+                    })
                 }
                 _ => {}
             }
@@ -233,7 +238,15 @@ impl Inner {
     fn candidate(&self, id: u64) -> Option<Candidate<'_>> {
         match self.events.get(&id) {
             Some(stored) => Some(Candidate::Hot(&stored.event)),
-            None => self.cold.get(id).map(Candidate::Cold),
+            None => self.cold.get(id).map(|c| self.cold_candidate(c)),
+        }
+    }
+
+    /// A cold event as a read sees it: kept whole or to be read back.
+    fn cold_candidate<'a>(&'a self, cold: &'a ColdEntry) -> Candidate<'a> {
+        match self.cold.whole(cold.id) {
+            Some(event) => Candidate::Hot(event),
+            None => Candidate::Cold(cold),
         }
     }
 }
@@ -244,15 +257,24 @@ enum Candidate<'a> {
     Cold(&'a ColdEntry),
 }
 
+/// A cold event a page needs, in the order examined.
+struct ColdRead {
+    /// How many events held whole came before it.
+    before: usize,
+    id: u64,
+    place: Place,
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+    published_at_ms: u64,
+}
+
 /// A page gathered under the lock, before its cold events are read back.
 pub(crate) struct Gathered {
     /// The events found held whole (every check passed), in the order
     /// examined.
     hot: Vec<SharedEvent>,
-    /// The cold ones, in the order examined: how many whole ones came
-    /// before each, its id and place. Expiry and the selector's filters
-    /// are checked once they are read back.
-    cold: Vec<(usize, u64, Place)>,
+    /// The cold ones, in the order examined. Expiry and the selector's
+    /// filters are checked once they are read back.
+    cold: Vec<ColdRead>,
     resume: Option<(ReadFrom, EventId)>,
     newest_first: bool,
     want: usize,
@@ -279,13 +301,20 @@ impl Gathered {
         self.hot.len() + self.cold.len()
     }
 
-    /// The cold events to read back, ascending by id.
+    /// The cold events to read back, ascending by id: id and place.
     pub(crate) fn cold(&self) -> Vec<(u64, Place)> {
-        let mut cold: Vec<(u64, Place)> = self
-            .cold
-            .iter()
-            .map(|&(_, id, place)| (id, place))
-            .collect();
+        self.cold_ascending(|c| (c.id, c.place))
+    }
+
+    /// The cold events to read back by id (from a cluster engine),
+    /// ascending: id and publish time.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn cold_by_id(&self) -> Vec<(u64, u64)> {
+        self.cold_ascending(|c| (c.id, c.published_at_ms))
+    }
+
+    fn cold_ascending<T>(&self, part: impl Fn(&ColdRead) -> T) -> Vec<T> {
+        let mut cold: Vec<T> = self.cold.iter().map(part).collect();
         if self.newest_first {
             cold.reverse();
         }
@@ -302,7 +331,7 @@ impl Gathered {
             let mut whole = std::mem::take(&mut events).into_iter();
             let mut taken = 0;
             events.reserve(whole.len() + self.cold.len());
-            for (before, id, _) in self.cold {
+            for ColdRead { before, id, .. } in self.cold {
                 events.extend(whole.by_ref().take(before - taken));
                 taken = before;
                 match loaded.binary_search_by_key(&id, |e| e.id.0) {

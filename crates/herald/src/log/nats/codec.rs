@@ -200,7 +200,7 @@ impl Decoder {
             let change: StateChange = crate::values::json::from_slice(payload).map_err(bad)?;
             self.state.insert(slot, (seq, change.entry));
             let id = EventId(self.id(seq, 0));
-            return Ok(vec![Entry::Event(Arc::new(Event::commit(
+            return Ok(vec![Entry::Held(Arc::new(Event::commit(
                 change.event,
                 id,
                 ts,
@@ -217,7 +217,7 @@ impl Decoder {
             let id = EventId(self.id(seq, 0));
             return Ok(set
                 .announcement
-                .map(|draft| Entry::Event(Arc::new(Event::commit(draft, id, ts))))
+                .map(|draft| Entry::Held(Arc::new(Event::commit(draft, id, ts))))
                 .into_iter()
                 .collect());
         }
@@ -474,6 +474,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(entries[0].id(), EventId(d.id(5, 0)));
+        assert!(
+            matches!(entries[0], Entry::Held(_)),
+            "a slot's message is rolled up by the next change: held whole"
+        );
         assert_eq!(d.state["t\nk"], (5, change.entry.clone()));
         assert!(d.decode(6, 100, "herald.state.zz", None, b"{}").is_err());
 

@@ -50,7 +50,7 @@ use super::{
     Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, EventLog,
     LogError, PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::values::event::{EventDraft, EventId};
+use crate::values::event::{Event, EventDraft, EventId, SharedEvent};
 use crate::values::selector::Selector;
 use crate::values::topic::Topic;
 
@@ -73,6 +73,8 @@ pub(crate) struct NatsLog {
     js: jetstream::Context,
     url: String,
     stream: String,
+    /// The stream, to read events back by sequence.
+    log_stream: stream::Stream,
     subjects: Subjects,
     replica: Arc<Replica>,
     decoder: Arc<Mutex<Decoder>>,
@@ -155,7 +157,7 @@ impl NatsLog {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        let (js, info) = loop {
+        let (js, log_stream, info) = loop {
             let attempt = async {
                 let client = connect
                     .clone()
@@ -170,7 +172,7 @@ impl NatsLog {
                     .await
                     .map_err(|e| e.to_string())?;
                 let info = stream.info().await.map_err(|e| e.to_string())?.clone();
-                Ok::<_, String>((js, info))
+                Ok::<_, String>((js, stream, info))
             };
             match attempt.await {
                 Ok(found) => break found,
@@ -247,6 +249,7 @@ impl NatsLog {
             js,
             url: url.to_owned(),
             stream: name,
+            log_stream,
             subjects: Subjects::new(&options.name),
             replica,
             decoder,
@@ -319,6 +322,63 @@ impl NatsLog {
         };
         let seq = ack.sequence;
         Ok(Ok((seq, self.wait_applied(seq).await)))
+    }
+
+    /// Events past the replica's hot window, read back by id (ascending,
+    /// with the publish time the log gave each): the message of each
+    /// sequence they lie in, a few requests at a time. Those the stream no
+    /// longer holds are left out.
+    async fn fetch(&self, wanted: Vec<(u64, u64)>) -> Result<Vec<SharedEvent>, LogError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        const IN_FLIGHT: usize = 32;
+        let (base, step) = (lock(&self.decoder).base, MAX_RECORDS as u64);
+        /// An event wanted from a message: its index there, id and
+        /// publish time.
+        type Wanted = (usize, u64, u64);
+        // By sequence, ascending.
+        let mut messages: Vec<(u64, Vec<Wanted>)> = Vec::new();
+        for (id, ms) in wanted {
+            let (seq, index) = ((id - base) / step, ((id - base) % step) as usize);
+            match messages.last_mut() {
+                Some((last, items)) if *last == seq => items.push((index, id, ms)),
+                _ => messages.push((seq, vec![(index, id, ms)])),
+            }
+        }
+        let stream = &self.log_stream;
+        let read: Vec<_> = futures_util::stream::iter(messages)
+            .map(|(seq, items)| async move {
+                match stream.get_raw_message(seq).await {
+                    Ok(message) => Ok(Some((message, items))),
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                    Err(e) => Err(LogError::Unavailable(e.to_string())),
+                }
+            })
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        for found in read {
+            let Some((message, items)) = found? else {
+                continue;
+            };
+            if message.subject.as_str() != self.subjects.log {
+                continue;
+            }
+            let Ok(batch) = crate::values::json::from_slice::<Batch>(&message.payload) else {
+                continue; // skipped when it was first read, too
+            };
+            let mut items = items.into_iter().peekable();
+            for (index, draft) in batch.events.into_iter().enumerate() {
+                let Some(&(at, id, ms)) = items.peek() else {
+                    break;
+                };
+                if at == index {
+                    items.next();
+                    out.push(Arc::new(Event::commit(draft, EventId(id), ms)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Waits until this node has applied the message at `seq`, at most the
@@ -570,7 +630,9 @@ impl EventLog for NatsLog {
     }
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
-        Ok(self.replica.read(&request))
+        self.replica
+            .read(&request, |wanted| self.fetch(wanted))
+            .await
     }
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {

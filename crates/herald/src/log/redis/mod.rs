@@ -54,10 +54,10 @@ use super::engine::{fresh, spawn_tail, Backoff, ClusterOptions, ConnectError, St
 use super::memory::MemoryLogSettings;
 use super::replica::Replica;
 use super::{
-    Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, EventLog,
+    Appended, ClusterLog, CommitSink, Conflict, Control, Coverage, EngineStatus, Entry, EventLog,
     LogError, PresenceUpdate, ReadRequest, StateGuard,
 };
-use crate::values::event::{EventDraft, EventId};
+use crate::values::event::{EventDraft, EventId, SharedEvent};
 use crate::values::selector::Selector;
 use crate::values::topic::Topic;
 
@@ -228,6 +228,38 @@ impl RedisLog {
             .await?;
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Events past the replica's hot window, read back by id (ascending):
+    /// one `XRANGE` per run of consecutive ids, all in one pipeline. Those
+    /// the stream no longer holds are left out.
+    async fn fetch(&self, wanted: Vec<(u64, u64)>) -> Result<Vec<SharedEvent>, LogError> {
+        let unavailable = |e: RedisError| LogError::Unavailable(e.to_string());
+        let mut pipe = redis::pipe();
+        let mut rest = &wanted[..];
+        while let Some(&(first, _)) = rest.first() {
+            let run = 1 + rest
+                .windows(2)
+                .take_while(|pair| pair[1].0 == pair[0].0 + 1)
+                .count();
+            let last = rest[run - 1].0;
+            pipe.cmd("XRANGE")
+                .arg(&self.keys.log)
+                .arg(stream_id(first))
+                .arg(stream_id(last));
+            rest = &rest[run..];
+        }
+        let mut conn = self.writer().await.map_err(unavailable)?;
+        let pages: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for page in pages {
+            let entries = decode_entries(page).map_err(|e| LogError::Failed(e.to_string()))?;
+            out.extend(entries.into_iter().filter_map(|entry| match entry {
+                Entry::Event(event) | Entry::Held(event) => Some(event),
+                Entry::Control { .. } | Entry::Unreadable { .. } => None,
+            }));
+        }
+        Ok(out)
     }
 
     /// Appends, then waits until this node has applied what it appended;
@@ -447,7 +479,9 @@ impl EventLog for RedisLog {
     }
 
     async fn read(&self, request: ReadRequest<'_>) -> Result<super::Page, LogError> {
-        Ok(self.replica.read(&request))
+        self.replica
+            .read(&request, |wanted| self.fetch(wanted))
+            .await
     }
 
     async fn coverage(&self, after: EventId, selector: &Selector) -> Result<Coverage, LogError> {
