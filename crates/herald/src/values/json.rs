@@ -8,7 +8,7 @@
 //! has no such limit: a record the hub wrote is always readable again,
 //! including records written before the bound existed.
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde_json::Value;
 
 /// The deepest nesting of arrays and objects in a kept value (a publish's
@@ -73,6 +73,15 @@ fn nesting(bytes: &[u8]) -> usize {
 /// module documentation). Only for the hub's own records: what comes from
 /// outside is parsed with serde_json's default limit.
 pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    from_slice_seed(bytes, std::marker::PhantomData::<T>)
+}
+
+/// [`from_slice`] through a seed: for a reader that keeps only part of a
+/// record (the others skipped, not built).
+pub(crate) fn from_slice_seed<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> serde_json::Result<S::Value> {
     // Brackets counted anywhere (strings included) bound the depth from
     // above; only a record with that many needs the exact walk.
     let brackets = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
@@ -87,7 +96,7 @@ pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Resul
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     de.disable_recursion_limit();
-    let value = T::deserialize(&mut de)?;
+    let value = seed.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 #[cfg(any(test, feature = "fuzzing"))]
 use std::time::Duration;
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::MAX_RECORDS;
@@ -28,6 +29,90 @@ pub(super) struct Batch {
     pub(super) events: Vec<EventDraft>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) controls: Vec<Control>,
+}
+
+/// The events at `wanted` (indexes, ascending) of a log message's batch,
+/// each with its index; the others are skipped, not built. What a read of
+/// one topic needs from a message that carries many.
+pub(super) fn batch_events(
+    payload: &[u8],
+    wanted: &[usize],
+) -> serde_json::Result<Vec<(usize, EventDraft)>> {
+    crate::values::json::from_slice_seed(payload, Message(wanted))
+}
+
+/// The batch object: `events` through [`Picks`], the rest skipped.
+struct Message<'a>(&'a [usize]);
+
+impl<'de> DeserializeSeed<'de> for Message<'_> {
+    type Value = Vec<(usize, EventDraft)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Message<'_> {
+    type Value = Vec<(usize, EventDraft)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a batch of events")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "events" => events = map.next_value_seed(Picks(self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// The wanted elements of the events array.
+struct Picks<'a>(&'a [usize]);
+
+impl<'de> DeserializeSeed<'de> for Picks<'_> {
+    type Value = Vec<(usize, EventDraft)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Picks<'_> {
+    type Value = Vec<(usize, EventDraft)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.0.len());
+        let mut wanted = self.0.iter().copied().peekable();
+        let mut index = 0;
+        loop {
+            let more = match wanted.peek() {
+                Some(&at) if at == index => match seq.next_element::<EventDraft>()? {
+                    Some(draft) => {
+                        out.push((index, draft));
+                        wanted.next();
+                        true
+                    }
+                    None => false,
+                },
+                _ => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                return Ok(out);
+            }
+            index += 1;
+        }
+    }
 }
 
 /// Turns messages into log entries, the same way on every node.
@@ -451,6 +536,42 @@ mod tests {
         assert!(!d.outcomes.contains_key(&3), "another node's append");
         let too_many = payload((0..=MAX_RECORDS).map(|_| EventDraft::default()).collect());
         assert!(d.decode(4, 100, "herald.log", None, &too_many).is_err());
+    }
+
+    #[test]
+    fn a_read_picks_the_events_it_wants_out_of_a_batch() {
+        let drafts: Vec<EventDraft> = (0..6).map(|i| keyed(&format!("k{i}"))).collect();
+        let whole = payload(drafts.clone());
+        let keys = |picked: Vec<(usize, EventDraft)>| {
+            picked
+                .into_iter()
+                .map(|(i, d)| (i, d.idempotency_key.unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(batch_events(&whole, &[1, 3, 5]).unwrap()),
+            [(1, "k1".into()), (3, "k3".into()), (5, "k5".into())]
+        );
+        assert_eq!(
+            keys(batch_events(&whole, &[0]).unwrap()),
+            [(0, "k0".into())]
+        );
+        assert!(batch_events(&whole, &[]).unwrap().is_empty());
+        assert_eq!(
+            keys(batch_events(&whole, &[4, 9]).unwrap()),
+            [(4, "k4".into())],
+            "past the end: what there is"
+        );
+        // Controls first, unknown fields skipped, as a newer writer might.
+        let json = serde_json::to_value(&drafts[..2]).unwrap();
+        let reordered = serde_json::json!({"controls": [], "later": {"x": [1]}, "events": json});
+        let bytes = serde_json::to_vec(&reordered).unwrap();
+        assert_eq!(
+            keys(batch_events(&bytes, &[1]).unwrap()),
+            [(1, "k1".into())]
+        );
+        assert!(batch_events(b"{\"events\": [1]}", &[0]).is_err());
+        assert!(batch_events(b"[]", &[0]).is_err());
     }
 
     #[test]

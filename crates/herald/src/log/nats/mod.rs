@@ -75,6 +75,8 @@ pub(crate) struct NatsLog {
     stream: String,
     /// The stream, to read events back by sequence.
     log_stream: stream::Stream,
+    /// Whether the stream answers direct gets.
+    direct: bool,
     subjects: Subjects,
     replica: Arc<Replica>,
     decoder: Arc<Mutex<Decoder>>,
@@ -154,6 +156,10 @@ impl NatsLog {
             name: name.clone(),
             subjects: vec![format!("{}.>", options.name)],
             allow_rollup: true,
+            // Reads of events past a node's hot window get messages by
+            // sequence: a direct get answers with the message as stored,
+            // where the API's get wraps it in JSON and base64.
+            allow_direct: true,
             storage: stream::StorageType::File,
             ..Default::default()
         };
@@ -197,6 +203,19 @@ impl NatsLog {
             })
             .await
             .map_err(|e| unreachable(format!("cannot open the node reports' stream: {e}")))?;
+        // A stream an earlier version made has no direct gets yet.
+        let direct = info.config.allow_direct
+            || {
+                let mut config = info.config.clone();
+                config.allow_direct = true;
+                match js.update_stream(config).await {
+                    Ok(_) => true,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot allow direct gets on the stream; older events are read back through the slower message get");
+                        false
+                    }
+                }
+            };
         let base = (info.created.unix_timestamp_nanos() / 1000).max(0) as u64;
         let first_seq = info.state.first_sequence;
         let last_seq = info.state.last_sequence;
@@ -250,6 +269,7 @@ impl NatsLog {
             url: url.to_owned(),
             stream: name,
             log_stream,
+            direct,
             subjects: Subjects::new(&options.name),
             replica,
             decoder,
@@ -329,7 +349,7 @@ impl NatsLog {
     /// sequence they lie in, a few requests at a time. Those the stream no
     /// longer holds are left out.
     async fn fetch(&self, wanted: Vec<(u64, u64)>) -> Result<Vec<SharedEvent>, LogError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
         const IN_FLIGHT: usize = 32;
         let (base, step) = (lock(&self.decoder).base, MAX_RECORDS as u64);
         /// An event wanted from a message: its index there, id and
@@ -344,14 +364,25 @@ impl NatsLog {
                 _ => messages.push((seq, vec![(index, id, ms)])),
             }
         }
-        let stream = &self.log_stream;
+        let (stream, direct) = (&self.log_stream, self.direct);
         let read: Vec<_> = futures_util::stream::iter(messages)
             .map(|(seq, items)| async move {
-                match stream.get_raw_message(seq).await {
-                    Ok(message) => Ok(Some((message, items))),
-                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                    Err(e) => Err(LogError::Unavailable(e.to_string())),
-                }
+                let found = match direct {
+                    true => match stream.direct_get(seq).await {
+                        Ok(message) => Some(message),
+                        Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+                        Err(e) => return Err(LogError::Unavailable(e.to_string())),
+                    },
+                    false => match stream.get_raw_message(seq).await {
+                        Ok(message) => Some(message),
+                        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                        Err(e) => return Err(LogError::Unavailable(e.to_string())),
+                    },
+                };
+                // Exactly that message, or none.
+                Ok(found
+                    .filter(|message| message.sequence == seq)
+                    .map(|message| (message, items)))
             })
             .buffered(IN_FLIGHT)
             .collect()
@@ -364,18 +395,16 @@ impl NatsLog {
             if message.subject.as_str() != self.subjects.log {
                 continue;
             }
-            let Ok(batch) = crate::values::json::from_slice::<Batch>(&message.payload) else {
+            let indexes: Vec<usize> = items.iter().map(|&(index, _, _)| index).collect();
+            let Ok(drafts) = batch_events(&message.payload, &indexes) else {
                 continue; // skipped when it was first read, too
             };
-            let mut items = items.into_iter().peekable();
-            for (index, draft) in batch.events.into_iter().enumerate() {
-                let Some(&(at, id, ms)) = items.peek() else {
+            let mut items = items.into_iter();
+            for (index, draft) in drafts {
+                let Some((_, id, ms)) = items.find(|&(at, _, _)| at == index) else {
                     break;
                 };
-                if at == index {
-                    items.next();
-                    out.push(Arc::new(Event::commit(draft, EventId(id), ms)));
-                }
+                out.push(Arc::new(Event::commit(draft, EventId(id), ms)));
             }
         }
         Ok(out)

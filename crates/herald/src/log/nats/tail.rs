@@ -174,6 +174,19 @@ pub(super) fn apply(
     }
 }
 
+/// Bytes of messages a pull may ask for at once. nats-server cuts off a
+/// client with more than 64 MiB waiting to be read (a "slow consumer"),
+/// and the ordered consumer asks for 500 messages a pull: batches of 1,000
+/// events make messages of a few hundred KiB, and a node reading such a
+/// log back could never finish.
+const PULL_BYTES: usize = 16 << 20;
+
+/// Messages per pull, so that a pull of the largest messages the server
+/// takes stays within [`PULL_BYTES`].
+fn pull_batch(max_payload: usize) -> i64 {
+    (PULL_BYTES / max_payload.max(1)).clamp(1, 500) as i64
+}
+
 /// An ordered consumer of the whole stream from `start`.
 pub(super) async fn consumer_from(
     js: &jetstream::Context,
@@ -188,6 +201,7 @@ pub(super) async fn consumer_from(
                 start_sequence: start.max(1),
             },
             filter_subject: filter.to_owned(),
+            max_batch: pull_batch(js.client().server_info().max_payload),
             ..Default::default()
         })
         .await
@@ -281,5 +295,29 @@ pub(super) async fn tail(tail: Tail) {
             _ = stop.cancelled() => return,
             _ = backoff.wait() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_of_the_largest_messages_stays_far_below_the_servers_cut_off() {
+        for max_payload in [1 << 10, 1 << 20, 8 << 20, 64 << 20] {
+            let batch = pull_batch(max_payload);
+            assert!((1..=500).contains(&batch), "{max_payload}: {batch}");
+            let bytes = batch as usize * max_payload;
+            assert!(
+                bytes <= PULL_BYTES.max(max_payload) && bytes < 64 << 20 || batch == 1,
+                "{max_payload}: {batch} messages, {bytes} bytes"
+            );
+        }
+        assert_eq!(pull_batch(1 << 20), 16, "nats-server's default max_payload");
+        assert_eq!(
+            pull_batch(1 << 10),
+            500,
+            "small messages: the default batch"
+        );
     }
 }
