@@ -679,7 +679,7 @@ async fn events_until(client: &mut SseClient, marker: &str) -> Vec<(String, Stri
 /// changes, whose messages the next change replaces, stay whole on the
 /// node that read them.
 async fn history_beyond_the_hot_window(kind: Kind) {
-    let Some(engine) = Engine::start(kind) else {
+    let Some(mut engine) = Engine::start(kind) else {
         return;
     };
     let cold = ["history.hot_bytes=0"];
@@ -731,6 +731,23 @@ async fn history_beyond_the_hot_window(kind: Kind) {
             .collect();
         assert_eq!(messages(&mut newest, 4).await, want);
     }
+    // With the engine away, a replay that needs it ends the stream (its
+    // client resumes later) rather than skip what it cannot read.
+    engine.kill9();
+    let mut cut = resume(&a, "topic=cold/*", &seen[0].1).await;
+    let items = tokio::time::timeout(PATIENCE, cut.read_to_end())
+        .await
+        .expect("the stream ends");
+    let got: Vec<_> = common::events(&items)
+        .into_iter()
+        .map(|e| (e.event, e.id.expect("an id"), e.data))
+        .collect();
+    assert!(got.len() < seen.len() - 1, "{got:?}");
+    assert_eq!(got, seen[1..=got.len()], "a prefix, in order");
+    engine.restart();
+    wait_ready(&a, 200).await;
+    let mut resumed = resume(&a, "topic=cold/*", &seen[0].1).await;
+    assert_eq!(events_until(&mut resumed, "end").await, seen[1..]);
 }
 
 #[tokio::test]
