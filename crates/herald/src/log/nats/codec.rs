@@ -48,7 +48,9 @@ impl<'de> DeserializeSeed<'de> for Message<'_> {
     type Value = Vec<(usize, EventDraft)>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_map(self)
+        // As a struct, so the array form reaches `visit_seq` as it does
+        // for the derived `Batch`.
+        de.deserialize_struct("Batch", &["events", "controls"], self)
     }
 }
 
@@ -69,6 +71,13 @@ impl<'de> Visitor<'de> for Message<'_> {
                 }
             }
         }
+        Ok(events)
+    }
+
+    /// The form serde also reads a struct in: `[events, controls]`.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let events = seq.next_element_seed(Picks(self.0))?.unwrap_or_default();
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(events)
     }
 }
@@ -397,12 +406,30 @@ pub(super) fn standalone_decoder(
 
 /// Fuzzing entry: a sequence of messages (`kind` picks the subject) through
 /// one node's decoder, as its tail would apply them. Never panics, ids only
-/// grow.
+/// grow. A log message's events picked out by a read (every `kind`-th)
+/// are those its whole decoding holds at the same indexes.
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_messages(messages: &[(u8, Vec<u8>)]) {
     let mut decoder = standalone_decoder("fuzz", 1 << 40, 16, Duration::from_secs(60), 64);
     let mut last_id = 0;
     for (i, (kind, payload)) in messages.iter().enumerate() {
+        if let Ok(batch) = crate::values::json::from_slice::<Batch>(payload) {
+            let step = usize::from(*kind).max(1);
+            let wanted: Vec<usize> = (0..batch.events.len() + 2).step_by(step).collect();
+            let picked = batch_events(payload, &wanted).expect("a batch reads either way");
+            let expected: Vec<(usize, &EventDraft)> = wanted
+                .iter()
+                .filter_map(|&at| batch.events.get(at).map(|d| (at, d)))
+                .collect();
+            assert_eq!(picked.len(), expected.len());
+            for ((at, draft), (want_at, want)) in picked.iter().zip(expected) {
+                assert_eq!(*at, want_at);
+                assert_eq!(
+                    serde_json::to_value(draft).ok(),
+                    serde_json::to_value(want).ok()
+                );
+            }
+        }
         let subject = match kind % 4 {
             0 => "herald.log".to_owned(),
             1 => "herald.floor".to_owned(),
@@ -571,7 +598,14 @@ mod tests {
             [(1, "k1".into())]
         );
         assert!(batch_events(b"{\"events\": [1]}", &[0]).is_err());
-        assert!(batch_events(b"[]", &[0]).is_err());
+        assert!(batch_events(b"7", &[0]).is_err());
+        // The array form serde also reads a struct in, as `Batch` reads it.
+        let array = serde_json::to_vec(&serde_json::json!([json, []])).unwrap();
+        assert_eq!(
+            keys(batch_events(&array, &[0]).unwrap()),
+            [(0, "k0".into())]
+        );
+        assert!(batch_events(b" [ ] ", &[0]).unwrap().is_empty());
     }
 
     #[test]
