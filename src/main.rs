@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc keeps an idle stream smaller and a publish cheaper than glibc's
+/// malloc (docs/BENCHMARKS.md, "jemalloc for the binary").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "herald",
