@@ -29,6 +29,9 @@ struct Counting;
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 static LIVE: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
 static LIVE_CLASS_BYTES: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
+/// Live allocations by exact size, up to `EXACT` bytes (larger ones in the last).
+const EXACT: usize = 4096;
+static LIVE_BY_SIZE: [AtomicI64; EXACT + 1] = [const { AtomicI64::new(0) }; EXACT + 1];
 
 fn class(size: usize) -> usize {
     let mut c = 0;
@@ -43,6 +46,7 @@ fn count(size: usize, sign: i64) {
     let c = class(size);
     LIVE[c].fetch_add(sign, Ordering::Relaxed);
     LIVE_CLASS_BYTES[c].fetch_add(sign * size as i64, Ordering::Relaxed);
+    LIVE_BY_SIZE[size.min(EXACT)].fetch_add(sign, Ordering::Relaxed);
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the
@@ -79,6 +83,7 @@ struct Snapshot {
     live: [i64; CLASSES],
     class_bytes: [i64; CLASSES],
     rss_kib: i64,
+    by_size: Vec<i64>,
 }
 
 fn snapshot() -> Snapshot {
@@ -93,6 +98,10 @@ fn snapshot() -> Snapshot {
         live: std::array::from_fn(|c| LIVE[c].load(Ordering::Relaxed)),
         class_bytes: std::array::from_fn(|c| LIVE_CLASS_BYTES[c].load(Ordering::Relaxed)),
         rss_kib,
+        by_size: LIVE_BY_SIZE
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect(),
     }
 }
 
@@ -170,6 +179,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "  {low:>6}..{:<6} B  {count:6.2} allocations  {bytes:8.1} bytes",
                 16 << c
             );
+        }
+    }
+    println!("by exact size (sizes held by at least one stream in ten):");
+    for size in 0..=EXACT {
+        let count = per(before.by_size[size], after.by_size[size]);
+        if count.abs() >= 0.1 {
+            let at_least = if size == EXACT { "+" } else { "" };
+            println!("  {size:>6}{at_least:<1} B  {count:6.2} allocations");
         }
     }
     println!(

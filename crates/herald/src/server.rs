@@ -327,7 +327,6 @@ impl Sockets {
                     // what streaming needs (this task's state is mostly for
                     // the accept and the head); the tracker sees no gap.
                     Ok(Some(streaming)) => {
-                        let streaming = stream_until_killed(streaming, addr, kill);
                         tokio::spawn(self.lean.track_future(streaming));
                     }
                     Ok(None) => {}
@@ -383,23 +382,6 @@ impl Sockets {
             () = kill.cancelled() => {
                 tracing::debug!(%addr, "connection dropped by the hub");
             }
-        }
-    }
-}
-
-/// A subscriber's stream after its head, until its body ends, the client
-/// leaves or the hub drops the connection (`kill`).
-async fn stream_until_killed(
-    streaming: sse_socket::Streaming,
-    addr: SocketAddr,
-    kill: CancellationToken,
-) {
-    tokio::select! {
-        result = streaming.run() => if let Err(err) = result {
-            tracing::debug!(%addr, %err, "stream ended with an error");
-        },
-        () = kill.cancelled() => {
-            tracing::debug!(%addr, "connection dropped by the hub");
         }
     }
 }

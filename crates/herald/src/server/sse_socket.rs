@@ -17,9 +17,11 @@
 //! Anything else (other paths, HTTP/2, a head too slow to show its first
 //! bytes) stays on hyper.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,9 +30,11 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, 
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
 use http_body::Body as _;
+use tokio::io::AsyncWrite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
 
 /// What a connection's first bytes must be for this path (then `?` or a
@@ -47,13 +51,39 @@ pub(super) struct Bounds {
     pub openings: Openings,
 }
 
-/// A stream whose response head is written: what is left to send, and
-/// all [`Streaming::run`] keeps for the stream's life.
-pub(super) struct Streaming {
-    stream: TcpStream,
-    body: Body,
-    chunked: bool,
-    write_timeout: Option<Duration>,
+pin_project_lite::pin_project! {
+    /// A stream whose response head is written: the future, run as a task
+    /// of its own, that sends the body until it ends, the client leaves or
+    /// the hub drops the connection (`kill`), then closes.
+    ///
+    /// Written by hand rather than as an `async fn`, for the state an
+    /// idle stream keeps (most of its life, in every stream's task): the
+    /// socket, the body, the kill token's waiter and a few words. A write
+    /// the socket does not take at once goes to a boxed [`Write`] with its
+    /// timer, so those sit only in the streams that wait to write.
+    pub(super) struct Streaming {
+        stream: TcpStream,
+        body: Body,
+        chunked: bool,
+        // The body ended: what is left is the last chunk (in `write`) and
+        // the shutdown.
+        ended: bool,
+        write_timeout: Option<Duration>,
+        write: Option<Box<Write>>,
+        #[pin]
+        kill: WaitForCancellationFutureOwned,
+    }
+}
+
+/// What is left of one write the socket did not take at once.
+struct Write {
+    head: Option<ChunkHead>,
+    data: Bytes,
+    /// Bytes of `head`, `data` and the chunk's end that went already.
+    sent: usize,
+    /// Set while the socket takes nothing; moved on by each write that
+    /// makes progress.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// Answers one subscribe request on `stream` up to its response head.
@@ -63,7 +93,7 @@ pub(super) struct Streaming {
 /// Reading the head, routing and writing the response head take far more
 /// state than streaming the body, and only for a moment: the caller runs
 /// this in the accept task and the body in a task of its own
-/// ([`Streaming::run`]), so an idle stream holds a small task.
+/// (the [`Streaming`] future), so an idle stream holds a small task.
 pub(super) async fn open(
     mut stream: TcpStream,
     addr: SocketAddr,
@@ -73,25 +103,88 @@ pub(super) async fn open(
     pending: super::PendingHead,
 ) -> io::Result<Option<Streaming>> {
     let write_timeout = bounds.write_timeout;
+    let kill = handle.clone().cancelled_owned();
     let answered = Box::pin(answer(&mut stream, addr, router, handle, bounds, pending));
     Ok(answered.await?.map(|(body, chunked)| Streaming {
         stream,
         body,
         chunked,
+        ended: false,
         write_timeout,
+        write: None,
+        kill,
     }))
 }
 
-impl Streaming {
-    /// Sends the body until it ends or the client leaves, then closes.
-    pub(super) async fn run(mut self) -> io::Result<()> {
-        stream_body(
-            &mut self.stream,
-            self.body,
-            self.chunked,
-            self.write_timeout,
-        )
-        .await
+impl Future for Streaming {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.kill.as_mut().poll(cx).is_ready() {
+            tracing::debug!(peer = ?this.stream.peer_addr().ok(), "connection dropped by the hub");
+            return Poll::Ready(());
+        }
+        let sent = send(
+            this.stream,
+            this.body,
+            *this.chunked,
+            this.ended,
+            *this.write_timeout,
+            this.write,
+            cx,
+        );
+        match sent {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(err)) => {
+                tracing::debug!(peer = ?this.stream.peer_addr().ok(), %err, "stream ended with an error");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// Sends the body as it comes, until it ends or the client leaves, or the
+/// socket accepts no bytes for `write_timeout`; then the last chunk and
+/// the shutdown.
+fn send(
+    stream: &mut TcpStream,
+    body: &mut Body,
+    chunked: bool,
+    ended: &mut bool,
+    write_timeout: Option<Duration>,
+    write: &mut Option<Box<Write>>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        if let Some(pending) = write.as_mut() {
+            ready!(write_rest(stream, pending, write_timeout, cx))?;
+            *write = None;
+        }
+        if *ended {
+            return Pin::new(&mut *stream).poll_shutdown(cx);
+        }
+        let (head, data) = match ready!(next_chunk(stream, body, cx)) {
+            Next::Data(data) => (chunked.then(|| ChunkHead::new(data.len())), data),
+            Next::End => {
+                *ended = true;
+                if !chunked {
+                    continue;
+                }
+                (None, Bytes::from_static(LAST_CHUNK))
+            }
+            Next::Gone => return Poll::Ready(Ok(())),
+        };
+        if let Some(sent) = try_write(stream, head.as_ref(), &data)? {
+            // The socket is full: the rest waits for room.
+            *write = Some(Box::new(Write {
+                head,
+                data,
+                sent,
+                deadline: None,
+            }));
+        }
     }
 }
 
@@ -298,39 +391,6 @@ async fn write_head(
     Ok((body, chunked && length.is_none()))
 }
 
-/// Sends the body as it comes, until it ends or the client leaves, or
-/// accepts no bytes for `write_timeout`.
-///
-/// Written for the state it keeps while idle (most of a stream's life, in
-/// every stream's task): waiting is one `poll_fn` over references, and the
-/// few bytes read to notice the client leaving live on the stack of a
-/// poll, not in the task.
-async fn stream_body(
-    stream: &mut TcpStream,
-    mut body: Body,
-    chunked: bool,
-    write_timeout: Option<Duration>,
-) -> io::Result<()> {
-    loop {
-        let data = match std::future::poll_fn(|cx| next_chunk(stream, &mut body, cx)).await {
-            Next::Data(data) => data,
-            Next::End => break,
-            Next::Gone => return Ok(()),
-        };
-        let head = chunked.then(|| ChunkHead::new(data.len()));
-        if let Some(sent) = try_write(stream, head.as_ref(), &data)? {
-            // The socket is full: the rest waits for room, in a future of
-            // its own (boxed: its timer and buffers would otherwise sit in
-            // every idle stream's task).
-            Box::pin(write_rest(stream, head, data, sent, write_timeout)).await?;
-        }
-    }
-    if chunked {
-        stream.write_all(LAST_CHUNK).await?;
-    }
-    stream.shutdown().await
-}
-
 /// What a stream waits for.
 enum Next {
     /// Data to send.
@@ -432,43 +492,48 @@ fn try_write(
     }
 }
 
-/// Writes the rest of a write of which `sent` bytes went, waiting for room;
-/// each write that makes progress restarts the clock.
-async fn write_rest(
+/// Writes what is left of `pending`, as the socket takes it; each write
+/// that makes progress restarts the clock of `write_timeout`.
+fn write_rest(
     stream: &mut TcpStream,
-    head: Option<ChunkHead>,
-    data: Bytes,
-    mut sent: usize,
+    pending: &mut Write,
     write_timeout: Option<Duration>,
-) -> io::Result<()> {
-    let mut parts = parts(head.as_ref(), &data);
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
     loop {
+        let mut parts = parts(pending.head.as_ref(), &pending.data);
+        let mut skip = pending.sent;
         for part in parts.iter_mut() {
-            let take = sent.min(part.len());
+            let take = skip.min(part.len());
             *part = &part[take..];
-            sent -= take;
+            skip -= take;
         }
         if parts.iter().all(|p| p.is_empty()) {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
         let slices = parts.map(IoSlice::new);
-        sent = within(write_timeout, stream.write_vectored(&slices)).await?;
-        if sent == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                pending.sent += n;
+                if let (Some(deadline), Some(limit)) = (pending.deadline.as_mut(), write_timeout) {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+            }
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => {
+                let Some(limit) = write_timeout else {
+                    return Poll::Pending;
+                };
+                let deadline = pending
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                return match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
         }
-    }
-}
-
-/// `write`, failing with `TimedOut` when it takes longer than `limit`.
-async fn within<T>(
-    limit: Option<Duration>,
-    write: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    match limit {
-        None => write.await,
-        Some(limit) => tokio::time::timeout(limit, write)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
     }
 }
 
@@ -536,7 +601,7 @@ mod tests {
                         pending,
                     );
                     if let Ok(Some(streaming)) = opened.await {
-                        let _ = streaming.run().await;
+                        streaming.await;
                     }
                 });
             }
