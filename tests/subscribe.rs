@@ -408,3 +408,23 @@ async fn heartbeat_comment_when_idle() {
     );
     assert_eq!(sub.next().await, Some(Item::Comment("ping".into())));
 }
+
+#[tokio::test]
+async fn no_heartbeat_while_events_flow() {
+    let hub = HubProcess::start(&["stream.heartbeat_secs=1"]);
+    let mut sub = SseClient::connect(hub.addr, "/v1/events?topic=busy").await;
+    sub.expect_connected().await;
+    // An event every 300 ms for 2.4 s: the stream is never quiet for the
+    // 1 s interval, so nothing but the events comes.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hub.publish_ok(json!({"topic": "busy", "data": i.to_string()}))
+            .await;
+        match sub.next().await {
+            Some(Item::Event(e)) => assert_eq!(e.data, i.to_string()),
+            other => panic!("{other:?} while an event came every 300 ms"),
+        }
+    }
+    // Once quiet, the ping comes again.
+    assert_eq!(sub.next().await, Some(Item::Comment("ping".into())));
+}

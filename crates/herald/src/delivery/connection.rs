@@ -12,8 +12,9 @@
 //! the writer for a swap of the whole deque, neither across an await.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -63,6 +64,14 @@ pub(crate) struct Connection {
     /// Its user's joins and leaves of presence topics are announced (SSE
     /// streams; not long polls, which come and go with every answer).
     pub announces_presence: bool,
+    /// It gets a `: ping` after a quiet heartbeat interval (SSE streams;
+    /// not long polls).
+    pub heartbeats: bool,
+    /// When its writer last wrote ([`clock_ms`]).
+    last_write_ms: AtomicU64,
+    /// Set by the hub's heartbeat tick ([`Connection::ping_if_quiet`]),
+    /// taken by the writer.
+    ping_due: AtomicBool,
     capacity: usize,
     overflow: Overflow,
     /// Highest id ever offered. Fan-out offers events in id order, so an id
@@ -98,6 +107,9 @@ impl Connection {
             rights: crate::access::auth::Rights::All,
             selector,
             announces_presence: false,
+            heartbeats: false,
+            last_write_ms: AtomicU64::new(clock_ms()),
+            ping_due: AtomicBool::new(false),
             capacity: capacity.max(1),
             overflow,
             last_offered: AtomicU64::new(0),
@@ -193,6 +205,25 @@ impl Connection {
         }
     }
 
+    /// Notes that its writer wrote at `at_ms` ([`clock_ms`]).
+    pub(crate) fn wrote(&self, at_ms: u64) {
+        self.last_write_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Whether a heartbeat is due; taking it clears it.
+    pub(crate) fn take_ping(&self) -> bool {
+        self.ping_due.load(Ordering::Relaxed) && self.ping_due.swap(false, Ordering::Relaxed)
+    }
+
+    /// Marks a heartbeat due and wakes the writer when the stream has
+    /// written nothing for `every_ms` (called by the hub's heartbeat tick).
+    pub(crate) fn ping_if_quiet(&self, now_ms: u64, every_ms: u64) {
+        let quiet = now_ms.saturating_sub(self.last_write_ms.load(Ordering::Relaxed));
+        if self.heartbeats && quiet >= every_ms && !self.ping_due.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
     /// Events dropped by `drop_oldest`/`drop_newest` so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -206,6 +237,19 @@ impl Connection {
     pub(crate) fn queued(&self) -> usize {
         self.queue.lock().items.len()
     }
+}
+
+/// Milliseconds on a monotonic clock that starts with the process: when
+/// streams last wrote, for the heartbeat tick.
+pub(crate) fn clock_ms() -> u64 {
+    clock_ms_at(Instant::now())
+}
+
+/// [`clock_ms`] at `at`.
+pub(crate) fn clock_ms_at(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64
 }
 
 #[cfg(test)]
@@ -268,6 +312,26 @@ mod tests {
         assert_eq!(c.offer(&ev(3, None)), Offered::Disconnected);
         assert_eq!(c.offer(&ev(4, None)), Offered::Closed);
         assert_eq!(drained(&c), (vec![], Some(CloseReason::Overflow)));
+    }
+
+    #[test]
+    fn a_ping_is_due_once_per_quiet_interval_and_only_for_streams() {
+        let mut stream = conn(10, Overflow::Disconnect);
+        stream.heartbeats = true;
+        stream.wrote(1_000);
+        stream.ping_if_quiet(1_999, 1_000);
+        assert!(!stream.take_ping(), "not quiet for an interval yet");
+        stream.ping_if_quiet(2_000, 1_000);
+        stream.ping_if_quiet(2_250, 1_000);
+        assert!(stream.take_ping());
+        assert!(!stream.take_ping(), "taken once");
+        stream.wrote(2_300);
+        stream.ping_if_quiet(3_000, 1_000);
+        assert!(!stream.take_ping(), "a write starts the interval again");
+        let poll = conn(10, Overflow::Disconnect);
+        poll.wrote(0);
+        poll.ping_if_quiet(10_000, 1_000);
+        assert!(!poll.take_ping(), "long polls get no heartbeats");
     }
 
     #[test]

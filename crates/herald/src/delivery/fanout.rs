@@ -277,6 +277,15 @@ impl Fanout {
     }
 
     /// Removes a connection and everything that points at it.
+    /// Marks a heartbeat due on every stream that wrote nothing for
+    /// `every_ms`, and wakes it (the hub's heartbeat tick; under the
+    /// registry's read lock, so dispatch goes on meanwhile).
+    pub(crate) fn heartbeat_tick(&self, now_ms: u64, every_ms: u64) {
+        for conn in self.read_registry().connections.values() {
+            conn.ping_if_quiet(now_ms, every_ms);
+        }
+    }
+
     pub(crate) fn unregister(&self, key: u64) {
         let mut reg = self.write_registry();
         let Some(conn) = reg.connections.remove(&key) else {

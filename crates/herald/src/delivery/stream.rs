@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access::limits::ConnectionPermit;
 use crate::config::Config;
-use crate::delivery::connection::{CloseReason, Connection};
+use crate::delivery::connection::{clock_ms, clock_ms_at, CloseReason, Connection};
 use crate::delivery::fanout::Fanout;
 use crate::delivery::state::SnapshotCursor;
 use crate::log::{EventLog, ReadFrom, ReadRequest};
@@ -102,13 +102,6 @@ pub(crate) struct Writer<H: StreamHost> {
     opening: Option<Box<Opening>>,
     /// Id of the last event written; nothing at or below it is written again.
     last_written: u64,
-    heartbeat_every: Duration,
-    /// Fires at the earliest moment a heartbeat may be due. A write does
-    /// not move it (moving a timer is a trip through the timer wheel, per
-    /// delivery); it notes when it wrote, and the timer, when it fires,
-    /// sleeps again until a heartbeat after the last write.
-    heartbeat: Pin<Box<Sleep>>,
-    last_wrote: Instant,
     /// When the connection's token stops being valid: the stream then
     /// sends `herald.token_expired` and ends.
     token_expiry: Option<Pin<Box<Sleep>>>,
@@ -147,7 +140,6 @@ impl<H: StreamHost> Writer<H> {
             position,
         } = opened;
         let config = hub.config();
-        let heartbeat_every = config.heartbeat();
         let mut preamble = BytesMut::new();
         sse::write_retry(&mut preamble, config.stream.retry_ms);
         let connected = serde_json::json!({
@@ -214,9 +206,6 @@ impl<H: StreamHost> Writer<H> {
             // (answered before the dispatch, or read on another node)
             // would otherwise get that event again from its live queue.
             last_written: position.parse().unwrap_or(0),
-            heartbeat_every,
-            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
-            last_wrote: Instant::now(),
             token_expiry: valid_until.map(|until| {
                 let left = until.saturating_sub(crate::access::auth::now_secs());
                 Box::pin(tokio::time::sleep(Duration::from_secs(left)))
@@ -233,8 +222,10 @@ impl<H: StreamHost> Writer<H> {
         }))
     }
 
+    /// Notes a write, for the hub's heartbeat tick (`Connection::ping_if_quiet`):
+    /// a write does not touch a timer.
     fn wrote(&mut self) {
-        self.last_wrote = Instant::now();
+        self.conn.wrote(clock_ms());
     }
 
     /// Encodes events from the front of `scratch` that are newer than the
@@ -367,7 +358,7 @@ impl<H: StreamHost> Writer<H> {
                 );
             }
             if let Some(chunk) = self.take_scratch() {
-                self.last_wrote = now;
+                self.conn.wrote(clock_ms_at(now.into_std()));
                 return Some(chunk);
             }
             if closed.is_some() || self.hub.is_shutting_down() {
@@ -375,6 +366,11 @@ impl<H: StreamHost> Writer<H> {
                 let mut buf = BytesMut::new();
                 sse::write_retry(&mut buf, self.hub.jittered_retry_ms());
                 return Some(buf.freeze());
+            }
+            if self.conn.take_ping() {
+                // Quiet for a heartbeat interval (the hub's tick saw it).
+                self.wrote();
+                return Some(Bytes::from_static(sse::HEARTBEAT));
             }
             let shutdown = self.hub.shutdown_token();
             let expiry = async {
@@ -386,17 +382,6 @@ impl<H: StreamHost> Writer<H> {
             tokio::select! {
                 _ = self.conn.ready() => {}
                 _ = shutdown.cancelled() => {}
-                _ = self.heartbeat.as_mut() => {
-                    let due = self.last_wrote + self.heartbeat_every;
-                    if due > Instant::now() {
-                        // Written to since: not quiet yet.
-                        self.heartbeat.as_mut().reset(due);
-                        continue;
-                    }
-                    self.wrote();
-                    self.heartbeat.as_mut().reset(self.last_wrote + self.heartbeat_every);
-                    return Some(Bytes::from_static(sse::HEARTBEAT));
-                }
                 () = expiry => {
                     self.finished = true;
                     let mut buf = BytesMut::new();

@@ -101,6 +101,23 @@ impl Tasks {
             }),
             runtime,
         );
+        // Heartbeats: a quiet stream gets its `: ping` one interval after
+        // its last write, at most a tick (a quarter interval, at most 1 s)
+        // late. One tick for every stream instead of a timer in each: a
+        // stream's timer is 112 bytes, and moving it is a trip through the
+        // timer wheel.
+        let beat = shared.config.heartbeat();
+        tasks.timers.spawn_on(
+            every(
+                (beat / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+                |s| {
+                    let every_ms = s.config.heartbeat().as_millis() as u64;
+                    s.fanout
+                        .heartbeat_tick(crate::delivery::connection::clock_ms(), every_ms)
+                },
+            ),
+            runtime,
+        );
         if shared.rates.is_active() {
             tasks.timers.spawn_on(
                 every(Duration::from_secs(60), |s| s.rates.forget_idle()),
