@@ -61,12 +61,10 @@ pub(crate) struct Connection {
     pub(crate) patterns: Mutex<Vec<crate::values::pattern::Pattern>>,
     /// What its token may read, for changes of its subscriptions.
     pub rights: crate::access::auth::Rights,
-    /// Its user's joins and leaves of presence topics are announced (SSE
-    /// streams; not long polls, which come and go with every answer).
-    pub announces_presence: bool,
-    /// It gets a `: ping` after a quiet heartbeat interval (SSE streams;
-    /// not long polls).
-    pub heartbeats: bool,
+    /// An SSE stream, not a long poll: its user's joins and leaves of
+    /// presence topics are announced (long polls come and go with every
+    /// answer), and it gets a `: ping` after a quiet heartbeat interval.
+    pub is_stream: bool,
     /// When its writer last wrote ([`clock_ms`]).
     last_write_ms: AtomicU64,
     /// Set by the hub's heartbeat tick ([`Connection::ping_if_quiet`]),
@@ -106,8 +104,7 @@ impl Connection {
             patterns: Mutex::new(selector.patterns.clone()),
             rights: crate::access::auth::Rights::All,
             selector,
-            announces_presence: false,
-            heartbeats: false,
+            is_stream: false,
             last_write_ms: AtomicU64::new(clock_ms()),
             ping_due: AtomicBool::new(false),
             capacity: capacity.max(1),
@@ -218,8 +215,11 @@ impl Connection {
     /// Marks a heartbeat due and wakes the writer when the stream has
     /// written nothing for `every_ms` (called by the hub's heartbeat tick).
     pub(crate) fn ping_if_quiet(&self, now_ms: u64, every_ms: u64) {
+        if !self.is_stream {
+            return;
+        }
         let quiet = now_ms.saturating_sub(self.last_write_ms.load(Ordering::Relaxed));
-        if self.heartbeats && quiet >= every_ms && !self.ping_due.swap(true, Ordering::Relaxed) {
+        if quiet >= every_ms && !self.ping_due.swap(true, Ordering::Relaxed) {
             self.wake.notify_one();
         }
     }
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn a_ping_is_due_once_per_quiet_interval_and_only_for_streams() {
         let mut stream = conn(10, Overflow::Disconnect);
-        stream.heartbeats = true;
+        stream.is_stream = true;
         stream.wrote(1_000);
         stream.ping_if_quiet(1_999, 1_000);
         assert!(!stream.take_ping(), "not quiet for an interval yet");

@@ -204,12 +204,7 @@ impl Fanout {
         let Some(tracker) = &self.presence else {
             return;
         };
-        let Some(user) = conn
-            .selector
-            .user
-            .as_ref()
-            .filter(|_| conn.announces_presence)
-        else {
+        let Some(user) = conn.selector.user.as_ref().filter(|_| conn.is_stream) else {
             return;
         };
         for pattern in patterns {
@@ -276,7 +271,6 @@ impl Fanout {
         EventId(self.head.load(Ordering::Acquire))
     }
 
-    /// Removes a connection and everything that points at it.
     /// Marks a heartbeat due on every stream that wrote nothing for
     /// `every_ms`, and wakes it (the hub's heartbeat tick; under the
     /// registry's read lock, so dispatch goes on meanwhile).
@@ -286,6 +280,7 @@ impl Fanout {
         }
     }
 
+    /// Removes a connection and everything that points at it.
     pub(crate) fn unregister(&self, key: u64) {
         let mut reg = self.write_registry();
         let Some(conn) = reg.connections.remove(&key) else {

@@ -151,8 +151,7 @@ impl Hub {
             request.transport.clone(),
         );
         conn.rights = identity.subscribe.clone();
-        conn.announces_presence = !request.long_poll;
-        conn.heartbeats = !request.long_poll;
+        conn.is_stream = !request.long_poll;
         let conn = Arc::new(conn);
         let resumed_after = request
             .last_event_id

@@ -30,8 +30,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, 
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
 use http_body::Body as _;
-use tokio::io::AsyncWrite;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
