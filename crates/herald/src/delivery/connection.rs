@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Overflow;
@@ -76,7 +77,13 @@ pub(crate) struct Connection {
     /// at or below it was already queued through another pattern.
     last_offered: AtomicU64,
     queue: Mutex<Queue>,
-    wake: Notify,
+    /// Set by a wake-up ([`Connection::wake`]), taken by the writer: a
+    /// wake-up that comes while the writer is busy is kept, not lost.
+    woken: AtomicBool,
+    /// The writer's waker while it waits. A flag and a waker rather than
+    /// a `Notify`: the writer polls them by hand, so an idle stream keeps
+    /// no waiter of its own.
+    waker: AtomicWaker,
     dropped: AtomicU64,
     /// Cancelled when the hub closes the stream. The transport (see
     /// `server.rs`) then drops the socket: a reader that stopped reading
@@ -114,7 +121,8 @@ impl Connection {
                 items: VecDeque::new(),
                 closed: None,
             }),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             dropped: AtomicU64::new(0),
             transport,
         }
@@ -165,7 +173,7 @@ impl Connection {
         q.items.push_back(event.clone());
         drop(q);
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         outcome
     }
@@ -181,7 +189,29 @@ impl Connection {
     /// Waits until an event is queued or the connection is closed. A wake-up
     /// that arrives between a `drain` and this call is kept, not lost.
     pub(crate) async fn ready(&self) {
-        self.wake.notified().await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// [`Connection::ready`] by hand: `Ready` once woken since it was last
+    /// ready, else `Pending` with `cx`'s waker kept for the next wake-up.
+    /// One task waits on a connection (its stream's, or its long poll's).
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake-up between the swap and the registration found no waker.
+        if self.woken.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Wakes its writer (events queued, the stream closed, a heartbeat
+    /// due, the hub shutting down).
+    pub(crate) fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Closes the stream from the hub's side: its writer flushes what is
@@ -192,11 +222,11 @@ impl Connection {
             q.closed = Some(reason);
         }
         drop(q);
-        self.wake.notify_one();
+        self.wake();
     }
 
     fn end_transport(&self) {
-        self.wake.notify_one();
+        self.wake();
         if let Some(transport) = &self.transport {
             transport.cancel();
         }
@@ -220,7 +250,7 @@ impl Connection {
         }
         let quiet = now_ms.saturating_sub(self.last_write_ms.load(Ordering::Relaxed));
         if quiet >= every_ms && !self.ping_due.swap(true, Ordering::Relaxed) {
-            self.wake.notify_one();
+            self.wake();
         }
     }
 

@@ -280,6 +280,13 @@ impl Fanout {
         }
     }
 
+    /// Wakes every connection's writer (the hub is shutting down).
+    pub(crate) fn wake_all(&self) {
+        for conn in self.read_registry().connections.values() {
+            conn.wake();
+        }
+    }
+
     /// Removes a connection and everything that points at it.
     pub(crate) fn unregister(&self, key: u64) {
         let mut reg = self.write_registry();

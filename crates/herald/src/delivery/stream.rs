@@ -26,9 +26,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::task::{ready, Context, Poll};
+
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::access::limits::ConnectionPermit;
 use crate::config::Config;
@@ -41,7 +44,6 @@ use crate::requests::subscribe::Start;
 use crate::values::event::{EventId, SharedEvent};
 use crate::values::selector::Selector;
 use crate::values::sse;
-use tokio_util::sync::CancellationToken;
 
 /// Most bytes copied into one chunk (a single larger event goes alone,
 /// uncopied).
@@ -57,8 +59,9 @@ pub(crate) trait StreamHost: Clone + Send + Sync + 'static {
     fn log(&self) -> &Arc<dyn EventLog>;
     fn metrics(&self) -> &Arc<Metrics>;
     fn fanout(&self) -> &Arc<Fanout>;
+    /// Whether the hub is shutting down; when it begins to, it wakes
+    /// every connection.
     fn is_shutting_down(&self) -> bool;
-    fn shutdown_token(&self) -> &CancellationToken;
     /// A reconnect delay for the `retry:` a stream ends with.
     fn jittered_retry_ms(&self) -> u64;
     /// The connection received what waited for its user (the preamble
@@ -216,10 +219,10 @@ impl<H: StreamHost> Writer<H> {
     }
 
     pub(crate) fn into_stream(self) -> EventStream {
-        Box::pin(futures_util::stream::unfold(self, |mut w| async move {
-            let chunk = w.next_chunk().await?;
-            Some((chunk, w))
-        }))
+        Box::pin(Body {
+            writer: Some(self),
+            step: None,
+        })
     }
 
     /// Notes a write, for the hub's heartbeat tick (`Connection::ping_if_quiet`):
@@ -251,17 +254,6 @@ impl<H: StreamHost> Writer<H> {
         }
         self.scratch.drain(..taken);
         chunk.done()
-    }
-
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.opening.is_some() {
-            if let Some(chunk) = self.next_opening_chunk().await {
-                return chunk;
-            }
-            // Live events all lie above what waited.
-            self.opening = None;
-        }
-        self.next_live_chunk().await
     }
 
     /// The next chunk of the opening: `None` once it is all written (the
@@ -334,62 +326,116 @@ impl<H: StreamHost> Writer<H> {
     }
 
     /// The next chunk of a live stream: what its queue holds, a heartbeat,
-    /// or its end.
-    async fn next_live_chunk(&mut self) -> Option<Bytes> {
+    /// or its end. Polled by hand: an idle stream waits in its connection
+    /// (a flag and a waker), not in a future of its own.
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             if self.finished {
-                return None;
+                return Poll::Ready(None);
             }
             let mut scratch = std::mem::take(&mut self.scratch);
             let closed = self.conn.drain(&mut scratch);
             self.scratch = scratch;
             if closed == Some(CloseReason::Overflow) {
                 // The client resumes from history; what is queued is stale.
-                return None;
+                return Poll::Ready(None);
             }
-            let now = Instant::now();
+            let now = std::time::Instant::now();
             if let Some(oldest) = self.scratch.first() {
                 let metrics = self.hub.metrics();
                 metrics.queue_depth.observe(self.scratch.len() as f64);
                 metrics.write_latency.observe(
-                    now.into_std()
-                        .saturating_duration_since(oldest.committed_at)
+                    now.saturating_duration_since(oldest.committed_at)
                         .as_secs_f64(),
                 );
             }
             if let Some(chunk) = self.take_scratch() {
-                self.conn.wrote(clock_ms_at(now.into_std()));
-                return Some(chunk);
+                self.conn.wrote(clock_ms_at(now));
+                return Poll::Ready(Some(chunk));
             }
+            // The hub wakes every stream when it begins to shut down
+            // (`Hub::shutdown`).
             if closed.is_some() || self.hub.is_shutting_down() {
                 self.finished = true;
                 let mut buf = BytesMut::new();
                 sse::write_retry(&mut buf, self.hub.jittered_retry_ms());
-                return Some(buf.freeze());
+                return Poll::Ready(Some(buf.freeze()));
             }
             if self.conn.take_ping() {
                 // Quiet for a heartbeat interval (the hub's tick saw it).
                 self.wrote();
-                return Some(Bytes::from_static(sse::HEARTBEAT));
+                return Poll::Ready(Some(Bytes::from_static(sse::HEARTBEAT)));
             }
-            let shutdown = self.hub.shutdown_token();
-            let expiry = async {
-                match self.token_expiry.as_mut() {
-                    Some(at) => at.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = self.conn.ready() => {}
-                _ = shutdown.cancelled() => {}
-                () = expiry => {
+            if let Some(expiry) = self.token_expiry.as_mut() {
+                if expiry.as_mut().poll(cx).is_ready() {
                     self.finished = true;
                     let mut buf = BytesMut::new();
                     let data = serde_json::json!({ "reason": "token_expired" });
-                    sse::write_event(&mut buf, None, Some("herald.token_expired"), &data.to_string());
-                    return Some(buf.freeze());
+                    sse::write_event(
+                        &mut buf,
+                        None,
+                        Some("herald.token_expired"),
+                        &data.to_string(),
+                    );
+                    return Poll::Ready(Some(buf.freeze()));
                 }
             }
+            ready!(self.conn.poll_ready(cx));
+        }
+    }
+}
+
+/// A stream's body: its writer, polled by hand once it is live. Until
+/// then each step of the opening (which reads state and history, and
+/// awaits those reads) runs as a boxed future that owns the writer and
+/// gives it back: an opening is brief, a live stream long, and a live
+/// stream keeps only the writer's own fields.
+struct Body<H: StreamHost> {
+    /// `None` while a step of the opening has it.
+    writer: Option<Writer<H>>,
+    step: Option<OpeningStep<H>>,
+}
+
+/// One step of the opening, with the writer it borrowed: `None` when the
+/// opening is all written, `Some(None)` when the stream must end.
+type OpeningStep<H> = Pin<Box<dyn Future<Output = (Writer<H>, Option<Option<Bytes>>)> + Send>>;
+
+// Nothing in it is pinned in place: the writer moves in and out of its
+// steps, which are boxed.
+impl<H: StreamHost> Unpin for Body<H> {}
+
+impl<H: StreamHost> Stream for Body<H> {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = &mut *self;
+        loop {
+            if let Some(step) = this.step.as_mut() {
+                let (writer, out) = ready!(step.as_mut().poll(cx));
+                this.step = None;
+                let writer = this.writer.insert(writer);
+                match out {
+                    Some(Some(chunk)) => return Poll::Ready(Some(chunk)),
+                    Some(None) => {
+                        writer.opening = None;
+                        writer.finished = true;
+                        return Poll::Ready(None);
+                    }
+                    // Live events all lie above what waited.
+                    None => writer.opening = None,
+                }
+            }
+            let Some(writer) = this.writer.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if writer.opening.is_none() {
+                return writer.poll_live(cx);
+            }
+            let mut writer = this.writer.take().expect("the writer is here");
+            this.step = Some(Box::pin(async move {
+                let out = writer.next_opening_chunk().await;
+                (writer, out)
+            }));
         }
     }
 }

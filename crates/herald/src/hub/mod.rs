@@ -183,6 +183,10 @@ impl Hub {
     /// receive a jittered `retry:` and end.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
+        // Streams wait in their connections, not on the token: each is
+        // woken, sees the shutdown and ends. One that registers after this
+        // sees it before it first waits.
+        self.shared.fanout.wake_all();
     }
 
     /// Whether the hub should get traffic: `Err` with the reason while it

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::access::auth::{now_secs, AuthError, Proof};
@@ -332,10 +331,6 @@ impl StreamHost for Hub {
 
     fn is_shutting_down(&self) -> bool {
         Hub::is_shutting_down(self)
-    }
-
-    fn shutdown_token(&self) -> &CancellationToken {
-        &self.shared.shutdown
     }
 
     fn jittered_retry_ms(&self) -> u64 {
