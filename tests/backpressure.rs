@@ -20,7 +20,9 @@ async fn stalled_reader(hub: &HubProcess) -> SseClient {
 
 #[tokio::test]
 async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
-    let hub = HubProcess::start(&["stream.queue_capacity=4"]);
+    // A write timeout far beyond the test: only the hub's switch can drop
+    // the stalled socket in time.
+    let hub = HubProcess::start(&["stream.queue_capacity=4", "stream.write_timeout_secs=600"]);
     let mut slow = stalled_reader(&hub).await;
     // A reader that keeps up: each filler is published only once it has
     // read the one before, so however loaded the machine, its queue never
@@ -56,6 +58,17 @@ async fn disconnect_closes_a_slow_reader_which_then_resumes_without_loss() {
     }
     // Gone from the books at once, although its socket is still stuck.
     assert_eq!(hub.stats().await["connections"], 1);
+    // And the hub drops the socket without waiting for the reader to read
+    // (its writes are blocked, so the stream itself cannot end): the hub's
+    // end leaves ESTABLISHED long before the write timeout.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while slow.hub_end_is_open() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub kept the overflowed reader's socket open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let items = slow.read_to_end().await;
     let got: Vec<SseEvent> = common::events(&items);
     let numbers: Vec<u64> = got.iter().map(filler_number).collect();

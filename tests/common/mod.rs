@@ -399,6 +399,23 @@ impl SseClient {
         client
     }
 
+    /// Whether the hub's end of this client's TCP connection is still
+    /// open (ESTABLISHED in the kernel's table, `/proc/net/tcp`): seen from
+    /// outside, without reading the stream.
+    pub fn hub_end_is_open(&self) -> bool {
+        let hub = self.stream.peer_addr().expect("peer").port();
+        let me = self.stream.local_addr().expect("local").port();
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |field: &str| field.rsplit(':').next().map(str::to_owned);
+            fields.len() > 3
+                && port(fields[1]) == Some(format!("{hub:04X}"))
+                && port(fields[2]) == Some(format!("{me:04X}"))
+                && fields[3] == "01"
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -41,6 +41,7 @@ pub mod config;
 mod delivery;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+mod hangup;
 mod http;
 mod hub;
 pub mod log;
@@ -54,6 +55,7 @@ pub use config::{Config, Overflow};
 pub use delivery::fanout::{FanoutStats, Presence};
 pub use delivery::inbox::{AckOutcome, InboxTotals, UserInboxCounts};
 pub use delivery::poll::{PollAnswer, Polled};
+pub use hangup::Hangup;
 pub use hub::{
     AckError, ClusterStats, Hub, HubStats, NodeStats, NodeTotals, ResubscribeError, StartError,
     Subscription, UserInfo,

@@ -297,7 +297,7 @@ impl Sockets {
         };
         // Lets the hub drop this socket when it closes a stream whose
         // writes are blocked (see `Connection`).
-        let kill = CancellationToken::new();
+        let kill = crate::Hangup::new();
         let (io, pending) = match first {
             First::Subscribe => {
                 let bounds = sse_socket::Bounds {
@@ -317,7 +317,7 @@ impl Sockets {
                 ));
                 let opened = tokio::select! {
                     opened = opening => opened,
-                    () = kill.cancelled() => {
+                    () = kill.hung_up() => {
                         tracing::debug!(%addr, "connection dropped by the hub");
                         return;
                     }
@@ -379,7 +379,7 @@ impl Sockets {
             result = conn => if let Err(err) = result {
                 tracing::debug!(%addr, %err, "connection ended with an error");
             },
-            () = kill.cancelled() => {
+            () = kill.hung_up() => {
                 tracing::debug!(%addr, "connection dropped by the hub");
             }
         }

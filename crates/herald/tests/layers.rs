@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Bottom first. Modules of one layer may not use each other either.
 const LAYERS: &[&[&str]] = &[
-    &["topic", "id", "json", "schema", "blocking"],
+    &["topic", "id", "json", "schema", "blocking", "hangup"],
     &["pattern", "sse"],
     &["event"],
     &["selector"],

@@ -19,7 +19,6 @@ use std::time::Instant;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::task::{Context, Poll};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Overflow;
 use crate::values::event::SharedEvent;
@@ -85,10 +84,10 @@ pub(crate) struct Connection {
     /// no waiter of its own.
     waker: AtomicWaker,
     dropped: AtomicU64,
-    /// Cancelled when the hub closes the stream. The transport (see
+    /// Thrown when the stream must end at once. The transport (see
     /// `server.rs`) then drops the socket: a reader that stopped reading
     /// blocks every write, so the stream itself would never get to end.
-    transport: Option<CancellationToken>,
+    transport: Option<crate::Hangup>,
 }
 
 struct Queue {
@@ -103,7 +102,7 @@ impl Connection {
         selector: Selector,
         capacity: usize,
         overflow: Overflow,
-        transport: Option<CancellationToken>,
+        transport: Option<crate::Hangup>,
     ) -> Connection {
         Connection {
             key,
@@ -228,7 +227,7 @@ impl Connection {
     fn end_transport(&self) {
         self.wake();
         if let Some(transport) = &self.transport {
-            transport.cancel();
+            transport.hang_up();
         }
     }
 

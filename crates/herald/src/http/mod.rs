@@ -24,7 +24,6 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access::auth::Identity;
-use tokio_util::sync::CancellationToken;
 
 pub(crate) use error::ApiError;
 pub(crate) use events::events;
@@ -236,14 +235,14 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
 /// extensions by [`Server`](crate::Server). For HTTP/2 it drops the whole
 /// connection, every stream on it.
 #[derive(Debug, Clone)]
-pub(crate) struct TransportHandle(pub Option<CancellationToken>);
+pub(crate) struct TransportHandle(pub Option<crate::Hangup>);
 
 impl<S: Send + Sync> FromRequestParts<S> for TransportHandle {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(TransportHandle(
-            parts.extensions.get::<CancellationToken>().cloned(),
+            parts.extensions.get::<crate::Hangup>().cloned(),
         ))
     }
 }

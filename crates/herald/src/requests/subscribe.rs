@@ -4,8 +4,6 @@
 
 use std::net::IpAddr;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::access::auth::{AuthError, Identity};
 use crate::access::limits::LimitRefusal;
 use crate::log::{Coverage, LogError, ReadFrom};
@@ -30,9 +28,10 @@ pub struct SubscribeRequest {
     pub peer: Option<IpAddr>,
     /// Who is asking; `None` is an anonymous caller (in dev mode, anyone).
     pub identity: Option<Identity>,
-    /// Cancelled by the hub when it closes the stream (overflow, kick), so
-    /// the transport can drop a socket whose writes are blocked.
-    pub transport: Option<CancellationToken>,
+    /// Thrown by the hub when the stream must end at once (its queue
+    /// overflowed), so the transport can drop a socket whose writes are
+    /// blocked.
+    pub transport: Option<crate::Hangup>,
     /// A long poll: a connection for one answer, which joins and leaves no
     /// topic in presence events.
     pub(crate) long_poll: bool,

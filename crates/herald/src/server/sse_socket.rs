@@ -33,7 +33,6 @@ use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
 
 /// What a connection's first bytes must be for this path (then `?` or a
@@ -57,7 +56,7 @@ pin_project_lite::pin_project! {
     ///
     /// Written by hand rather than as an `async fn`, for the state an
     /// idle stream keeps (most of its life, in every stream's task): the
-    /// socket, the body, the kill token's waiter and a few words. A write
+    /// socket, the body, the hub's switch to drop it and a few words. A write
     /// the socket does not take at once goes to a boxed [`Write`] with its
     /// timer, so those sit only in the streams that wait to write.
     pub(super) struct Streaming {
@@ -69,8 +68,7 @@ pin_project_lite::pin_project! {
         ended: bool,
         write_timeout: Option<Duration>,
         write: Option<Box<Write>>,
-        #[pin]
-        kill: WaitForCancellationFutureOwned,
+        kill: crate::Hangup,
     }
 }
 
@@ -97,12 +95,12 @@ pub(super) async fn open(
     mut stream: TcpStream,
     addr: SocketAddr,
     router: axum::Router,
-    handle: CancellationToken,
+    handle: crate::Hangup,
     bounds: Bounds,
     pending: super::PendingHead,
 ) -> io::Result<Option<Streaming>> {
     let write_timeout = bounds.write_timeout;
-    let kill = handle.clone().cancelled_owned();
+    let kill = handle.clone();
     let answered = Box::pin(answer(&mut stream, addr, router, handle, bounds, pending));
     Ok(answered.await?.map(|(body, chunked)| Streaming {
         stream,
@@ -119,8 +117,8 @@ impl Future for Streaming {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        if this.kill.as_mut().poll(cx).is_ready() {
+        let this = self.project();
+        if this.kill.poll_hung_up(cx).is_ready() {
             tracing::debug!(peer = ?this.stream.peer_addr().ok(), "connection dropped by the hub");
             return Poll::Ready(());
         }
@@ -193,7 +191,7 @@ async fn answer(
     stream: &mut TcpStream,
     addr: SocketAddr,
     router: axum::Router,
-    handle: CancellationToken,
+    handle: crate::Hangup,
     bounds: Bounds,
     pending: super::PendingHead,
 ) -> io::Result<Option<(Body, bool)>> {
@@ -591,14 +589,7 @@ mod tests {
                 };
                 let router = router.clone();
                 tokio::spawn(async move {
-                    let opened = open(
-                        stream,
-                        peer,
-                        router,
-                        CancellationToken::new(),
-                        bounds,
-                        pending,
-                    );
+                    let opened = open(stream, peer, router, crate::Hangup::new(), bounds, pending);
                     if let Ok(Some(streaming)) = opened.await {
                         streaming.await;
                     }
