@@ -138,6 +138,55 @@ async fn other_requests_keep_their_connection() {
     }
 }
 
+/// A stream on a connection hyper serves (its first request was not a
+/// subscribe) reads the hub's stream through axum's body, not the socket
+/// path's shortcut past it: it gets its events, and its end frees its slot.
+#[tokio::test]
+async fn a_stream_served_by_hyper_gets_its_events() {
+    let hub = HubProcess::start(&[]);
+    let mut socket = TcpStream::connect(hub.addr).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"ok\"") {
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "hyper closed the connection");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    socket
+        .write_all(
+            b"GET /v1/events?topic=hy HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    hub.wait_for_stats("the stream to open", |s| s["connections"] == 1)
+        .await;
+    for word in ["one", "two"] {
+        hub.publish_ok(serde_json::json!({"topic": "hy", "data": word}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains("data: two") {
+            let head = text.to_ascii_lowercase();
+            assert!(head.contains("content-type: text/event-stream"), "{text}");
+            assert!(text.find("data: one") < text.find("data: two"), "{text}");
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(socket);
+    hub.wait_for_stats("the stream to be released", |s| s["connections"] == 0)
+        .await;
+}
+
 #[tokio::test]
 async fn an_http_1_0_stream_is_not_chunked() {
     let hub = HubProcess::start(&[]);

@@ -4,10 +4,16 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use parking_lot::Mutex;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};
+use crate::delivery::stream::EventStream;
 use crate::hub::{Hub, Subscription};
 use crate::requests::subscribe::Refusal;
 use crate::values::sse;
@@ -31,11 +37,46 @@ pub(crate) async fn events(
     let mut request = super::subscribe_request(query.as_deref().unwrap_or(""), &headers, caller)?;
     request.transport = transport.0;
     Ok(match hub.subscribe(request).await? {
-        Subscription::Stream { body, .. } => sse_response(Body::from_stream(
-            futures_util::StreamExt::map(body, Ok::<_, std::convert::Infallible>),
-        )),
+        Subscription::Stream { body, .. } => {
+            let slot = StreamSlot(Arc::new(Mutex::new(Some(body))));
+            let mut response = sse_response(Body::from_stream(futures_util::StreamExt::map(
+                slot.clone(),
+                Ok::<_, std::convert::Infallible>,
+            )));
+            response.extensions_mut().insert(slot);
+            response
+        }
         Subscription::Refused(refusal) => refused(refusal),
     })
+}
+
+/// The hub's stream of an SSE response, beside the response's body.
+///
+/// Through axum the stream sits under a body box and the access log's
+/// wrapper, each polled on every chunk. The socket path
+/// (`server/sse_socket.rs`) takes the stream out of here and polls it
+/// directly (the body it leaves behind then ends at once); hyper polls it
+/// through the body, which reads it here. One of the two takes it, never
+/// both.
+#[derive(Clone)]
+pub(crate) struct StreamSlot(Arc<Mutex<Option<EventStream>>>);
+
+impl StreamSlot {
+    /// The stream, unless the body has begun to read it.
+    pub(crate) fn take(&self) -> Option<EventStream> {
+        self.0.lock().take()
+    }
+}
+
+impl Stream for StreamSlot {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match self.0.lock().as_mut() {
+            Some(stream) => stream.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 fn sse_response(body: Body) -> Response {

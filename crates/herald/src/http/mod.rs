@@ -6,7 +6,7 @@
 pub(crate) mod ack;
 mod console;
 mod error;
-mod events;
+pub(crate) mod events;
 pub(crate) mod guard;
 pub(crate) mod openapi;
 mod ops;

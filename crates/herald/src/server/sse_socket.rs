@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use crate::http::events::StreamSlot;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -61,7 +62,7 @@ pin_project_lite::pin_project! {
     /// timer, so those sit only in the streams that wait to write.
     pub(super) struct Streaming {
         stream: TcpStream,
-        body: Body,
+        body: Source,
         chunked: bool,
         // The body ended: what is left is the last chunk (in `write`) and
         // the shutdown.
@@ -70,6 +71,28 @@ pin_project_lite::pin_project! {
         write: Option<Box<Write>>,
         kill: crate::Hangup,
     }
+}
+
+/// A response's body as a stream of bytes: the hub's stream itself for
+/// an SSE stream (taken from its [`StreamSlot`], past axum's body layers),
+/// else axum's body (refusals, errors), read through a box of its own.
+type Source = crate::delivery::stream::EventStream;
+
+/// Axum's body as a [`Source`]: its data frames, ending at its end or
+/// its first error (a body that fails ends where it stands).
+fn axum_source(body: Body) -> Source {
+    Box::pin(futures_util::stream::unfold(body, |mut body| async move {
+        loop {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None | Some(Err(_)) => return None,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => return Some((data, body)),
+                    // Trailers: nothing to send.
+                    Err(_) => continue,
+                },
+            }
+        }
+    }))
 }
 
 /// What is left of one write the socket did not take at once.
@@ -147,7 +170,7 @@ impl Future for Streaming {
 /// the shutdown.
 fn send(
     stream: &mut TcpStream,
-    body: &mut Body,
+    body: &mut Source,
     chunked: bool,
     ended: &mut bool,
     write_timeout: Option<Duration>,
@@ -194,7 +217,7 @@ async fn answer(
     handle: crate::Hangup,
     bounds: Bounds,
     pending: super::PendingHead,
-) -> io::Result<Option<(Body, bool)>> {
+) -> io::Result<Option<(Source, bool)>> {
     let head = tokio::time::timeout(bounds.head_timeout, read_head(stream, bounds.max_head)).await;
     drop(pending);
     let request = match head {
@@ -368,9 +391,18 @@ async fn write_head(
     stream: &mut TcpStream,
     response: Response<Body>,
     chunked: bool,
-) -> io::Result<(Body, bool)> {
+) -> io::Result<(Source, bool)> {
     let (parts, body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
+    let body = match parts
+        .extensions
+        .get::<StreamSlot>()
+        .and_then(StreamSlot::take)
+    {
+        // The body, which would have read the stream, goes unread.
+        Some(stream) => stream,
+        None => axum_source(body),
+    };
     let mut head = BytesMut::with_capacity(256);
     status_line(&mut head, parts.status);
     write_headers(&mut head, &parts.headers);
@@ -407,16 +439,14 @@ enum Next {
 /// last was written (the writer then reports the messages that waited for
 /// the user as delivered), and a client that read them and left at once
 /// must not skip that.
-fn next_chunk(stream: &TcpStream, body: &mut Body, cx: &mut std::task::Context<'_>) -> Poll<Next> {
+fn next_chunk(stream: &TcpStream, body: &mut Source, cx: &mut Context<'_>) -> Poll<Next> {
     loop {
-        match std::pin::Pin::new(&mut *body).poll_frame(cx) {
+        match body.as_mut().poll_next(cx) {
             Poll::Pending => break,
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => return Poll::Ready(Next::End),
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => return Poll::Ready(Next::Data(data)),
-                // Empty data, or trailers: nothing to send.
-                _ => continue,
-            },
+            Poll::Ready(None) => return Poll::Ready(Next::End),
+            Poll::Ready(Some(data)) if !data.is_empty() => return Poll::Ready(Next::Data(data)),
+            // Empty data: nothing to send.
+            Poll::Ready(Some(_)) => continue,
         }
     }
     loop {
