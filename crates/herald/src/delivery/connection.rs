@@ -14,11 +14,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use std::task::{Context, Poll};
 
 use crate::config::Overflow;
 use crate::values::event::SharedEvent;

@@ -1,5 +1,9 @@
 //! `GET /v1/events`: the SSE endpoint.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -7,9 +11,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use parking_lot::Mutex;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};

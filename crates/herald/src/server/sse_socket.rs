@@ -24,7 +24,6 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use crate::http::events::StreamSlot;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -35,6 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower::ServiceExt;
+
+use crate::http::events::StreamSlot;
 
 /// What a connection's first bytes must be for this path (then `?` or a
 /// space).
