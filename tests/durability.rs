@@ -3,15 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{HubProcess, SseClient};
 use serde_json::json;
 
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("herald-durability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn data_dir(name: &str) -> common::TempDir {
+    common::TempDir::new(&format!("durability-{name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{HubProcess, SseClient};
@@ -32,10 +31,8 @@ fn secret_setting() -> String {
     format!("auth.jwt_secret=\"{SECRET}\"")
 }
 
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("herald-hardening-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn data_dir(name: &str) -> common::TempDir {
+    common::TempDir::new(&format!("hardening-{name}"))
 }
 
 /// `[[[…]]]`, `n` deep.

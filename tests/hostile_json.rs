@@ -183,8 +183,7 @@ async fn whatever_is_accepted_reads_back_after_sigterm_and_kill_9() {
         .unwrap_or(0x5eed_1234_abcd_0001u64);
     eprintln!("HOSTILE_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = std::env::temp_dir().join(format!("herald-hostile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::TempDir::new("hostile");
     let settings = [
         format!("auth.jwt_secret=\"{SECRET}\""),
         format!("auth.api_keys=[\"{API_KEY}\"]"),

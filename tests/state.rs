@@ -239,8 +239,7 @@ async fn no_gap_between_snapshot_and_live_changes() {
 
 #[tokio::test]
 async fn state_survives_kill_9() {
-    let dir = std::env::temp_dir().join(format!("herald-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::TempDir::new("state");
     let mut hub = HubProcess::start_durable(&dir, &[]);
     send(
         &hub,

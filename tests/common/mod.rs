@@ -573,6 +573,55 @@ impl SseClient {
 }
 
 /// The journal's segment files under a data directory, oldest first.
+/// A directory for one test under the system's temp dir, emptied first
+/// and removed when dropped, failed tests included (declare it before the
+/// hub that uses it, so that the hub stops first).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `herald-{name}-{pid}`: tests running at once in other processes
+    /// do not share it.
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("herald-{name}-{}", std::process::id()));
+        remove(&dir);
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}
+
+/// Removes what is at `path`, a directory or (a test may put one there) a
+/// file.
+fn remove(path: &std::path::Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
 pub fn journal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("journal/log"))
         .unwrap()

@@ -780,11 +780,28 @@ mod tests {
         ))
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A test's directory, emptied first and removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
         let dir =
             std::env::temp_dir().join(format!("herald-journal-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        dir
+        TempDir(dir)
     }
 
     fn event(id: u64, data: &str) -> Arc<Event> {
