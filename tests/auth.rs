@@ -66,8 +66,9 @@ fn mint(claims: Value) -> String {
     mint_with(Algorithm::HS256, claims)
 }
 
-/// A JWKS file with the public halves of every asymmetric fixture.
-fn jwks_file() -> String {
+/// A JWKS file with the public halves of every asymmetric fixture
+/// (removed when the guard drops).
+fn jwks_file() -> common::TempDir {
     let mut keys = Vec::new();
     for (alg, kid) in [
         (Algorithm::RS256, "rsa"),
@@ -80,9 +81,9 @@ fn jwks_file() -> String {
         jwk.common.key_id = Some(kid.into());
         keys.push(jwk);
     }
-    let path = std::env::temp_dir().join(format!("herald-jwks-{}.json", std::process::id()));
-    std::fs::write(&path, serde_json::to_string(&JwkSet { keys }).unwrap()).unwrap();
-    path.to_str().unwrap().to_owned()
+    let file = common::TempDir::new("jwks");
+    std::fs::write(&*file, serde_json::to_string(&JwkSet { keys }).unwrap()).unwrap();
+    file
 }
 
 /// A hub with a secret, an API key and public `public/**` topics.
@@ -147,7 +148,8 @@ async fn refused(hub: &HubProcess, path: &str, token: Option<&str>) -> (u16, Str
 
 #[tokio::test]
 async fn every_algorithm_family_verifies() {
-    let jwks = format!("auth.jwks=\"{}\"", jwks_file());
+    let file = jwks_file();
+    let jwks = format!("auth.jwks=\"{}\"", file.display());
     let hub = secured(&[&jwks]);
     for alg in [
         Algorithm::HS256,

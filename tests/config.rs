@@ -23,12 +23,19 @@ fn effective(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
     toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("herald-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// A file holding `text`, removed when dropped; each test names its own.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> TempFile {
+    let path = std::env::temp_dir().join(format!("herald-config-{}-{name}", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    path
+    TempFile(path)
 }
 
 #[test]
@@ -47,7 +54,7 @@ fn file_then_environment_then_flags() {
         "layers.toml",
         "listen = \"127.0.0.1:9001\"\n[stream]\nheartbeat_secs = 5\nqueue_capacity = 77\nretry_ms = 111\n",
     );
-    let file = file.to_str().unwrap();
+    let file = file.0.to_str().unwrap();
     let env = [
         ("HERALD_STREAM__HEARTBEAT_SECS", "6"),
         ("HERALD_STREAM__RETRY_MS", "222"),
@@ -136,7 +143,7 @@ fn bad_settings_stop_the_hub_with_a_clear_message() {
         "{stderr}"
     );
     let file = temp_file("unknown.toml", "[stream]\nheartbeat = 1\n");
-    let out = herald(&["config", "--config", file.to_str().unwrap()], &[]);
+    let out = herald(&["config", "--config", file.0.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
 }
 
