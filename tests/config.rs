@@ -2,6 +2,8 @@
 //! environment, flags — in that order of precedence — and refusals of bad
 //! settings at start.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn herald(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -24,18 +26,10 @@ fn effective(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
 }
 
 /// A file holding `text`, removed when dropped; each test names its own.
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn temp_file(name: &str, text: &str) -> TempFile {
-    let path = std::env::temp_dir().join(format!("herald-config-{}-{name}", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    TempFile(path)
+fn temp_file(name: &str, text: &str) -> common::TempDir {
+    let file = common::TempDir::new(&format!("config-{name}"));
+    std::fs::write(&*file, text).unwrap();
+    file
 }
 
 #[test]
@@ -54,7 +48,7 @@ fn file_then_environment_then_flags() {
         "layers.toml",
         "listen = \"127.0.0.1:9001\"\n[stream]\nheartbeat_secs = 5\nqueue_capacity = 77\nretry_ms = 111\n",
     );
-    let file = file.0.to_str().unwrap();
+    let file = file.to_str().unwrap();
     let env = [
         ("HERALD_STREAM__HEARTBEAT_SECS", "6"),
         ("HERALD_STREAM__RETRY_MS", "222"),
@@ -143,7 +137,7 @@ fn bad_settings_stop_the_hub_with_a_clear_message() {
         "{stderr}"
     );
     let file = temp_file("unknown.toml", "[stream]\nheartbeat = 1\n");
-    let out = herald(&["config", "--config", file.0.to_str().unwrap()], &[]);
+    let out = herald(&["config", "--config", file.to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
 }
 

@@ -25,6 +25,21 @@ async fn exchange(hub: &HubProcess, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Reads `socket` until what came holds `needle`; returns it as text.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        let mut buf = [0u8; 4096];
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection ended before {needle:?}: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 fn status(answer: &str) -> &str {
     answer.split(' ').nth(1).unwrap_or("")
 }
@@ -109,13 +124,7 @@ async fn streams_are_chunked_and_end_with_the_connection() {
     socket.write_all(b"stray bytes").await.unwrap();
     hub.publish_ok(serde_json::json!({"topic": "t", "data": "still here"}))
         .await;
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("still here") {
-        let mut buf = [0u8; 1024];
-        let n = socket.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut socket, "still here").await;
     socket.shutdown().await.unwrap();
     hub.wait_for_stats("the stream to be released", |s| s["connections"] == 0)
         .await;
@@ -149,13 +158,7 @@ async fn a_stream_served_by_hyper_gets_its_events() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("\"ok\"") {
-        let mut buf = [0u8; 4096];
-        let n = socket.read(&mut buf).await.unwrap();
-        assert!(n > 0, "hyper closed the connection");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut socket, "\"ok\"").await;
     socket
         .write_all(
             b"GET /v1/events?topic=hy HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
@@ -168,20 +171,10 @@ async fn a_stream_served_by_hyper_gets_its_events() {
         hub.publish_ok(serde_json::json!({"topic": "hy", "data": word}))
             .await;
     }
-    let mut seen = Vec::new();
-    loop {
-        let text = String::from_utf8_lossy(&seen).into_owned();
-        if text.contains("data: two") {
-            let head = text.to_ascii_lowercase();
-            assert!(head.contains("content-type: text/event-stream"), "{text}");
-            assert!(text.find("data: one") < text.find("data: two"), "{text}");
-            break;
-        }
-        let mut buf = [0u8; 4096];
-        let n = socket.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream ended early: {text}");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let text = read_until(&mut socket, "data: two").await;
+    let head = text.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.find("data: one") < text.find("data: two"), "{text}");
     drop(socket);
     hub.wait_for_stats("the stream to be released", |s| s["connections"] == 0)
         .await;
@@ -195,14 +188,9 @@ async fn an_http_1_0_stream_is_not_chunked() {
         .write_all(b"GET /v1/events?topic=t HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("herald.connected") {
-        let mut buf = [0u8; 1024];
-        let n = socket.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let text = read_until(&mut socket, "herald.connected")
+        .await
+        .to_ascii_lowercase();
     assert!(!text.contains("transfer-encoding"), "{text}");
     // The body starts right after the head, with no chunk size line.
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];

@@ -1,4 +1,5 @@
-//! A switch the hub throws to drop a client's socket.
+//! A switch the hub throws to drop a client's socket, and the flag with
+//! a waker it is made of ([`Signal`], also a connection's wake-up).
 //!
 //! The server puts one in each request it routes (for HTTP/2, one for the
 //! whole connection) and watches it while it serves the socket; a stream's
@@ -18,15 +19,53 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+/// A flag and the waker of the one task that waits for it: what a
+/// stream waits on instead of a future of its own.
+#[derive(Default)]
+pub(crate) struct Signal {
+    raised: AtomicBool,
+    waiter: AtomicWaker,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the waiting task, if any.
+    pub(crate) fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waiter.wake();
+    }
+
+    pub(crate) fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// `Ready` once raised, and it stays raised (a switch).
+    pub(crate) fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_with(cx, || self.is_raised())
+    }
+
+    /// `Ready` once raised, and lowered again (a wake-up: one raised while
+    /// the task is busy is kept for its next wait, not lost).
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_with(cx, || self.raised.swap(false, Ordering::Acquire))
+    }
+
+    /// Each poll replaces the waker of the one before: one task waits.
+    fn poll_with(&self, cx: &mut Context<'_>, seen: impl Fn() -> bool) -> Poll<()> {
+        if seen() {
+            return Poll::Ready(());
+        }
+        self.waiter.register(cx.waker());
+        // Raised between the look and the registration: it found no waker.
+        if seen() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 /// Drops the client's connection when thrown; clones share one switch.
 #[derive(Clone, Default)]
-pub struct Hangup(Arc<Switch>);
-
-#[derive(Default)]
-struct Switch {
-    thrown: AtomicBool,
-    watcher: AtomicWaker,
-}
+pub struct Hangup(Arc<Signal>);
 
 impl Hangup {
     /// A switch not yet thrown.
@@ -36,27 +75,18 @@ impl Hangup {
 
     /// Throws the switch: the task serving the socket drops it.
     pub fn hang_up(&self) {
-        self.0.thrown.store(true, Ordering::Release);
-        self.0.watcher.wake();
+        self.0.raise();
     }
 
     /// Whether the switch was thrown.
     pub fn is_hung_up(&self) -> bool {
-        self.0.thrown.load(Ordering::Acquire)
+        self.0.is_raised()
     }
 
     /// `Ready` once thrown; else `Pending`, and `cx` is woken when it is.
     /// Each poll replaces the waker of the one before: one task watches.
     pub fn poll_hung_up(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_hung_up() {
-            return Poll::Ready(());
-        }
-        self.0.watcher.register(cx.waker());
-        // Thrown between the look and the registration: it found no waker.
-        if self.is_hung_up() {
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        self.0.poll_raised(cx)
     }
 
     /// Resolves once the switch is thrown.

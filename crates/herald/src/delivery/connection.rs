@@ -17,7 +17,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::config::Overflow;
@@ -76,13 +75,10 @@ pub(crate) struct Connection {
     /// at or below it was already queued through another pattern.
     last_offered: AtomicU64,
     queue: Mutex<Queue>,
-    /// Set by a wake-up ([`Connection::wake`]), taken by the writer: a
-    /// wake-up that comes while the writer is busy is kept, not lost.
-    woken: AtomicBool,
-    /// The writer's waker while it waits. A flag and a waker rather than
-    /// a `Notify`: the writer polls them by hand, so an idle stream keeps
-    /// no waiter of its own.
-    waker: AtomicWaker,
+    /// Raised by [`Connection::wake`], taken by the writer. A flag and a
+    /// waker rather than a `Notify`: the writer polls it by hand, so an
+    /// idle stream keeps no waiter of its own.
+    wake: crate::hangup::Signal,
     dropped: AtomicU64,
     /// Thrown when the stream must end at once. The transport (see
     /// `server.rs`) then drops the socket: a reader that stopped reading
@@ -120,8 +116,7 @@ impl Connection {
                 items: VecDeque::new(),
                 closed: None,
             }),
-            woken: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
+            wake: Default::default(),
             dropped: AtomicU64::new(0),
             transport,
         }
@@ -195,22 +190,13 @@ impl Connection {
     /// ready, else `Pending` with `cx`'s waker kept for the next wake-up.
     /// One task waits on a connection (its stream's, or its long poll's).
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        // A wake-up between the swap and the registration found no waker.
-        if self.woken.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        self.wake.poll_take(cx)
     }
 
     /// Wakes its writer (events queued, the stream closed, a heartbeat
     /// due, the hub shutting down).
     pub(crate) fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
+        self.wake.raise();
     }
 
     /// Closes the stream from the hub's side: its writer flushes what is

@@ -29,7 +29,6 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
-use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -51,27 +50,25 @@ pub(super) struct Bounds {
     pub openings: Openings,
 }
 
-pin_project_lite::pin_project! {
-    /// A stream whose response head is written: the future, run as a task
-    /// of its own, that sends the body until it ends, the client leaves or
-    /// the hub drops the connection (`kill`), then closes.
-    ///
-    /// Written by hand rather than as an `async fn`, for the state an
-    /// idle stream keeps (most of its life, in every stream's task): the
-    /// socket, the body, the hub's switch to drop it and a few words. A write
-    /// the socket does not take at once goes to a boxed [`Write`] with its
-    /// timer, so those sit only in the streams that wait to write.
-    pub(super) struct Streaming {
-        stream: TcpStream,
-        body: Source,
-        chunked: bool,
-        // The body ended: what is left is the last chunk (in `write`) and
-        // the shutdown.
-        ended: bool,
-        write_timeout: Option<Duration>,
-        write: Option<Box<Write>>,
-        kill: crate::Hangup,
-    }
+/// A stream whose response head is written: the future, run as a task
+/// of its own, that sends the body until it ends, the client leaves or
+/// the hub drops the connection (`kill`), then closes.
+///
+/// Written by hand rather than as an `async fn`, for the state an idle
+/// stream keeps (most of its life, in every stream's task): the socket,
+/// the body, the hub's switch to drop it and a few words. A write the
+/// socket does not take at once goes to a boxed [`Write`] with its timer,
+/// so those sit only in the streams that wait to write.
+pub(super) struct Streaming {
+    stream: TcpStream,
+    body: Source,
+    chunked: bool,
+    /// The body ended: what is left is the last chunk (in `write`) and
+    /// the shutdown.
+    ended: bool,
+    write_timeout: Option<Duration>,
+    write: Option<Box<Write>>,
+    kill: crate::Hangup,
 }
 
 /// A response's body as a stream of bytes: the hub's stream itself for
@@ -82,18 +79,11 @@ type Source = crate::delivery::stream::EventStream;
 /// Axum's body as a [`Source`]: its data frames, ending at its end or
 /// its first error (a body that fails ends where it stands).
 fn axum_source(body: Body) -> Source {
-    Box::pin(futures_util::stream::unfold(body, |mut body| async move {
-        loop {
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                None | Some(Err(_)) => return None,
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => return Some((data, body)),
-                    // Trailers: nothing to send.
-                    Err(_) => continue,
-                },
-            }
-        }
-    }))
+    Box::pin(futures_util::StreamExt::scan(
+        body.into_data_stream(),
+        (),
+        |(), data| std::future::ready(data.ok()),
+    ))
 }
 
 /// What is left of one write the socket did not take at once.
@@ -141,18 +131,19 @@ impl Future for Streaming {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
+        // Nothing in it is pinned: every field is `Unpin`.
+        let this = self.get_mut();
         if this.kill.poll_hung_up(cx).is_ready() {
             tracing::debug!(peer = ?this.stream.peer_addr().ok(), "connection dropped by the hub");
             return Poll::Ready(());
         }
         let sent = send(
-            this.stream,
-            this.body,
-            *this.chunked,
-            this.ended,
-            *this.write_timeout,
-            this.write,
+            &mut this.stream,
+            &mut this.body,
+            this.chunked,
+            &mut this.ended,
+            this.write_timeout,
+            &mut this.write,
             cx,
         );
         match sent {
