@@ -483,3 +483,31 @@ async fn an_idle_publishers_connection_does_not_hold_up_shutdown() {
         "the connection is closed"
     );
 }
+
+/// Events for an idle stream are written by the courier straight into its
+/// socket (`delivery/courier.rs`). A reader that stops reading makes those
+/// writes go in part: what is left must go out whole, before anything
+/// after it, and the stream must go on. Large events into a small receive
+/// buffer, published one at a time, then everything read and checked.
+#[tokio::test]
+async fn a_write_the_socket_takes_in_part_is_finished_first() {
+    let hub = HubProcess::start(&["stream.queue_capacity=10000"]);
+    let mut slow =
+        common::SseClient::connect_with(hub.addr, "/v1/events?topic=big", &[], Some(4096)).await;
+    slow.expect_connected().await;
+    let body = |n: usize| format!("{n} {}", "y".repeat(50_000 + n * 7));
+    let count = 40;
+    for n in 0..count {
+        hub.publish_ok(serde_json::json!({"topic": "big", "data": body(n)}))
+            .await;
+    }
+    for n in 0..count {
+        let event = slow.next_event().await;
+        assert_eq!(event.data.len(), body(n).len(), "event {n} whole");
+        assert!(event.data == body(n), "event {n} out of order or torn");
+    }
+    // Idle again: the next one is the courier's, and comes whole.
+    hub.publish_ok(serde_json::json!({"topic": "big", "data": "after"}))
+        .await;
+    assert_eq!(slow.next_event().await.data, "after");
+}

@@ -55,6 +55,7 @@ pub use config::{Config, Overflow};
 pub use delivery::fanout::{FanoutStats, Presence};
 pub use delivery::inbox::{AckOutcome, InboxTotals, UserInboxCounts};
 pub use delivery::poll::{PollAnswer, Polled};
+pub use delivery::stream::EventBody;
 pub use hangup::Hangup;
 pub use hub::{
     AckError, ClusterStats, Hub, HubStats, NodeStats, NodeTotals, ResubscribeError, StartError,

@@ -15,11 +15,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::config::Overflow;
+use crate::delivery::outlet::{Chunk, Outlet};
 use crate::values::event::SharedEvent;
 use crate::values::selector::Selector;
 
@@ -44,6 +45,9 @@ pub(crate) enum Offered {
     Disconnected,
     /// The stream was already closing.
     Closed,
+    /// Queued for a stream that is idle with its socket parked: hand it to
+    /// the courier, which writes it (`courier.rs`).
+    ForCourier,
 }
 
 pub(crate) struct Connection {
@@ -89,6 +93,12 @@ pub(crate) struct Connection {
 struct Queue {
     items: VecDeque<SharedEvent>,
     closed: Option<CloseReason>,
+    /// The stream's socket while its writer is idle (parked): the courier
+    /// writes what is queued. Taken back by the writer's next drain.
+    outlet: Option<Arc<Outlet>>,
+    /// Id of the last event written, as the writer left it when it parked
+    /// and the courier moved it since: the writer's floor when it drains.
+    written: u64,
 }
 
 impl Connection {
@@ -115,6 +125,8 @@ impl Connection {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 closed: None,
+                outlet: None,
+                written: 0,
             }),
             wake: Default::default(),
             dropped: AtomicU64::new(0),
@@ -148,6 +160,7 @@ impl Connection {
                 Overflow::Disconnect => {
                     q.closed = Some(CloseReason::Overflow);
                     q.items = VecDeque::new();
+                    q.outlet = None;
                     drop(q);
                     self.end_transport();
                     return Offered::Disconnected;
@@ -165,19 +178,113 @@ impl Connection {
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(event.clone());
+        let parked = q.outlet.is_some();
         drop(q);
         if was_empty {
+            if parked {
+                return Offered::ForCourier;
+            }
             self.wake();
         }
         outcome
     }
 
-    /// Moves every waiting event into `out`; returns why the stream must
-    /// close, if it must.
-    pub(crate) fn drain(&self, out: &mut Vec<SharedEvent>) -> Option<CloseReason> {
+    /// Moves every waiting event into `out` and takes the socket back from
+    /// the courier, if it was parked; raises `last_written` to what the
+    /// courier wrote meanwhile. Returns why the stream must close, if it must.
+    pub(crate) fn drain(
+        &self,
+        out: &mut Vec<SharedEvent>,
+        last_written: &mut u64,
+    ) -> Option<CloseReason> {
         let mut q = self.queue.lock();
         out.extend(q.items.drain(..));
+        q.outlet = None;
+        *last_written = (*last_written).max(q.written);
         q.closed
+    }
+
+    /// Parks the stream's socket while its writer is idle: what is queued
+    /// next, the courier writes. `false` when something is queued or the
+    /// stream is closing: the writer drains again instead. Not parked (but
+    /// `true`: the writer waits) while bytes a courier left wait for the
+    /// socket's task, which sends them first.
+    pub(crate) fn park(&self, outlet: &Arc<Outlet>, last_written: u64) -> bool {
+        let mut q = self.queue.lock();
+        if !q.items.is_empty() || q.closed.is_some() {
+            return false;
+        }
+        q.written = last_written;
+        if !outlet.has_leftover() {
+            q.outlet = Some(outlet.clone());
+        }
+        true
+    }
+
+    /// Takes the socket back from the courier for good (the writer is gone).
+    pub(crate) fn unpark(&self) {
+        self.queue.lock().outlet = None;
+    }
+
+    /// The courier's turn: writes what is queued into the parked socket, in
+    /// one write, and notes it. A write the socket takes only in part (or
+    /// not at all, or that fails) gives the stream back to its writer,
+    /// woken: it sends the rest (`Outlet::take_leftover`), or everything
+    /// still queued, and meets a full socket or a failure as any write does.
+    /// Returns what it wrote: how many events were queued, and how long
+    /// the oldest of them waited since its commit.
+    pub(crate) fn write_parked(&self) -> Option<(usize, Duration)> {
+        let mut q = self.queue.lock();
+        // `None`: its writer took the socket back and drained the queue.
+        let outlet = q.outlet.as_ref()?;
+        if q.closed.is_some() {
+            return None;
+        }
+        let floor = q.written;
+        let mut chunk = Chunk::default();
+        let mut taken = 0;
+        let mut last = floor;
+        for event in q.items.iter() {
+            if event.id.0 > floor {
+                if !chunk.add(&event.frame) {
+                    break;
+                }
+                last = event.id.0;
+            }
+            taken += 1;
+        }
+        let oldest = q.items.front()?.committed_at;
+        let now = Instant::now();
+        let data = chunk.done();
+        let mut written = None;
+        let gave_back = match data.as_deref().map(|d| outlet.write_or_keep(d)) {
+            // Only events already written were queued.
+            None => false,
+            Some(Ok(true)) => {
+                written = Some((q.items.len(), now.saturating_duration_since(oldest)));
+                // Written whole, or the rest left for the task.
+                outlet.has_leftover()
+            }
+            // Nothing went: the writer writes it all.
+            Some(Ok(false)) | Some(Err(_)) => {
+                q.outlet = None;
+                drop(q);
+                self.wake();
+                return None;
+            }
+        };
+        q.items.drain(..taken);
+        q.written = last;
+        if written.is_some() {
+            self.wrote(clock_ms_at(now));
+        }
+        if gave_back || !q.items.is_empty() {
+            // A part went, or more than one chunk waited: the writer goes on.
+            q.outlet = None;
+            drop(q);
+            self.wake();
+        }
+        written
     }
 
     /// Waits until an event is queued or the connection is closed. A wake-up
@@ -295,7 +402,7 @@ mod tests {
 
     fn drained(c: &Connection) -> (Vec<u64>, Option<CloseReason>) {
         let mut out = Vec::new();
-        let closed = c.drain(&mut out);
+        let closed = c.drain(&mut out, &mut 0);
         (out.iter().map(|e| e.id.0).collect(), closed)
     }
 

@@ -25,6 +25,7 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::blocking::{Lock, Ordered};
 
 use crate::delivery::connection::{Connection, Offered};
+use crate::delivery::courier::Courier;
 pub(crate) use crate::delivery::handoff::PresenceChange;
 use crate::delivery::handoff::{LiveDeliveries, PresenceChanges};
 use crate::delivery::inbox::Inboxes;
@@ -49,6 +50,8 @@ pub(crate) struct Fanout {
     /// (user, id), so that other nodes, where the user had no stream, stop
     /// holding them.
     delivered_live: Option<Arc<LiveDeliveries>>,
+    /// Writes for streams whose sockets are parked (`courier.rs`).
+    courier: Arc<Courier>,
 }
 
 struct PresenceTracker {
@@ -434,13 +437,26 @@ impl Fanout {
         }
     }
 
-    fn dispatch(&self, reg: &Registry, event: &SharedEvent, closed: &mut Vec<u64>) {
+    /// The courier that writes for streams whose sockets are parked.
+    pub(crate) fn courier(&self) -> &Arc<Courier> {
+        &self.courier
+    }
+
+    fn dispatch(
+        &self,
+        reg: &Registry,
+        event: &SharedEvent,
+        closed: &mut Vec<u64>,
+        for_courier: &mut Vec<Arc<Connection>>,
+    ) {
         let mut tally = Tally::default();
         let mut offer = |conn: &Arc<Connection>| {
             if conn.selector.accepts(event) {
                 let offered = conn.offer(event);
-                if offered == Offered::Disconnected {
-                    closed.push(conn.key);
+                match offered {
+                    Offered::Disconnected => closed.push(conn.key),
+                    Offered::ForCourier => for_courier.push(conn.clone()),
+                    _ => {}
                 }
                 tally.add(offered);
             }
@@ -502,7 +518,7 @@ struct Tally {
 impl Tally {
     fn add(&mut self, offered: Offered) {
         match offered {
-            Offered::Queued => self.queued += 1,
+            Offered::Queued | Offered::ForCourier => self.queued += 1,
             Offered::Dropped => {
                 self.queued += 1;
                 self.dropped += 1
@@ -516,14 +532,16 @@ impl Tally {
 impl CommitSink for Fanout {
     fn committed(&self, events: &[SharedEvent]) {
         let mut closed = Vec::new();
+        let mut for_courier = Vec::new();
         let reg = self.read_registry();
         for event in events {
-            self.dispatch(&reg, event, &mut closed);
+            self.dispatch(&reg, event, &mut closed, &mut for_courier);
             // Advanced while the read lock is held: a registration (write
             // lock) sees either none or all of this batch as dispatched.
             self.head.store(event.id.0, Ordering::Release);
         }
         drop(reg);
+        self.courier.hand(&mut for_courier);
         // What now waits in inboxes is only queued for their writer: the
         // publisher awaits it (`Hub::publish_as`), nothing waits here.
         // Overflowed streams leave the books now, not when their writer next
@@ -604,7 +622,7 @@ mod tests {
 
     fn queued(c: &Connection) -> Vec<u64> {
         let mut out = Vec::new();
-        c.drain(&mut out);
+        c.drain(&mut out, &mut 0);
         out.iter().map(|e| e.id.0).collect()
     }
 

@@ -44,12 +44,40 @@ use crate::values::event::{EventId, SharedEvent};
 use crate::values::selector::Selector;
 use crate::values::sse;
 
-/// Most bytes copied into one chunk (a single larger event goes alone,
-/// uncopied).
-pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) use crate::delivery::outlet::CHUNK_BYTES;
+use crate::delivery::outlet::{Chunk, Outlet};
 
 /// The body of an SSE response: chunks of encoded events.
-pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn EventSource>>;
+
+/// One stream's SSE bytes, in chunks as they are ready: write each as it
+/// comes, as the body of the response (see [`crate::Hub::subscribe`]).
+pub struct EventBody(EventStream);
+
+impl EventBody {
+    /// The stream inside, for the server's socket path.
+    pub(crate) fn into_inner(self) -> EventStream {
+        self.0
+    }
+}
+
+impl Stream for EventBody {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+/// A response body the server's socket path can hand its socket to.
+pub(crate) trait EventSource: Stream<Item = Bytes> + Send {
+    /// Gives the stream the socket its chunks are written to: while it
+    /// has nothing queued, it parks the socket for the courier
+    /// (`courier.rs`), which writes its next events without waking it.
+    /// Streams served through hyper (HTTP/2, an embedding program) never
+    /// get one, and other bodies ignore it.
+    fn attach(self: Pin<&mut Self>, _outlet: Arc<Outlet>) {}
+}
 
 /// What a stream needs from the hub around it (`hub/open.rs` implements
 /// it for [`crate::Hub`]).
@@ -108,6 +136,9 @@ pub(crate) struct Writer<H: StreamHost> {
     /// sends `herald.token_expired` and ends.
     token_expiry: Option<Pin<Box<Sleep>>>,
     scratch: Vec<SharedEvent>,
+    /// The socket its chunks go to, when the server's socket path serves
+    /// it: parked in the connection while the stream is idle.
+    outlet: Option<Arc<Outlet>>,
     finished: bool,
 }
 
@@ -213,15 +244,16 @@ impl<H: StreamHost> Writer<H> {
                 Box::pin(tokio::time::sleep(Duration::from_secs(left)))
             }),
             scratch: Vec::new(),
+            outlet: None,
             finished: false,
         }
     }
 
-    pub(crate) fn into_stream(self) -> EventStream {
-        Box::pin(Body {
+    pub(crate) fn into_stream(self) -> EventBody {
+        EventBody(Box::pin(Body {
             writer: Some(self),
             step: None,
-        })
+        }))
     }
 
     /// Notes a write, for the hub's heartbeat tick (`Connection::ping_if_quiet`):
@@ -333,7 +365,7 @@ impl<H: StreamHost> Writer<H> {
                 return Poll::Ready(None);
             }
             let mut scratch = std::mem::take(&mut self.scratch);
-            let closed = self.conn.drain(&mut scratch);
+            let closed = self.conn.drain(&mut scratch, &mut self.last_written);
             self.scratch = scratch;
             if closed == Some(CloseReason::Overflow) {
                 // The client resumes from history; what is queued is stale.
@@ -379,6 +411,13 @@ impl<H: StreamHost> Writer<H> {
                     return Poll::Ready(Some(buf.freeze()));
                 }
             }
+            // Idle: the courier writes what comes next, unless something
+            // came meanwhile.
+            if let Some(outlet) = &self.outlet {
+                if !self.conn.park(outlet, self.last_written) {
+                    continue;
+                }
+            }
             ready!(self.conn.poll_ready(cx));
         }
     }
@@ -402,6 +441,15 @@ type OpeningStep<H> = Pin<Box<dyn Future<Output = (Writer<H>, Option<Option<Byte
 // Nothing in it is pinned in place: the writer moves in and out of its
 // steps, which are boxed.
 impl<H: StreamHost> Unpin for Body<H> {}
+
+impl<H: StreamHost> EventSource for Body<H> {
+    fn attach(mut self: Pin<&mut Self>, outlet: Arc<Outlet>) {
+        // Attached before the first poll, while the body holds its writer.
+        if let Some(writer) = self.writer.as_mut() {
+            writer.outlet = Some(outlet);
+        }
+    }
+}
 
 impl<H: StreamHost> Stream for Body<H> {
     type Item = Bytes;
@@ -439,74 +487,11 @@ impl<H: StreamHost> Stream for Body<H> {
     }
 }
 
-/// Bytes gathered for one write: one part as it is (shared), more copied
-/// together, up to [`CHUNK_BYTES`].
-#[derive(Default)]
-struct Chunk {
-    one: Option<Bytes>,
-    more: Option<BytesMut>,
-}
-
-impl Chunk {
-    /// Adds `part` unless the chunk holds something and would pass the
-    /// limit with it: then `false`, and `part` waits for the next chunk.
-    fn add(&mut self, part: &Bytes) -> bool {
-        let len = match (&self.one, &self.more) {
-            (_, Some(buf)) => buf.len(),
-            (Some(one), None) => one.len(),
-            (None, None) => {
-                self.one = Some(part.clone());
-                return true;
-            }
-        };
-        if len + part.len() > CHUNK_BYTES {
-            return false;
-        }
-        let buf = self.more.get_or_insert_with(|| {
-            let mut buf = BytesMut::with_capacity((len + part.len()).max(4096));
-            buf.extend_from_slice(self.one.as_ref().expect("one part"));
-            buf
-        });
-        buf.extend_from_slice(part);
-        true
-    }
-
-    fn done(self) -> Option<Bytes> {
-        match self.more {
-            Some(buf) => Some(buf.freeze()),
-            None => self.one,
-        }
-    }
-}
-
 impl<H: StreamHost> Drop for Writer<H> {
     fn drop(&mut self) {
+        // The courier no longer writes into its socket, which closes.
+        self.conn.unpark();
         self.hub.fanout().unregister(self.conn.key);
         tracing::debug!(connection = %self.conn.id, "stream closed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_share_one_part_and_copy_at_most_the_limit() {
-        let small = Bytes::from(vec![b'a'; 1000]);
-        let big = Bytes::from(vec![b'b'; CHUNK_BYTES + 1]);
-        // One part goes as it is, whatever its size.
-        let mut one = Chunk::default();
-        assert!(one.add(&big));
-        assert!(!one.add(&small), "nothing joins a full chunk");
-        assert_eq!(one.done().unwrap().as_ptr(), big.as_ptr());
-        // Small parts are copied together up to the limit.
-        let mut many = Chunk::default();
-        let mut taken = 0;
-        while many.add(&small) {
-            taken += 1;
-        }
-        assert_eq!(taken, CHUNK_BYTES / 1000);
-        assert_eq!(many.done().unwrap().len(), taken * 1000);
-        assert!(Chunk::default().done().is_none());
     }
 }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, Caller, TransportHandle};
-use crate::delivery::stream::EventStream;
+use crate::delivery::stream::EventBody;
 use crate::hub::{Hub, Subscription};
 use crate::requests::subscribe::Refusal;
 use crate::values::sse;
@@ -60,11 +60,11 @@ pub(crate) async fn events(
 /// through the body, which reads it here. One of the two takes it, never
 /// both.
 #[derive(Clone)]
-pub(crate) struct StreamSlot(Arc<Mutex<Option<EventStream>>>);
+pub(crate) struct StreamSlot(Arc<Mutex<Option<EventBody>>>);
 
 impl StreamSlot {
     /// The stream, unless the body has begun to read it.
-    pub(crate) fn take(&self) -> Option<EventStream> {
+    pub(crate) fn take(&self) -> Option<EventBody> {
         self.0.lock().take()
     }
 }
@@ -74,7 +74,7 @@ impl Stream for StreamSlot {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self.0.lock().as_mut() {
-            Some(stream) => stream.as_mut().poll_next(cx),
+            Some(stream) => Pin::new(stream).poll_next(cx),
             None => Poll::Ready(None),
         }
     }

@@ -13,7 +13,7 @@ use crate::access::limits::LimitRefusal;
 use crate::config::Config;
 use crate::delivery::connection::Connection;
 use crate::delivery::fanout::Fanout;
-use crate::delivery::stream::{EventStream, Opened, StreamHost, Writer};
+use crate::delivery::stream::{EventBody, Opened, StreamHost, Writer};
 use crate::log::{EventLog, ReadFrom};
 use crate::metrics::Metrics;
 use crate::requests::subscribe::{
@@ -52,7 +52,7 @@ pub enum Subscription {
         /// The stream's connection id, for direct events and the admin API.
         connection_id: Arc<str>,
         /// The SSE bytes, to be written as the response body.
-        body: EventStream,
+        body: EventBody,
     },
     /// Refused for now (limits, shutdown); the client should retry later.
     Refused(Refusal),

@@ -10,7 +10,11 @@
 //!   buckets (every 60 s) and, clustered, this node's report to the others
 //!   (every 2 s).
 //!
-//! [`Hub::stop_background`] stops them in that order, once the streams have
+//! - **The courier** (`delivery/courier.rs`) writes events into the
+//!   sockets of idle streams. It runs as long as the hub, since streams
+//!   may outlive the other tasks.
+//!
+//! [`Hub::stop_background`] stops the first two in that order, once the streams have
 //! ended: the hand-overs first take what is left (the leaves of the streams
 //! that just closed) and write it, then the timers stop. Dropping the last
 //! handle of a hub stops both at once, without the last write. Every task
@@ -39,6 +43,9 @@ pub(super) struct Tasks {
     timers: TaskTracker,
     stop_handoffs: CancellationToken,
     stop_timers: CancellationToken,
+    /// Stops the courier, which runs as long as the hub: streams may live
+    /// past [`Hub::stop_background`], and their events go through it.
+    stop_courier: CancellationToken,
 }
 
 /// What fan-out hands over, when the configuration asks for it.
@@ -55,6 +62,7 @@ impl Tasks {
             timers: TaskTracker::new(),
             stop_handoffs: CancellationToken::new(),
             stop_timers: CancellationToken::new(),
+            stop_courier: CancellationToken::new(),
         }
     }
 
@@ -106,6 +114,21 @@ impl Tasks {
         // late. One tick for every stream instead of a timer in each: a
         // stream's timer is 112 bytes, and moving it is a trip through the
         // timer wheel.
+        // The courier writes into the sockets of idle streams
+        // (`delivery/courier.rs`), for as long as the hub lives: it holds
+        // neither the hub nor a stream.
+        {
+            let courier = shared.fanout.courier().clone();
+            let metrics = shared.metrics.clone();
+            let stop = tasks.stop_courier.clone();
+            runtime.spawn(async move {
+                let wrote = |depth: usize, age: Duration| {
+                    metrics.queue_depth.observe(depth as f64);
+                    metrics.write_latency.observe(age.as_secs_f64());
+                };
+                courier.run(wrote, stop.cancelled()).await
+            });
+        }
         let beat = shared.config.heartbeat();
         tasks.timers.spawn_on(
             every(
@@ -151,6 +174,7 @@ impl Tasks {
     pub(super) fn abandon(&self) {
         self.stop_handoffs.cancel();
         self.stop_timers.cancel();
+        self.stop_courier.cancel();
     }
 }
 

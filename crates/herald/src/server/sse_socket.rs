@@ -18,9 +18,10 @@
 //! bytes) stays on hyper.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -28,12 +29,14 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_wire::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use herald_wire::chunked::{ChunkHead, LAST_CHUNK};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
+use crate::delivery::outlet::{parts, try_write_parts, Outlet, Written};
+use crate::delivery::stream::EventSource;
 use crate::http::events::StreamSlot;
 
 /// What a connection's first bytes must be for this path (then `?` or a
@@ -60,9 +63,10 @@ pub(super) struct Bounds {
 /// socket does not take at once goes to a boxed [`Write`] with its timer,
 /// so those sit only in the streams that wait to write.
 pub(super) struct Streaming {
-    stream: TcpStream,
+    /// The socket, shared with the courier, which writes into it while
+    /// the stream is idle (`delivery/outlet.rs`).
+    outlet: Arc<Outlet>,
     body: Source,
-    chunked: bool,
     /// The body ended: what is left is the last chunk (in `write`) and
     /// the shutdown.
     ended: bool,
@@ -79,15 +83,31 @@ type Source = crate::delivery::stream::EventStream;
 /// Axum's body as a [`Source`]: its data frames, ending at its end or
 /// its first error (a body that fails ends where it stands).
 fn axum_source(body: Body) -> Source {
-    Box::pin(futures_util::StreamExt::scan(
+    Box::pin(Plain(Box::pin(futures_util::StreamExt::scan(
         body.into_data_stream(),
         (),
         |(), data| std::future::ready(data.ok()),
-    ))
+    ))))
 }
+
+/// A body that is not the hub's stream (a refusal, an error): it takes no
+/// socket.
+struct Plain(Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>);
+
+impl futures_util::Stream for Plain {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+impl EventSource for Plain {}
 
 /// What is left of one write the socket did not take at once.
 struct Write {
+    /// Bytes a courier's write left unsent, which go first.
+    before: Option<Bytes>,
     head: Option<ChunkHead>,
     data: Bytes,
     /// Bytes of `head`, `data` and the chunk's end that went already.
@@ -116,14 +136,17 @@ pub(super) async fn open(
     let write_timeout = bounds.write_timeout;
     let kill = handle.clone();
     let answered = Box::pin(answer(&mut stream, addr, router, handle, bounds, pending));
-    Ok(answered.await?.map(|(body, chunked)| Streaming {
-        stream,
-        body,
-        chunked,
-        ended: false,
-        write_timeout,
-        write: None,
-        kill,
+    Ok(answered.await?.map(|(mut body, chunked)| {
+        let outlet = Arc::new(Outlet::new(stream, chunked));
+        body.as_mut().attach(outlet.clone());
+        Streaming {
+            outlet,
+            body,
+            ended: false,
+            write_timeout,
+            write: None,
+            kill,
+        }
     }))
 }
 
@@ -134,13 +157,12 @@ impl Future for Streaming {
         // Nothing in it is pinned: every field is `Unpin`.
         let this = self.get_mut();
         if this.kill.poll_hung_up(cx).is_ready() {
-            tracing::debug!(peer = ?this.stream.peer_addr().ok(), "connection dropped by the hub");
+            tracing::debug!(peer = ?this.outlet.socket().peer_addr().ok(), "connection dropped by the hub");
             return Poll::Ready(());
         }
         let sent = send(
-            &mut this.stream,
+            &this.outlet,
             &mut this.body,
-            this.chunked,
             &mut this.ended,
             this.write_timeout,
             &mut this.write,
@@ -150,7 +172,7 @@ impl Future for Streaming {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => Poll::Ready(()),
             Poll::Ready(Err(err)) => {
-                tracing::debug!(peer = ?this.stream.peer_addr().ok(), %err, "stream ended with an error");
+                tracing::debug!(peer = ?this.outlet.socket().peer_addr().ok(), %err, "stream ended with an error");
                 Poll::Ready(())
             }
         }
@@ -161,41 +183,75 @@ impl Future for Streaming {
 /// socket accepts no bytes for `write_timeout`; then the last chunk and
 /// the shutdown.
 fn send(
-    stream: &mut TcpStream,
+    outlet: &Outlet,
     body: &mut Source,
-    chunked: bool,
     ended: &mut bool,
     write_timeout: Option<Duration>,
     write: &mut Option<Box<Write>>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
+    let stream = outlet.socket();
     loop {
         if let Some(pending) = write.as_mut() {
             ready!(write_rest(stream, pending, write_timeout, cx))?;
             *write = None;
         }
         if *ended {
-            return Pin::new(&mut *stream).poll_shutdown(cx);
+            // Nothing more goes out: the write side closes.
+            return Poll::Ready(socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write));
         }
-        let (head, data) = match ready!(next_chunk(stream, body, cx)) {
-            Next::Data(data) => (chunked.then(|| ChunkHead::new(data.len())), data),
-            Next::End => {
-                *ended = true;
-                if !chunked {
+        let next = next_chunk(stream, body, cx);
+        // What a courier's write left goes before anything else; it was
+        // left before the body took its socket back, so before whatever
+        // the body gave now.
+        let before = outlet.take_leftover();
+        let (head, data) = match next {
+            Poll::Pending => match before {
+                Some(before) => (None, before),
+                None => return Poll::Pending,
+            },
+            Poll::Ready(Next::Data(data)) => {
+                if let Some(before) = before {
+                    *write = Some(Box::new(Write {
+                        before: Some(before),
+                        head: outlet.chunked().then(|| ChunkHead::new(data.len())),
+                        data,
+                        sent: 0,
+                        deadline: None,
+                    }));
                     continue;
                 }
-                (None, Bytes::from_static(LAST_CHUNK))
+                (outlet.chunked().then(|| ChunkHead::new(data.len())), data)
             }
-            Next::Gone => return Poll::Ready(Ok(())),
+            Poll::Ready(Next::End) => {
+                *ended = true;
+                let end = match outlet.chunked() {
+                    true => Bytes::from_static(LAST_CHUNK),
+                    false => Bytes::new(),
+                };
+                *write = Some(Box::new(Write {
+                    before,
+                    head: None,
+                    data: end,
+                    sent: 0,
+                    deadline: None,
+                }));
+                continue;
+            }
+            Poll::Ready(Next::Gone) => return Poll::Ready(Ok(())),
         };
-        if let Some(sent) = try_write(stream, head.as_ref(), &data)? {
+        match try_write_parts(stream, &parts(None, head.as_ref(), &data))? {
+            Written::All => {}
             // The socket is full: the rest waits for room.
-            *write = Some(Box::new(Write {
-                head,
-                data,
-                sent,
-                deadline: None,
-            }));
+            Written::Part(sent) => {
+                *write = Some(Box::new(Write {
+                    before: None,
+                    head,
+                    data,
+                    sent,
+                    deadline: None,
+                }))
+            }
         }
     }
 }
@@ -392,7 +448,7 @@ async fn write_head(
         .and_then(StreamSlot::take)
     {
         // The body, which would have read the stream, goes unread.
-        Some(stream) => stream,
+        Some(stream) => stream.into_inner(),
         None => axum_source(body),
     };
     let mut head = BytesMut::with_capacity(256);
@@ -484,43 +540,20 @@ pub(super) fn write_headers(head: &mut impl BufMut, headers: &HeaderMap) {
     }
 }
 
-/// The parts of one write: the chunk's size line (when chunked), the data
-/// (the hub's shared encoding, never copied), and the CRLF after a chunk.
-fn parts<'a>(head: Option<&'a ChunkHead>, data: &'a [u8]) -> [&'a [u8]; 3] {
-    match head {
-        Some(head) => [head.as_bytes(), data, CHUNK_END],
-        None => [&[], data, &[]],
-    }
-}
-
-/// Writes what the socket takes now, in one `writev`, without waiting:
-/// `None` when all of it went, else how many bytes did (maybe none).
-fn try_write(
-    stream: &TcpStream,
-    head: Option<&ChunkHead>,
-    data: &[u8],
-) -> io::Result<Option<usize>> {
-    let parts = parts(head, data);
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let slices = parts.map(IoSlice::new);
-    match stream.try_write_vectored(&slices) {
-        Ok(n) if n == total => Ok(None),
-        Ok(n) => Ok(Some(n)),
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
-        Err(err) => Err(err),
-    }
-}
-
 /// Writes what is left of `pending`, as the socket takes it; each write
 /// that makes progress restarts the clock of `write_timeout`.
 fn write_rest(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     pending: &mut Write,
     write_timeout: Option<Duration>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     loop {
-        let mut parts = parts(pending.head.as_ref(), &pending.data);
+        let mut parts = parts(
+            pending.before.as_deref(),
+            pending.head.as_ref(),
+            &pending.data,
+        );
         let mut skip = pending.sent;
         for part in parts.iter_mut() {
             let take = skip.min(part.len());
@@ -530,29 +563,34 @@ fn write_rest(
         if parts.iter().all(|p| p.is_empty()) {
             return Poll::Ready(Ok(()));
         }
-        let slices = parts.map(IoSlice::new);
-        match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => {
-                pending.sent += n;
-                if let (Some(deadline), Some(limit)) = (pending.deadline.as_mut(), write_timeout) {
-                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
-                }
+        let progress = match try_write_parts(stream, &parts)? {
+            Written::All => return Poll::Ready(Ok(())),
+            Written::Part(n) => n,
+        };
+        if progress > 0 {
+            pending.sent += progress;
+            if let (Some(deadline), Some(limit)) = (pending.deadline.as_mut(), write_timeout) {
+                deadline.as_mut().reset(tokio::time::Instant::now() + limit);
             }
-            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-            Poll::Pending => {
-                let Some(limit) = write_timeout else {
-                    return Poll::Pending;
-                };
-                let deadline = pending
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                return match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
+            continue;
         }
+        // Full: wait for room (readiness was cleared by the write that
+        // would have blocked), or for the deadline.
+        match stream.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => continue,
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => {}
+        }
+        let Some(limit) = write_timeout else {
+            return Poll::Pending;
+        };
+        let deadline = pending
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        return match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        };
     }
 }
 
