@@ -437,6 +437,13 @@ impl Fanout {
         }
     }
 
+    /// Writes for parked sockets with `courier` (one task per worker
+    /// thread of the runtime that serves the streams).
+    pub(crate) fn with_courier(mut self, courier: Courier) -> Fanout {
+        self.courier = Arc::new(courier);
+        self
+    }
+
     /// The courier that writes for streams whose sockets are parked.
     pub(crate) fn courier(&self) -> &Arc<Courier> {
         &self.courier

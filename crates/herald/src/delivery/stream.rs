@@ -444,9 +444,13 @@ impl<H: StreamHost> Unpin for Body<H> {}
 
 impl<H: StreamHost> EventSource for Body<H> {
     fn attach(mut self: Pin<&mut Self>, outlet: Arc<Outlet>) {
-        // Attached before the first poll, while the body holds its writer.
+        // Attached before the first poll, while the body holds its writer;
+        // kept only if the courier runs (a hub built outside a runtime
+        // starts no tasks).
         if let Some(writer) = self.writer.as_mut() {
-            writer.outlet = Some(outlet);
+            if writer.hub.fanout().courier().is_running() {
+                writer.outlet = Some(outlet);
+            }
         }
     }
 }

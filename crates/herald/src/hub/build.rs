@@ -13,6 +13,7 @@ use crate::access::auth::Authenticator;
 use crate::access::limits::ConnectionLimiter;
 use crate::access::rate::RateLimits;
 use crate::config::{Config, ConfigError};
+use crate::delivery::courier::Courier;
 use crate::delivery::fanout::Fanout;
 use crate::delivery::handoff::{LiveDeliveries, PresenceChanges};
 use crate::delivery::inbox::Inboxes;
@@ -165,8 +166,10 @@ impl Hub {
                 })?
             }
         };
-        let mut fanout = Fanout::with_inboxes(Arc::new(inboxes));
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut fanout = Fanout::with_inboxes(Arc::new(inboxes)).with_courier(Courier::new(
+            runtime.as_ref().map_or(1, |rt| rt.metrics().num_workers()),
+        ));
         let mut handoffs = Handoffs::default();
         if !config.presence.topics.is_empty() {
             match &runtime {

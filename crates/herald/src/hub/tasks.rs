@@ -117,8 +117,9 @@ impl Tasks {
         // The courier writes into the sockets of idle streams
         // (`delivery/courier.rs`), for as long as the hub lives: it holds
         // neither the hub nor a stream.
-        {
-            let courier = shared.fanout.courier().clone();
+        let courier = shared.fanout.courier();
+        for index in 0..courier.tasks() {
+            let courier = courier.clone();
             let metrics = shared.metrics.clone();
             let stop = tasks.stop_courier.clone();
             runtime.spawn(async move {
@@ -126,9 +127,10 @@ impl Tasks {
                     metrics.queue_depth.observe(depth as f64);
                     metrics.write_latency.observe(age.as_secs_f64());
                 };
-                courier.run(wrote, stop.cancelled()).await
+                courier.run(index, wrote, stop.cancelled()).await
             });
         }
+        courier.start();
         let beat = shared.config.heartbeat();
         tasks.timers.spawn_on(
             every(
