@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use crate::config::Overflow;
 use crate::delivery::outlet::{Chunk, Outlet};
 use crate::values::event::SharedEvent;
+use crate::values::pattern::Pattern;
 use crate::values::selector::Selector;
 
 /// Why a stream was closed by the hub rather than by its client.
@@ -32,6 +33,10 @@ pub(crate) enum CloseReason {
     /// An operator or the hub closed it.
     Closed,
 }
+
+/// The courier is sending into a stream's socket; its writer waits.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Sending;
 
 /// What happened to one offered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +63,14 @@ pub(crate) struct Connection {
     /// Who the connection is and what it joined with (its replay used
     /// these patterns).
     pub selector: Selector,
-    /// The patterns it receives now: the selector's, changed by
-    /// `POST /v1/connections/{id}/subscriptions`. Fan-out's index follows
-    /// this list; only fan-out writes it, under its registry lock.
-    pub(crate) patterns: Mutex<Vec<crate::values::pattern::Pattern>>,
+    /// The patterns it receives now, once `POST
+    /// /v1/connections/{id}/subscriptions` changed them from the
+    /// selector's (`None` until then, as for most connections). Fan-out's
+    /// index follows them; only fan-out writes them, under its registry
+    /// lock.
+    /// (A thin box: 16 bytes in every connection instead of a `Vec`'s 32.)
+    #[allow(clippy::box_collection)]
+    changed_patterns: Mutex<Option<Box<Vec<Pattern>>>>,
     /// What its token may read, for changes of its subscriptions.
     pub rights: crate::access::auth::Rights,
     /// An SSE stream, not a long poll: its user's joins and leaves of
@@ -99,6 +108,10 @@ struct Queue {
     /// Id of the last event written, as the writer left it when it parked
     /// and the courier moved it since: the writer's floor when it drains.
     written: u64,
+    /// The courier is sending into the parked socket, without the lock.
+    sending: bool,
+    /// The writer was polled while the courier was sending: wake it after.
+    writer_waiting: bool,
 }
 
 impl Connection {
@@ -113,7 +126,7 @@ impl Connection {
         Connection {
             key,
             id,
-            patterns: Mutex::new(selector.patterns.clone()),
+            changed_patterns: Mutex::new(None),
             rights: crate::access::auth::Rights::All,
             selector,
             is_stream: false,
@@ -127,6 +140,8 @@ impl Connection {
                 closed: None,
                 outlet: None,
                 written: 0,
+                sending: false,
+                writer_waiting: false,
             }),
             wake: Default::default(),
             dropped: AtomicU64::new(0),
@@ -189,19 +204,33 @@ impl Connection {
         outcome
     }
 
-    /// Moves every waiting event into `out` and takes the socket back from
-    /// the courier, if it was parked; raises `last_written` to what the
-    /// courier wrote meanwhile. Returns why the stream must close, if it must.
-    pub(crate) fn drain(
+    /// Moves every waiting event into `out`; returns why the connection
+    /// must close, if it must (a long poll's drain: it never parks).
+    pub(crate) fn drain(&self, out: &mut Vec<SharedEvent>) -> Option<CloseReason> {
+        let mut q = self.queue.lock();
+        out.extend(q.items.drain(..));
+        q.closed
+    }
+
+    /// A stream writer's drain: moves every waiting event into `out` and
+    /// takes the socket back from the courier, if it was parked; raises
+    /// `last_written` to what the courier wrote meanwhile. Returns why the
+    /// stream must close, if it must; `Err(Sending)` while the courier
+    /// sends into the socket: the writer is woken once it is done.
+    pub(crate) fn take_back(
         &self,
         out: &mut Vec<SharedEvent>,
         last_written: &mut u64,
-    ) -> Option<CloseReason> {
+    ) -> Result<Option<CloseReason>, Sending> {
         let mut q = self.queue.lock();
+        if q.sending {
+            q.writer_waiting = true;
+            return Err(Sending);
+        }
         out.extend(q.items.drain(..));
         q.outlet = None;
         *last_written = (*last_written).max(q.written);
-        q.closed
+        Ok(q.closed)
     }
 
     /// Parks the stream's socket while its writer is idle: what is queued
@@ -227,64 +256,68 @@ impl Connection {
     }
 
     /// The courier's turn: writes what is queued into the parked socket, in
-    /// one write, and notes it. A write the socket takes only in part (or
-    /// not at all, or that fails) gives the stream back to its writer,
-    /// woken: it sends the rest (`Outlet::take_leftover`), or everything
-    /// still queued, and meets a full socket or a failure as any write does.
+    /// one send, and notes it. The queue's lock is not held while it sends
+    /// (fan-out would wait on it, and on a busy core spin): the events go
+    /// out of the queue first, and their bytes the socket does not take
+    /// are left in the outlet, for the stream's task to send first; the
+    /// stream then goes back to its writer, woken. A writer polled
+    /// meanwhile waits for the send to end ([`Connection::take_back`]).
     /// Returns what it wrote: how many events were queued, and how long
     /// the oldest of them waited since its commit.
     pub(crate) fn write_parked(&self) -> Option<(usize, Duration)> {
-        let mut q = self.queue.lock();
-        // `None`: its writer took the socket back and drained the queue.
-        let outlet = q.outlet.as_ref()?;
-        if q.closed.is_some() {
-            return None;
-        }
-        let floor = q.written;
-        let mut chunk = Chunk::default();
-        let mut taken = 0;
-        let mut last = floor;
-        for event in q.items.iter() {
-            if event.id.0 > floor {
-                if !chunk.add(&event.frame) {
-                    break;
-                }
-                last = event.id.0;
-            }
-            taken += 1;
-        }
-        let oldest = q.items.front()?.committed_at;
-        let now = Instant::now();
-        let data = chunk.done();
-        let mut written = None;
-        let gave_back = match data.as_deref().map(|d| outlet.write_or_keep(d)) {
-            // Only events already written were queued.
-            None => false,
-            Some(Ok(true)) => {
-                written = Some((q.items.len(), now.saturating_duration_since(oldest)));
-                // Written whole, or the rest left for the task.
-                outlet.has_leftover()
-            }
-            // Nothing went: the writer writes it all.
-            Some(Ok(false)) | Some(Err(_)) => {
-                q.outlet = None;
-                drop(q);
-                self.wake();
+        let (outlet, data, depth, oldest) = {
+            let mut q = self.queue.lock();
+            // `None`: its writer took the socket back and drained the queue.
+            let outlet = q.outlet.clone()?;
+            if q.closed.is_some() {
                 return None;
             }
+            let floor = q.written;
+            let mut chunk = Chunk::default();
+            let mut taken = 0;
+            let mut last = floor;
+            for event in q.items.iter() {
+                if event.id.0 > floor {
+                    if !chunk.add(&event.frame) {
+                        break;
+                    }
+                    last = event.id.0;
+                }
+                taken += 1;
+            }
+            let depth = q.items.len();
+            let oldest = q.items.front()?.committed_at;
+            q.items.drain(..taken);
+            q.written = last;
+            // Only events already written were queued.
+            let data = chunk.done()?;
+            q.sending = true;
+            (outlet, data, depth, oldest)
         };
-        q.items.drain(..taken);
-        q.written = last;
-        if written.is_some() {
-            self.wrote(clock_ms_at(now));
+        let now = Instant::now();
+        let sent = outlet.write_or_keep(&data);
+        let mut q = self.queue.lock();
+        q.sending = false;
+        let mut wake = std::mem::take(&mut q.writer_waiting);
+        match sent {
+            Ok(true) => {}
+            // A part went (or none, or the socket failed): the writer goes on.
+            Ok(false) | Err(_) => {
+                q.outlet = None;
+                wake = true;
+            }
         }
-        if gave_back || !q.items.is_empty() {
-            // A part went, or more than one chunk waited: the writer goes on.
+        if !q.items.is_empty() && q.outlet.is_some() {
+            // More than one chunk waited: the writer takes the rest.
             q.outlet = None;
-            drop(q);
+            wake = true;
+        }
+        drop(q);
+        self.wrote(clock_ms_at(now));
+        if wake {
             self.wake();
         }
-        written
+        Some((depth, now.saturating_duration_since(oldest)))
     }
 
     /// Waits until an event is queued or the connection is closed. A wake-up
@@ -352,8 +385,21 @@ impl Connection {
     }
 
     /// The patterns it receives now.
-    pub(crate) fn patterns(&self) -> Vec<crate::values::pattern::Pattern> {
-        self.patterns.lock().clone()
+    pub(crate) fn patterns(&self) -> Vec<Pattern> {
+        self.with_patterns(<[Pattern]>::to_vec)
+    }
+
+    /// Runs `f` on the patterns it receives now, under their lock.
+    pub(crate) fn with_patterns<R>(&self, f: impl FnOnce(&[Pattern]) -> R) -> R {
+        let changed = self.changed_patterns.lock();
+        f(changed.as_deref().map_or(&self.selector.patterns, |v| v))
+    }
+
+    /// Runs `f` on the patterns it receives now, to change them (fan-out
+    /// only, under its registry lock).
+    pub(crate) fn change_patterns<R>(&self, f: impl FnOnce(&mut Vec<Pattern>) -> R) -> R {
+        let mut changed = self.changed_patterns.lock();
+        f(changed.get_or_insert_with(|| Box::new(self.selector.patterns.clone())))
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -402,7 +448,7 @@ mod tests {
 
     fn drained(c: &Connection) -> (Vec<u64>, Option<CloseReason>) {
         let mut out = Vec::new();
-        let closed = c.drain(&mut out, &mut 0);
+        let closed = c.drain(&mut out);
         (out.iter().map(|e| e.id.0).collect(), closed)
     }
 

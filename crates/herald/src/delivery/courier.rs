@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(c.offer(&event(4, "four")), Offered::ForCourier);
         let mut out = Vec::new();
         let mut floor = 1;
-        c.drain(&mut out, &mut floor);
+        c.take_back(&mut out, &mut floor).unwrap();
         assert_eq!(floor, 3);
         assert_eq!(
             out.len(),
@@ -258,7 +258,7 @@ mod tests {
         assert!(!rest.is_empty() && rest.len() < big.frame.len());
         let mut out = Vec::new();
         let mut floor = 0;
-        c.drain(&mut out, &mut floor);
+        c.take_back(&mut out, &mut floor).unwrap();
         assert!(out.is_empty(), "the event went, in part");
         assert_eq!(floor, 1, "and is not written again");
         assert!(

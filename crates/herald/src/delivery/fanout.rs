@@ -256,13 +256,12 @@ impl Fanout {
     /// before it joined; every later event is offered to it.
     pub(crate) fn register(&self, conn: Arc<Connection>) -> EventId {
         let mut reg = self.write_registry();
-        {
-            let patterns = conn.patterns.lock();
-            for pattern in patterns.iter() {
+        conn.with_patterns(|patterns| {
+            for pattern in patterns {
                 reg.index.insert(pattern, conn.key, conn.clone());
             }
-            self.track(&mut reg, &conn, patterns.iter(), true);
-        }
+            self.track(&mut reg, &conn, patterns, true);
+        });
         if let Some(user) = &conn.selector.user {
             reg.by_user
                 .entry(user.clone())
@@ -296,13 +295,12 @@ impl Fanout {
         let Some(conn) = reg.connections.remove(&key) else {
             return;
         };
-        {
-            let patterns = conn.patterns.lock();
-            for pattern in patterns.iter() {
+        conn.with_patterns(|patterns| {
+            for pattern in patterns {
                 reg.index.remove(pattern, key);
             }
-            self.track(&mut reg, &conn, patterns.iter(), false);
-        }
+            self.track(&mut reg, &conn, patterns, false);
+        });
         if let Some(user) = &conn.selector.user {
             if let Some(keys) = reg.by_user.get_mut(user) {
                 keys.remove(&key);
@@ -344,24 +342,24 @@ impl Fanout {
     ) -> Option<Vec<Pattern>> {
         let mut reg = self.write_registry();
         let conn = reg.connections.get(&key)?.clone();
-        let mut patterns = conn.patterns.lock();
-        let mut left = Vec::new();
-        for p in remove {
-            if let Some(at) = patterns.iter().position(|x| x == p) {
-                left.push(patterns.remove(at));
-                reg.index.remove(p, key);
+        let (left, joined, now) = conn.change_patterns(|patterns| {
+            let mut left = Vec::new();
+            for p in remove {
+                if let Some(at) = patterns.iter().position(|x| x == p) {
+                    left.push(patterns.remove(at));
+                    reg.index.remove(p, key);
+                }
             }
-        }
-        let mut joined = Vec::new();
-        for p in add {
-            if !patterns.contains(p) {
-                patterns.push(p.clone());
-                reg.index.insert(p, key, conn.clone());
-                joined.push(p.clone());
+            let mut joined = Vec::new();
+            for p in add {
+                if !patterns.contains(p) {
+                    patterns.push(p.clone());
+                    reg.index.insert(p, key, conn.clone());
+                    joined.push(p.clone());
+                }
             }
-        }
-        let now = patterns.clone();
-        drop(patterns);
+            (left, joined, patterns.clone())
+        });
         self.track(&mut reg, &conn, &left, false);
         self.track(&mut reg, &conn, &joined, true);
         Some(now)
@@ -372,9 +370,11 @@ impl Fanout {
         let reg = self.read_registry();
         let mut counts = BTreeMap::new();
         for conn in reg.connections.values() {
-            for p in conn.patterns.lock().iter() {
-                *counts.entry(p.as_str().to_owned()).or_default() += 1;
-            }
+            conn.with_patterns(|patterns| {
+                for p in patterns {
+                    *counts.entry(p.as_str().to_owned()).or_default() += 1;
+                }
+            });
         }
         counts
     }
@@ -402,7 +402,7 @@ impl Fanout {
             }),
             Err(_) => {
                 for (k, c) in &reg.connections {
-                    if c.patterns.lock().iter().any(|p| p.intersects(pattern)) {
+                    if c.with_patterns(|ps| ps.iter().any(|p| p.intersects(pattern))) {
                         present.insert(*k);
                     }
                 }
@@ -629,7 +629,7 @@ mod tests {
 
     fn queued(c: &Connection) -> Vec<u64> {
         let mut out = Vec::new();
-        c.drain(&mut out, &mut 0);
+        c.drain(&mut out);
         out.iter().map(|e| e.id.0).collect()
     }
 

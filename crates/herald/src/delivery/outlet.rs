@@ -79,26 +79,24 @@ impl Outlet {
         }
     }
 
-    /// The courier's write of `data`, one body chunk: what the socket did
-    /// not take is kept for the stream's task. `false` when nothing went
-    /// (the socket is full, or failed): the task then writes it all.
+    /// The courier's write of `data`, one body chunk: what the socket does
+    /// not take (maybe all of it) is kept for the stream's task, which
+    /// sends it before anything else. `true` when all of it went.
     pub(crate) fn write_or_keep(&self, data: &[u8]) -> io::Result<bool> {
-        match self.try_write(data)? {
-            Written::All => Ok(true),
-            Written::Part(0) => Ok(false),
-            Written::Part(sent) => {
-                let head = self.chunked.then(|| ChunkHead::new(data.len()));
-                let mut rest = BytesMut::new();
-                let mut skip = sent;
-                for part in parts(None, head.as_ref(), data) {
-                    let take = skip.min(part.len());
-                    rest.extend_from_slice(&part[take..]);
-                    skip -= take;
-                }
-                *self.leftover.lock() = Some(rest.freeze());
-                Ok(true)
-            }
+        let sent = match self.try_write(data)? {
+            Written::All => return Ok(true),
+            Written::Part(sent) => sent,
+        };
+        let head = self.chunked.then(|| ChunkHead::new(data.len()));
+        let mut rest = BytesMut::new();
+        let mut skip = sent;
+        for part in parts(None, head.as_ref(), data) {
+            let take = skip.min(part.len());
+            rest.extend_from_slice(&part[take..]);
+            skip -= take;
         }
+        *self.leftover.lock() = Some(rest.freeze());
+        Ok(false)
     }
 
     /// What a courier's write left unsent, taken.

@@ -365,8 +365,13 @@ impl<H: StreamHost> Writer<H> {
                 return Poll::Ready(None);
             }
             let mut scratch = std::mem::take(&mut self.scratch);
-            let closed = self.conn.drain(&mut scratch, &mut self.last_written);
+            let taken = self.conn.take_back(&mut scratch, &mut self.last_written);
             self.scratch = scratch;
+            let Ok(closed) = taken else {
+                // The courier is sending into the socket; it wakes us after.
+                ready!(self.conn.poll_ready(cx));
+                continue;
+            };
             if closed == Some(CloseReason::Overflow) {
                 // The client resumes from history; what is queued is stale.
                 return Poll::Ready(None);

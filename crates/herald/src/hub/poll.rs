@@ -97,7 +97,7 @@ impl Hub {
         tokio::pin!(shutdown);
         loop {
             let mut events = Vec::new();
-            let closed = conn.drain(&mut events, &mut 0);
+            let closed = conn.drain(&mut events);
             events.retain(|e| e.id > since);
             if !events.is_empty() || closed.is_some() || self.is_shutting_down() {
                 return answer(events, since);
