@@ -13,6 +13,11 @@
 //! the queue holds everything after. The writer tracks the last id it wrote
 //! and skips anything at or below it, so an event can never be written twice.
 //!
+//! A live stream served on the server's socket path that finds nothing
+//! queued parks its socket in its connection: its next events are written
+//! by the courier (`courier.rs`) without waking it, and it takes the socket
+//! back on its next drain.
+//!
 //! Everything waiting for the connection when the writer wakes goes out as
 //! one chunk (one write), up to [`CHUNK_BYTES`]: past that the rest waits,
 //! as shared handles, for the next chunk. So a client that stops reading

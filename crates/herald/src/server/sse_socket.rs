@@ -14,6 +14,10 @@
 //! (`Connection: close`): EventSource and every SSE client open a
 //! connection per stream anyway.
 //!
+//! The socket itself is shared (`delivery/outlet.rs`): while the stream is
+//! idle, the courier writes its events into it, and a write it left
+//! unfinished is sent from here before anything else.
+//!
 //! Anything else (other paths, HTTP/2, a head too slow to show its first
 //! bytes) stays on hyper.
 
