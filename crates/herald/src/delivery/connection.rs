@@ -266,33 +266,20 @@ impl Connection {
     /// the oldest of them waited since its commit.
     pub(crate) fn write_parked(&self) -> Option<(usize, Duration)> {
         let (outlet, data, depth, oldest) = {
-            let mut q = self.queue.lock();
+            let mut guard = self.queue.lock();
+            let q = &mut *guard;
             // `None`: its writer took the socket back and drained the queue.
-            let outlet = q.outlet.clone()?;
-            if q.closed.is_some() {
+            if q.outlet.is_none() || q.closed.is_some() {
                 return None;
-            }
-            let floor = q.written;
-            let mut chunk = Chunk::default();
-            let mut taken = 0;
-            let mut last = floor;
-            for event in q.items.iter() {
-                if event.id.0 > floor {
-                    if !chunk.add(&event.frame) {
-                        break;
-                    }
-                    last = event.id.0;
-                }
-                taken += 1;
             }
             let depth = q.items.len();
             let oldest = q.items.front()?.committed_at;
+            let (data, taken) = Chunk::gather(&q.items, &mut q.written, &[]);
             q.items.drain(..taken);
-            q.written = last;
             // Only events already written were queued.
-            let data = chunk.done()?;
+            let data = data?;
             q.sending = true;
-            (outlet, data, depth, oldest)
+            (q.outlet.clone()?, data, depth, oldest)
         };
         let now = Instant::now();
         let sent = outlet.write_or_keep(&data);
@@ -421,12 +408,13 @@ pub(crate) fn clock_ms_at(at: Instant) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::values::event::{Event, EventDraft, EventId};
     use crate::values::topic::Topic;
 
-    fn conn(capacity: usize, overflow: Overflow) -> Connection {
+    /// A connection `c` with key `key` and no patterns, for tests.
+    pub(crate) fn test_connection(key: u64, capacity: usize, overflow: Overflow) -> Connection {
         let selector = Selector {
             connection_id: "c".into(),
             patterns: vec![],
@@ -434,7 +422,11 @@ mod tests {
             user: None,
             meta: Default::default(),
         };
-        Connection::new(1, "c".into(), selector, capacity, overflow, None)
+        Connection::new(key, "c".into(), selector, capacity, overflow, None)
+    }
+
+    fn conn(capacity: usize, overflow: Overflow) -> Connection {
+        test_connection(1, capacity, overflow)
     }
 
     fn ev(id: u64, coalesce: Option<&str>) -> SharedEvent {

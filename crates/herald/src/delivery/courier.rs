@@ -142,31 +142,17 @@ impl Courier {
 mod tests {
     use super::*;
     use crate::config::Overflow;
+    use crate::delivery::connection::tests::test_connection;
     use crate::delivery::connection::Offered;
     use crate::delivery::outlet::Outlet;
     use crate::values::event::{Event, EventDraft, EventId, SharedEvent};
-    use crate::values::selector::Selector;
     use crate::values::topic::Topic;
     use herald_wire::chunked::ChunkedDecoder;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     fn conn(key: u64) -> Arc<Connection> {
-        let selector = Selector {
-            connection_id: "c".into(),
-            patterns: vec![],
-            event_types: None,
-            user: None,
-            meta: Default::default(),
-        };
-        Arc::new(Connection::new(
-            key,
-            "c".into(),
-            selector,
-            100,
-            Overflow::Disconnect,
-            None,
-        ))
+        Arc::new(test_connection(key, 100, Overflow::Disconnect))
     }
 
     fn event(id: u64, data: &str) -> SharedEvent {

@@ -5,8 +5,8 @@
 //! head, then polls the stream's writer for chunks and writes them. A
 //! stream that has nothing queued parks its socket in its connection; the
 //! next events queued for it are then written by the courier, in one
-//! non-blocking `writev` each time, without waking the stream's task. A
-//! write the socket takes only in part leaves the rest here
+//! non-blocking `sendmsg` each time, without waking the stream's task. A
+//! write the socket takes only in part (or not at all) leaves the rest here
 //! ([`Outlet::take_leftover`]) and the stream leaves the courier's hands:
 //! its task sends those bytes before anything else.
 //!
@@ -18,6 +18,8 @@ use std::io::{self, IoSlice};
 
 use bytes::{Bytes, BytesMut};
 use herald_wire::chunked::{ChunkHead, CHUNK_END};
+
+use crate::values::event::SharedEvent;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
@@ -69,14 +71,8 @@ impl Outlet {
     pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<Written> {
         let head = self.chunked.then(|| ChunkHead::new(data.len()));
         let parts = parts(None, head.as_ref(), data);
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let slices = parts.map(IoSlice::new);
-        match socket2::SockRef::from(&self.socket).send_vectored(&slices) {
-            Ok(n) if n == total => Ok(Written::All),
-            Ok(n) => Ok(Written::Part(n)),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Written::Part(0)),
-            Err(err) => Err(err),
-        }
+        let sent = socket2::SockRef::from(&self.socket).send_vectored(&parts.map(IoSlice::new));
+        written(sent, &parts)
     }
 
     /// The courier's write of `data`, one body chunk: what the socket does
@@ -88,14 +84,8 @@ impl Outlet {
             Written::Part(sent) => sent,
         };
         let head = self.chunked.then(|| ChunkHead::new(data.len()));
-        let mut rest = BytesMut::new();
-        let mut skip = sent;
-        for part in parts(None, head.as_ref(), data) {
-            let take = skip.min(part.len());
-            rest.extend_from_slice(&part[take..]);
-            skip -= take;
-        }
-        *self.leftover.lock() = Some(rest.freeze());
+        let rest = unsent(parts(None, head.as_ref(), data), sent).concat();
+        *self.leftover.lock() = Some(Bytes::from(rest));
         Ok(false)
     }
 
@@ -127,14 +117,29 @@ pub(crate) fn parts<'a>(
 /// Writes what the socket takes now of `parts`, in one `writev`, without
 /// waiting.
 pub(crate) fn try_write_parts(socket: &TcpStream, parts: &[&[u8]; 4]) -> io::Result<Written> {
+    written(socket.try_write_vectored(&parts.map(IoSlice::new)), parts)
+}
+
+/// How much of `parts` a non-blocking write that returned `sent` took.
+fn written(sent: io::Result<usize>, parts: &[&[u8]; 4]) -> io::Result<Written> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let slices = parts.map(IoSlice::new);
-    match socket.try_write_vectored(&slices) {
+    match sent {
         Ok(n) if n == total => Ok(Written::All),
         Ok(n) => Ok(Written::Part(n)),
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Written::Part(0)),
         Err(err) => Err(err),
     }
+}
+
+/// What is left of `parts` once its first `sent` bytes went.
+pub(crate) fn unsent(mut parts: [&[u8]; 4], sent: usize) -> [&[u8]; 4] {
+    let mut skip = sent;
+    for part in parts.iter_mut() {
+        let take = skip.min(part.len());
+        *part = &part[take..];
+        skip -= take;
+    }
+    parts
 }
 
 /// Bytes gathered for one write: one part as it is (shared), more copied
@@ -167,6 +172,33 @@ impl Chunk {
         });
         buf.extend_from_slice(part);
         true
+    }
+
+    /// The chunk of the events at the front of `events` that are newer
+    /// than `last_written` (and not in `skip`, sorted), up to
+    /// [`CHUNK_BYTES`]; moves `last_written` past them. Returns it (`None`
+    /// when none were left to write) and how many events it took, older
+    /// ones included. Events come in ascending id order (fan-out offers in
+    /// it, the log reads in it), so what was written already is a prefix.
+    pub(crate) fn gather<'a>(
+        events: impl IntoIterator<Item = &'a SharedEvent>,
+        last_written: &mut u64,
+        skip: &[u64],
+    ) -> (Option<Bytes>, usize) {
+        let mut chunk = Chunk::default();
+        let mut taken = 0;
+        for event in events {
+            let id = event.id.0;
+            if id > *last_written {
+                let skipped = !skip.is_empty() && skip.binary_search(&id).is_ok();
+                if !skipped && !chunk.add(&event.frame) {
+                    break;
+                }
+                *last_written = id;
+            }
+            taken += 1;
+        }
+        (chunk.done(), taken)
     }
 
     pub(crate) fn done(self) -> Option<Bytes> {

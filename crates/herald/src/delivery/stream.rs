@@ -271,25 +271,10 @@ impl<H: StreamHost> Writer<H> {
     /// last written, up to [`CHUNK_BYTES`]; the rest stay for the next call.
     /// `None` when none were left to write (`scratch` is then empty).
     fn take_scratch(&mut self) -> Option<Bytes> {
-        // Queues and replay pages hold events in ascending id order (fan-out
-        // offers in id order; the log reads in it), so what was written
-        // already is a prefix.
         let skip = self.opening.as_ref().map_or(&[][..], |o| &o.skip[..]);
-        let mut chunk = Chunk::default();
-        let mut taken = 0;
-        for event in &self.scratch {
-            let id = event.id.0;
-            if id > self.last_written {
-                let skipped = !skip.is_empty() && skip.binary_search(&id).is_ok();
-                if !skipped && !chunk.add(&event.frame) {
-                    break;
-                }
-                self.last_written = id;
-            }
-            taken += 1;
-        }
+        let (chunk, taken) = Chunk::gather(&self.scratch, &mut self.last_written, skip);
         self.scratch.drain(..taken);
-        chunk.done()
+        chunk
     }
 
     /// The next chunk of the opening: `None` once it is all written (the

@@ -109,11 +109,6 @@ impl Tasks {
             }),
             runtime,
         );
-        // Heartbeats: a quiet stream gets its `: ping` one interval after
-        // its last write, at most a tick (a quarter interval, at most 1 s)
-        // late. One tick for every stream instead of a timer in each: a
-        // stream's timer is 112 bytes, and moving it is a trip through the
-        // timer wheel.
         // The courier writes into the sockets of idle streams
         // (`delivery/courier.rs`), for as long as the hub lives: it holds
         // neither the hub nor a stream.
@@ -131,6 +126,11 @@ impl Tasks {
             });
         }
         courier.start();
+        // Heartbeats: a quiet stream gets its `: ping` one interval after
+        // its last write, at most a tick (a quarter interval, at most 1 s)
+        // late. One tick for every stream instead of a timer in each: a
+        // stream's timer is 112 bytes, and moving it is a trip through the
+        // timer wheel.
         let beat = shared.config.heartbeat();
         tasks.timers.spawn_on(
             every(

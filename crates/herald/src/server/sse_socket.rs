@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
-use crate::delivery::outlet::{parts, try_write_parts, Outlet, Written};
+use crate::delivery::outlet::{parts, try_write_parts, unsent, Outlet, Written};
 use crate::delivery::stream::EventSource;
 use crate::http::events::StreamSlot;
 
@@ -210,52 +210,30 @@ fn send(
         // the body gave now.
         let before = outlet.take_leftover();
         let (head, data) = match next {
-            Poll::Pending => match before {
-                Some(before) => (None, before),
-                None => return Poll::Pending,
-            },
+            Poll::Pending if before.is_none() => return Poll::Pending,
+            Poll::Pending => (None, Bytes::new()),
             Poll::Ready(Next::Data(data)) => {
-                if let Some(before) = before {
-                    *write = Some(Box::new(Write {
-                        before: Some(before),
-                        head: outlet.chunked().then(|| ChunkHead::new(data.len())),
-                        data,
-                        sent: 0,
-                        deadline: None,
-                    }));
-                    continue;
-                }
                 (outlet.chunked().then(|| ChunkHead::new(data.len())), data)
             }
             Poll::Ready(Next::End) => {
                 *ended = true;
-                let end = match outlet.chunked() {
-                    true => Bytes::from_static(LAST_CHUNK),
-                    false => Bytes::new(),
-                };
-                *write = Some(Box::new(Write {
-                    before,
-                    head: None,
-                    data: end,
-                    sent: 0,
-                    deadline: None,
-                }));
-                continue;
+                match outlet.chunked() {
+                    true => (None, Bytes::from_static(LAST_CHUNK)),
+                    false => (None, Bytes::new()),
+                }
             }
             Poll::Ready(Next::Gone) => return Poll::Ready(Ok(())),
         };
-        match try_write_parts(stream, &parts(None, head.as_ref(), &data))? {
-            Written::All => {}
+        let whole = parts(before.as_deref(), head.as_ref(), &data);
+        if let Written::Part(sent) = try_write_parts(stream, &whole)? {
             // The socket is full: the rest waits for room.
-            Written::Part(sent) => {
-                *write = Some(Box::new(Write {
-                    before: None,
-                    head,
-                    data,
-                    sent,
-                    deadline: None,
-                }))
-            }
+            *write = Some(Box::new(Write {
+                before,
+                head,
+                data,
+                sent,
+                deadline: None,
+            }));
         }
     }
 }
@@ -553,17 +531,12 @@ fn write_rest(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     loop {
-        let mut parts = parts(
+        let whole = parts(
             pending.before.as_deref(),
             pending.head.as_ref(),
             &pending.data,
         );
-        let mut skip = pending.sent;
-        for part in parts.iter_mut() {
-            let take = skip.min(part.len());
-            *part = &part[take..];
-            skip -= take;
-        }
+        let parts = unsent(whole, pending.sent);
         if parts.iter().all(|p| p.is_empty()) {
             return Poll::Ready(Ok(()));
         }
