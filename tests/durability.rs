@@ -88,7 +88,7 @@ async fn a_torn_tail_is_cut_back_to_the_last_whole_record() {
     hub.kill9();
     // Cut the last record in the middle, as a crash mid-write would.
     let last = common::journal_segments(&dir).pop().unwrap();
-    let len = std::fs::metadata(&last).unwrap().len();
+    let len = common::journal_records_end(&last);
     let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
     file.set_len(len - 10).unwrap();
     drop(file);

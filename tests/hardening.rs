@@ -872,6 +872,7 @@ async fn unreadable_records_are_skipped_and_counted() {
     framed.extend_from_slice(body);
     let last = segments.last().unwrap();
     let mut bytes = std::fs::read(last).unwrap();
+    bytes.truncate(common::journal_records_end(last) as usize);
     bytes.extend_from_slice(&framed);
     std::fs::write(last, bytes).unwrap();
 

@@ -682,3 +682,18 @@ pub async fn stall_reader(hub: &HubProcess, topic: &str) -> usize {
     .await;
     count
 }
+
+/// Where the records of a journal segment end: the last segment may hold
+/// zeros after them (the journal keeps them ahead of its writes).
+pub fn journal_records_end(segment: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(segment).unwrap();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 || at + 8 + len > bytes.len() {
+            break;
+        }
+        at += 8 + len;
+    }
+    at as u64
+}
