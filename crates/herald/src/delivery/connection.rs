@@ -38,6 +38,16 @@ pub(crate) enum CloseReason {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Sending;
 
+/// What the courier sends into a parked socket, taken out of the queue.
+struct ParkedSend {
+    outlet: Arc<Outlet>,
+    data: bytes::Bytes,
+    /// Events that were queued.
+    depth: usize,
+    /// When the oldest of them was committed.
+    oldest: Instant,
+}
+
 /// What happened to one offered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offered {
@@ -265,46 +275,55 @@ impl Connection {
     /// Returns what it wrote: how many events were queued, and how long
     /// the oldest of them waited since its commit.
     pub(crate) fn write_parked(&self) -> Option<(usize, Duration)> {
-        let (outlet, data, depth, oldest) = {
-            let mut guard = self.queue.lock();
-            let q = &mut *guard;
-            // `None`: its writer took the socket back and drained the queue.
-            if q.outlet.is_none() || q.closed.is_some() {
-                return None;
-            }
-            let depth = q.items.len();
-            let oldest = q.items.front()?.committed_at;
-            let (data, taken) = Chunk::gather(&q.items, &mut q.written, &[]);
-            q.items.drain(..taken);
-            // Only events already written were queued.
-            let data = data?;
-            q.sending = true;
-            (q.outlet.clone()?, data, depth, oldest)
-        };
+        let send = self.begin_send()?;
         let now = Instant::now();
-        let sent = outlet.write_or_keep(&data);
+        let sent = send.outlet.write_or_keep(&send.data);
+        self.wrote(clock_ms_at(now));
+        self.end_send(sent.unwrap_or(false));
+        Some((send.depth, now.saturating_duration_since(send.oldest)))
+    }
+
+    /// The first half of [`Connection::write_parked`], under the lock:
+    /// takes the events to send out of the queue and marks the send.
+    fn begin_send(&self) -> Option<ParkedSend> {
+        let mut guard = self.queue.lock();
+        let q = &mut *guard;
+        // `None`: its writer took the socket back and drained the queue.
+        if q.outlet.is_none() || q.closed.is_some() {
+            return None;
+        }
+        let depth = q.items.len();
+        let oldest = q.items.front()?.committed_at;
+        let (data, taken) = Chunk::gather(&q.items, &mut q.written, &[]);
+        q.items.drain(..taken);
+        // Only events already written were queued.
+        let data = data?;
+        q.sending = true;
+        Some(ParkedSend {
+            outlet: q.outlet.clone()?,
+            data,
+            depth,
+            oldest,
+        })
+    }
+
+    /// The second half, under the lock again: `whole` when the socket
+    /// took every byte. Otherwise (a part went, or none, or the socket
+    /// failed) the stream goes back to its writer, woken; so it does when
+    /// more was queued meanwhile, or when the writer was polled during the
+    /// send.
+    fn end_send(&self, whole: bool) {
         let mut q = self.queue.lock();
         q.sending = false;
         let mut wake = std::mem::take(&mut q.writer_waiting);
-        match sent {
-            Ok(true) => {}
-            // A part went (or none, or the socket failed): the writer goes on.
-            Ok(false) | Err(_) => {
-                q.outlet = None;
-                wake = true;
-            }
-        }
-        if !q.items.is_empty() && q.outlet.is_some() {
-            // More than one chunk waited: the writer takes the rest.
+        if !whole || (!q.items.is_empty() && q.outlet.is_some()) {
             q.outlet = None;
             wake = true;
         }
         drop(q);
-        self.wrote(clock_ms_at(now));
         if wake {
             self.wake();
         }
-        Some((depth, now.saturating_duration_since(oldest)))
     }
 
     /// Waits until an event is queued or the connection is closed. A wake-up
@@ -492,6 +511,36 @@ pub(crate) mod tests {
         poll.wrote(0);
         poll.ping_if_quiet(10_000, 1_000);
         assert!(!poll.take_ping(), "long polls get no heartbeats");
+    }
+
+    /// Whether its writer was woken (taking the wake-up).
+    fn woken(c: &Connection) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        c.poll_ready(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn a_writer_polled_during_a_courier_send_waits_for_it_and_is_woken_after() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (_client, accepted) = tokio::join!(client, listener.accept());
+        let outlet = Arc::new(Outlet::new(accepted.unwrap().0, true));
+        let c = conn(10, Overflow::Disconnect);
+        assert!(c.park(&outlet, 0));
+        assert_eq!(c.offer(&ev(1, None)), Offered::ForCourier);
+        woken(&c);
+        let send = c.begin_send().expect("an event to send");
+        // Polled now, the writer takes neither the socket nor the events.
+        let (mut out, mut floor) = (Vec::new(), 0);
+        assert!(c.take_back(&mut out, &mut floor).is_err());
+        assert!(out.is_empty());
+        assert!(!woken(&c), "not before the send is over");
+        assert!(send.outlet.write_or_keep(&send.data).unwrap());
+        c.end_send(true);
+        assert!(woken(&c), "woken once the send is over");
+        c.take_back(&mut out, &mut floor).unwrap();
+        assert_eq!(floor, 1, "what the courier sent is not written again");
+        assert!(c.begin_send().is_none(), "the writer has the socket back");
     }
 
     #[test]
