@@ -446,7 +446,6 @@ impl Journal {
         let current = match segments.pop() {
             Some(segment) => segment,
             None => {
-                end_of_last = 0;
                 let first = match last_read {
                     0 => floor + 1,
                     id => id + 1,
