@@ -84,6 +84,9 @@ async fn metrics_follow_streams_publishes_refusals_and_latency() {
         writes
     );
     assert!(m["herald_publish_to_write_seconds_sum"] > 0.0);
+    // The stream sat idle between events: the courier wrote for it.
+    let courier = m["herald_courier_writes_total"];
+    assert!((1.0..=writes).contains(&courier), "{courier} of {writes}");
 }
 
 #[tokio::test]

@@ -45,6 +45,9 @@ pub(crate) struct Metrics {
     pub write_latency: AtomicHistogram,
     /// Events taken from a queue in one wake-up of its writer.
     pub queue_depth: AtomicHistogram,
+    /// Writes the courier made into idle streams' sockets (their tasks
+    /// not woken); counted in the two histograms too.
+    pub courier_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -397,6 +400,12 @@ impl Collector for HubCollector {
                 t.write_errors,
             )?;
         }
+        counter(
+            &mut encoder,
+            "herald_courier_writes",
+            "Writes into idle streams' sockets made by the courier, without waking the streams' tasks",
+            load(&m.courier_writes),
+        )?;
         counter(
             &mut encoder,
             "herald_log_errors",

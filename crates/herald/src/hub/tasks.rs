@@ -119,6 +119,7 @@ impl Tasks {
             let stop = tasks.stop_courier.clone();
             runtime.spawn(async move {
                 let wrote = |depth: usize, age: Duration| {
+                    Metrics::add(&metrics.courier_writes, 1);
                     metrics.queue_depth.observe(depth as f64);
                     metrics.write_latency.observe(age.as_secs_f64());
                 };
