@@ -298,9 +298,10 @@ impl Connection {
         q.items.drain(..taken);
         // Only events already written were queued.
         let data = data?;
+        let outlet = q.outlet.clone()?;
         q.sending = true;
         Some(ParkedSend {
-            outlet: q.outlet.clone()?,
+            outlet,
             data,
             depth,
             oldest,

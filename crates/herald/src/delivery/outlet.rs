@@ -18,10 +18,10 @@ use std::io::{self, IoSlice};
 
 use bytes::{Bytes, BytesMut};
 use herald_wire::chunked::{ChunkHead, CHUNK_END};
-
-use crate::values::event::SharedEvent;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+
+use crate::values::event::SharedEvent;
 
 /// Most bytes copied into one chunk (a single larger event goes alone,
 /// uncopied).
@@ -62,29 +62,24 @@ impl Outlet {
         self.chunked
     }
 
-    /// Writes `data` as one body chunk, as much as the socket takes now, in
-    /// one `sendmsg`. Straight to the socket, past tokio's record of its
-    /// readiness (a cache miss per write in a courier's round over
-    /// thousands of sockets): a write that would block leaves that record
-    /// as it was, and the task's next write, finding the socket full,
-    /// corrects it.
-    pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<Written> {
+    /// The courier's write of `data`, one body chunk, as much as the socket
+    /// takes now, in one `sendmsg`; what it does not take (maybe all of it)
+    /// is kept for the stream's task, which sends it before anything else.
+    /// `true` when all of it went.
+    ///
+    /// Straight to the socket, past tokio's record of its readiness (a
+    /// cache miss per write in a courier's round over thousands of
+    /// sockets): a write that would block leaves that record as it was,
+    /// and the task's next write, finding the socket full, corrects it.
+    pub(crate) fn write_or_keep(&self, data: &[u8]) -> io::Result<bool> {
         let head = self.chunked.then(|| ChunkHead::new(data.len()));
         let parts = parts(None, head.as_ref(), data);
         let sent = socket2::SockRef::from(&self.socket).send_vectored(&parts.map(IoSlice::new));
-        written(sent, &parts)
-    }
-
-    /// The courier's write of `data`, one body chunk: what the socket does
-    /// not take (maybe all of it) is kept for the stream's task, which
-    /// sends it before anything else. `true` when all of it went.
-    pub(crate) fn write_or_keep(&self, data: &[u8]) -> io::Result<bool> {
-        let sent = match self.try_write(data)? {
+        let sent = match written(sent, &parts)? {
             Written::All => return Ok(true),
             Written::Part(sent) => sent,
         };
-        let head = self.chunked.then(|| ChunkHead::new(data.len()));
-        let rest = unsent(parts(None, head.as_ref(), data), sent).concat();
+        let rest = unsent(parts, sent).concat();
         *self.leftover.lock() = Some(Bytes::from(rest));
         Ok(false)
     }

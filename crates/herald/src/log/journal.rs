@@ -545,23 +545,18 @@ impl Journal {
         // blocks there. Not past the segment's end, where it rolls over.
         let zeros_to = (end + ZERO_AHEAD).min(SEGMENT_BYTES.max(end));
         let mut zeros = (sync && end > self.file_len && zeros_to > end).then_some(zeros_to);
-        let written = self
-            .file
-            .write_all_at(&buf, self.len)
-            .map(|()| {
-                // The zeros are a speed-up only: near a full disk or a file
-                // size limit the records go without them.
-                if let Some(to) = zeros {
-                    if write_zeros(&self.file, end, to).is_err() {
-                        let _ = self.file.set_len(end);
-                        zeros = None;
-                    }
-                }
-            })
-            .and_then(|()| match sync {
-                true => blocking::sync_data(&self.file),
-                false => Ok(()),
-            });
+        let mut written = self.file.write_all_at(&buf, self.len);
+        if let (Ok(()), Some(to)) = (&written, zeros) {
+            // The zeros are a speed-up only: near a full disk or a file
+            // size limit the records go without them.
+            if write_zeros(&self.file, end, to).is_err() {
+                let _ = self.file.set_len(end);
+                zeros = None;
+            }
+        }
+        if sync {
+            written = written.and_then(|()| blocking::sync_data(&self.file));
+        }
         if let Err(source) = written {
             // A write may have got partly through (a full disk, a file size
             // limit): cut it off, so that a later write does not land after
