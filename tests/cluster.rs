@@ -363,6 +363,56 @@ async fn state_across_nodes(kind: Kind) {
     assert_eq!(body["version"], 3, "{body}");
 }
 
+/// A value read on one node right after another node acknowledged a
+/// change of it is the changed value, however far behind the reading node
+/// was when asked.
+async fn state_reads_catch_up_with_the_engine(kind: Kind) {
+    let Some(engine) = Engine::start(kind) else {
+        return;
+    };
+    let a = engine.node(&[]);
+    let b = engine.node(&[]);
+    let http = reqwest::Client::new();
+    let url = |node: &HubProcess| node.url("/v1/state/boards/1/title");
+    let put = http.put(url(&b)).json(&json!({"text": "v1"})).send();
+    assert_eq!(put.await.unwrap().status(), 200);
+    // A holds the value (the first read loads every value from the engine;
+    // later reads follow the log).
+    let (status, body) = a.get_json("/v1/state/boards/1/title").await;
+    assert_eq!((status, &body["version"]), (200, &json!(1)), "{body}");
+    // A falls behind: stopped while B publishes a backlog and then
+    // changes the value.
+    a.freeze();
+    for batch in 0..5 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"topic": "backlog", "data": format!("{batch}-{i}")}))
+            .collect();
+        let (status, body) = b.publish(Value::Array(events)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let put = http.put(url(&b)).json(&json!({"text": "v2"})).send();
+    assert_eq!(put.await.unwrap().status(), 200);
+    // Asked while stopped, A answers once it runs again, with the backlog
+    // still to apply.
+    let read = tokio::spawn(http.get(url(&a)).send());
+    a.thaw();
+    let resp = read.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["value"], json!({"text": "v2"}), "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+}
+
+#[tokio::test]
+async fn redis_state_reads_catch_up_with_the_engine() {
+    state_reads_catch_up_with_the_engine(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_state_reads_catch_up_with_the_engine() {
+    state_reads_catch_up_with_the_engine(Kind::Nats).await;
+}
+
 async fn node_killed_mid_stream_loses_nothing_acknowledged(kind: Kind) {
     let Some(engine) = Engine::start(kind) else {
         return;

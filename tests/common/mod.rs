@@ -107,6 +107,11 @@ impl HubProcess {
             cmd.env(k, v);
         }
         cmd.env_remove("HERALD_LOG").env_remove("HERALD_LOG_FORMAT");
+        // `TEST_HUB_LOG=herald=debug cargo test …` shows the hubs' debug
+        // lines beside a failing test's output.
+        if let Ok(filter) = std::env::var("TEST_HUB_LOG") {
+            cmd.env("HERALD_LOG", filter);
+        }
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start herald");
         let stderr = child.stderr.take().expect("stderr");
@@ -259,8 +264,23 @@ impl HubProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGSTOP: the hub does nothing, while the kernel still queues what
+    /// is sent to its sockets.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT, after [`HubProcess::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());

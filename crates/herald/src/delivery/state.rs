@@ -570,6 +570,14 @@ impl StateStore {
                 _ => AuthError::Forbidden(format!("the token may not read {topic}")),
             }));
         }
+        // Clustered, a change acknowledged on another node may not have
+        // reached this one yet: read once this node has caught up with the
+        // engine. With the engine away, the values this node holds.
+        if let Some(cluster) = host.log().cluster() {
+            if let Err(err) = cluster.catch_up_with_engine().await {
+                tracing::debug!(%err, "state read without catching up with the engine");
+            }
+        }
         let mut map = self.map.lock().await;
         Self::reconcile(host, &mut map).await;
         Ok(map.topics.get(topic).cloned().unwrap_or_default())

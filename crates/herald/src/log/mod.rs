@@ -420,6 +420,12 @@ pub trait ClusterLog: Send + Sync {
     /// resuming from it waits for that before it starts.
     async fn catch_up(&self, id: EventId);
 
+    /// Waits (briefly) until this node has applied everything the engine
+    /// held when asked: one round trip to the engine, then the wait of
+    /// [`ClusterLog::catch_up`]. A read after it sees every change that
+    /// was acknowledged on any node before it.
+    async fn catch_up_with_engine(&self) -> Result<(), LogError>;
+
     /// Every retained value as the engine holds it (`topic` newline `key`
     /// → `{"version", "value"}` JSON), with the log's last id at that
     /// instant: the state after every change up to that id.

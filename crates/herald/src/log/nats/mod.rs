@@ -804,6 +804,12 @@ impl ClusterLog for NatsLog {
         }
     }
 
+    async fn catch_up_with_engine(&self) -> Result<(), LogError> {
+        let last = self.engine_last_seq().await?;
+        self.wait_applied(last).await;
+        Ok(())
+    }
+
     fn node(&self) -> &str {
         &self.options.node
     }

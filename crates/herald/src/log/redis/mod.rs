@@ -540,6 +540,21 @@ impl ClusterLog for RedisLog {
         }
     }
 
+    async fn catch_up_with_engine(&self) -> Result<(), LogError> {
+        let unavailable = |e: RedisError| LogError::Unavailable(e.to_string());
+        let mut conn = self.writer().await.map_err(unavailable)?;
+        // The last id the append script issued, always that of an entry.
+        let last: Option<String> = redis::cmd("GET")
+            .arg(&self.keys.seq)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if let Some(last) = last.and_then(|l| l.parse().ok()) {
+            self.catch_up(EventId(last)).await;
+        }
+        Ok(())
+    }
+
     async fn report_node(&self, node: &str, stats: serde_json::Value) -> Result<(), LogError> {
         let mut conn = self
             .writer()
