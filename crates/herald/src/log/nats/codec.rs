@@ -34,11 +34,89 @@ pub(super) struct Batch {
 /// The events at `wanted` (indexes, ascending) of a log message's batch,
 /// each with its index; the others are skipped, not built. What a read of
 /// one topic needs from a message that carries many.
+///
+/// A batch as Herald writes it is split into its events by
+/// [`event_spans`] and only the wanted ones are parsed; anything else goes
+/// through serde, which skips the others by parsing them too (most of a
+/// sparse read's time before the split).
 pub(super) fn batch_events(
     payload: &[u8],
     wanted: &[usize],
 ) -> serde_json::Result<Vec<(usize, EventDraft)>> {
-    crate::values::json::from_slice_seed(payload, Message(wanted))
+    let Some(spans) = event_spans(payload) else {
+        return crate::values::json::from_slice_seed(payload, Message(wanted));
+    };
+    wanted
+        .iter()
+        .filter_map(|&at| Some((at, spans.get(at)?.clone())))
+        .map(|(at, span)| Ok((at, crate::values::json::from_slice(&payload[span])?)))
+        .collect()
+}
+
+/// Where each event of a batch lies in `payload`, found without a JSON
+/// parser when the payload has the shape Herald writes: `{"events":[`,
+/// objects separated by commas, `]`, then `}` or `,"controls":[…]}`, no
+/// whitespace between. `None` on any other shape. Inside an event only
+/// strings (with their escapes) and brackets are followed; what is wanted
+/// is parsed afterwards, in full.
+fn event_spans(payload: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    const HEAD: &[u8] = b"{\"events\":[";
+    const CONTROLS: &[u8] = b",\"controls\":[";
+    if !payload.starts_with(HEAD) {
+        return None;
+    }
+    let mut at = HEAD.len();
+    let mut spans = Vec::new();
+    if payload.get(at) == Some(&b']') {
+        at += 1;
+    } else {
+        loop {
+            if payload.get(at) != Some(&b'{') {
+                return None;
+            }
+            let end = object_end(payload, at)?;
+            spans.push(at..end);
+            at = end + 1;
+            match payload.get(end)? {
+                b',' => {}
+                b']' => break,
+                _ => return None,
+            }
+        }
+    }
+    let rest = &payload[at..];
+    let ends = rest == b"}" || (rest.starts_with(CONTROLS) && rest.ends_with(b"]}"));
+    ends.then_some(spans)
+}
+
+/// Just past the object that opens at `start`. Outside strings, a plain
+/// loop over the bytes (they are few: keys and values are mostly
+/// strings); strings are crossed with `memchr`.
+fn object_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut at = start;
+    loop {
+        match *bytes.get(at)? {
+            b'"' => loop {
+                // To the closing quote, over escapes.
+                at += 1;
+                at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
+                if bytes[at] == b'"' {
+                    break;
+                }
+                at += 1;
+            },
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
 }
 
 /// The batch object: `events` through [`Picks`], the rest skipped.
@@ -563,6 +641,66 @@ mod tests {
         assert!(!d.outcomes.contains_key(&3), "another node's append");
         let too_many = payload((0..=MAX_RECORDS).map(|_| EventDraft::default()).collect());
         assert!(d.decode(4, 100, "herald.log", None, &too_many).is_err());
+    }
+
+    #[test]
+    fn batches_as_herald_writes_them_are_split_without_a_parser() {
+        let tricky = EventDraft {
+            topics: vec![crate::values::topic::Topic::new("a/b").unwrap()],
+            event_type: Some("t\"}]".into()),
+            data: "{\"x\": [1, \"]\\\\\"}\"], \"\\u00e9\": {}}".into(),
+            idempotency_key: Some("k\\".into()),
+            ..Default::default()
+        };
+        let drafts = vec![keyed("a"), tricky, keyed("c")];
+        let mut written = payload(drafts.clone());
+        let with_controls = serde_json::to_vec(&Batch {
+            events: drafts.clone(),
+            controls: vec![Control::Acked {
+                user: "u".into(),
+                ids: vec![EventId(1)],
+            }],
+        })
+        .unwrap();
+        for bytes in [&written, &with_controls] {
+            let spans = event_spans(bytes).expect("Herald's own shape");
+            assert_eq!(spans.len(), 3);
+            for (span, draft) in spans.into_iter().zip(&drafts) {
+                assert_eq!(bytes[span], serde_json::to_vec(draft).unwrap()[..]);
+            }
+            let picked = batch_events(bytes, &[1, 2]).unwrap();
+            let json = |d: &EventDraft| serde_json::to_value(d).unwrap();
+            assert_eq!(json(&picked[0].1), json(&drafts[1]));
+            assert_eq!(json(&picked[1].1), json(&drafts[2]));
+        }
+        assert_eq!(event_spans(b"{\"events\":[]}"), Some(Vec::new()));
+        // Any other shape is left to serde.
+        for other in [
+            &b"{\"events\": [{}]}"[..],
+            b"{\"controls\":[],\"events\":[{}]}",
+            b"{\"events\":[{}],\"later\":1}",
+            b"{\"events\":[1]}",
+            b"{\"events\":[{}] }",
+            b"[[{}],[]]",
+        ] {
+            assert_eq!(
+                event_spans(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // Cut anywhere, Herald's shape is never split into events.
+        written.truncate(written.len() - 1);
+        for end in 0..written.len() {
+            assert_eq!(event_spans(&written[..end]), None, "{end}");
+        }
+        // A wanted event that does not parse is an error, as through serde.
+        let good = serde_json::to_string(&keyed("a")).unwrap();
+        let broken = format!(r#"{{"events":[{good},{{"data":7}}]}}"#);
+        assert!(event_spans(broken.as_bytes()).is_some());
+        assert!(batch_events(broken.as_bytes(), &[0]).is_ok());
+        assert!(batch_events(broken.as_bytes(), &[1]).is_err());
     }
 
     #[test]
