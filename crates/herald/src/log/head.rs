@@ -342,7 +342,8 @@ impl<'a> Scanner<'a> {
             b'"' => {
                 self.at += 1;
                 loop {
-                    let run = memchr::memchr2(b'"', b'\\', &self.bytes[self.at..])?;
+                    // After an escape, `at` may be past the end.
+                    let run = memchr::memchr2(b'"', b'\\', self.bytes.get(self.at..)?)?;
                     self.at += run;
                     if self.bytes[self.at] == b'"' {
                         self.at += 1;
