@@ -554,12 +554,15 @@ impl StateStore {
         }
     }
 
-    /// Every key of a topic. Needs the right to read the topic.
+    /// Every key of a topic. Needs the right to read the topic. Clustered,
+    /// `catch_up` first brings this node up to the engine (see below);
+    /// without it, the values this node holds.
     pub(crate) async fn read(
         &self,
         host: &dyn StateHost,
         identity: &Identity,
         topic: &str,
+        catch_up: bool,
     ) -> Result<BTreeMap<String, Entry>, StateError> {
         let pattern =
             Pattern::parse(topic).map_err(|e| StateError::BadTopic(topic.to_owned(), e))?;
@@ -573,7 +576,7 @@ impl StateStore {
         // Clustered, a change acknowledged on another node may not have
         // reached this one yet: read once this node has caught up with the
         // engine. With the engine away, the values this node holds.
-        if let Some(cluster) = host.log().cluster() {
+        if let Some(cluster) = host.log().cluster().filter(|_| catch_up) {
             if let Err(err) = cluster.catch_up_with_engine().await {
                 tracing::debug!(%err, "state read without catching up with the engine");
             }

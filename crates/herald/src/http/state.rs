@@ -155,14 +155,22 @@ pub(super) async fn get(
     caller: Caller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
+    // The path names a key of a topic, or else a topic. Whichever read
+    // succeeds first caught this node up with the engine (clustered); the
+    // second need not again.
+    let mut caught_up = false;
     if let Ok((topic, key)) = split(&path) {
         if let Ok(keys) = hub.read_state(&caller.identity, topic).await {
             if let Some(entry) = keys.get(key) {
                 let body = json!({ "key": key, "version": entry.version, "value": entry.value });
                 return Ok(([(header::ETAG, etag(entry.version))], Json(body)).into_response());
             }
+            caught_up = true;
         }
     }
-    let keys = hub.read_state(&caller.identity, &path).await?;
+    let keys = match caught_up {
+        true => hub.read_state_held(&caller.identity, &path).await?,
+        false => hub.read_state(&caller.identity, &path).await?,
+    };
     Ok(Json(json!({ "topic": path, "keys": keys })).into_response())
 }

@@ -84,13 +84,25 @@ impl Hub {
             .await
     }
 
-    /// Every key of a topic. Needs the right to read the topic.
+    /// Every key of a topic. Needs the right to read the topic. In a
+    /// cluster, the node first catches up with the engine, so the values
+    /// include every change acknowledged on any node before the call.
     pub async fn read_state(
         &self,
         identity: &Identity,
         topic: &str,
     ) -> Result<BTreeMap<String, Entry>, StateError> {
-        self.shared.state.read(self, identity, topic).await
+        self.shared.state.read(self, identity, topic, true).await
+    }
+
+    /// [`Hub::read_state`] without catching up with the engine: for a
+    /// second read in the request of one that did.
+    pub(crate) async fn read_state_held(
+        &self,
+        identity: &Identity,
+        topic: &str,
+    ) -> Result<BTreeMap<String, Entry>, StateError> {
+        self.shared.state.read(self, identity, topic, false).await
     }
 
     /// The next page of a fresh stream's state snapshot (see

@@ -124,6 +124,16 @@ impl<'a> RecordHead<&'a str> {
     }
 }
 
+/// Just past the JSON value that starts at `start`, written compact as
+/// serde_json writes it; `None` on anything else. A NATS read steps over
+/// the events of a batch it does not want with it.
+#[cfg(feature = "nats")]
+pub(crate) fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut scanner = Scanner { bytes, at: start };
+    scanner.skip_value(0)?;
+    Some(scanner.at)
+}
+
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,

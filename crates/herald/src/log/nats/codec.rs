@@ -56,9 +56,9 @@ pub(super) fn batch_events(
 /// Where each event of a batch lies in `payload`, found without a JSON
 /// parser when the payload has the shape Herald writes: `{"events":[`,
 /// objects separated by commas, `]`, then `}` or `,"controls":[…]}`, no
-/// whitespace between. `None` on any other shape. Inside an event only
-/// strings (with their escapes) and brackets are followed; what is wanted
-/// is parsed afterwards, in full.
+/// whitespace between. `None` on any other shape. Each event is stepped
+/// over by the journal's head scanner; what is wanted is parsed
+/// afterwards, in full.
 fn event_spans(payload: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
     const HEAD: &[u8] = b"{\"events\":[";
     const CONTROLS: &[u8] = b",\"controls\":[";
@@ -74,7 +74,7 @@ fn event_spans(payload: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
             if payload.get(at) != Some(&b'{') {
                 return None;
             }
-            let end = object_end(payload, at)?;
+            let end = crate::log::head::value_end(payload, at)?;
             spans.push(at..end);
             at = end + 1;
             match payload.get(end)? {
@@ -87,36 +87,6 @@ fn event_spans(payload: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
     let rest = &payload[at..];
     let ends = rest == b"}" || (rest.starts_with(CONTROLS) && rest.ends_with(b"]}"));
     ends.then_some(spans)
-}
-
-/// Just past the object that opens at `start`. Outside strings, a plain
-/// loop over the bytes (they are few: keys and values are mostly
-/// strings); strings are crossed with `memchr`.
-fn object_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut at = start;
-    loop {
-        match *bytes.get(at)? {
-            b'"' => loop {
-                // To the closing quote, over escapes.
-                at += 1;
-                at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
-                if bytes[at] == b'"' {
-                    break;
-                }
-                at += 1;
-            },
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(at + 1);
-                }
-            }
-            _ => {}
-        }
-        at += 1;
-    }
 }
 
 /// The batch object: `events` through [`Picks`], the rest skipped.
