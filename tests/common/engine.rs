@@ -169,6 +169,14 @@ impl Engine {
         }
     }
 
+    /// A hub node on this engine without a data directory (`--memory`): it
+    /// keeps no copy of the log and reads cold events from the engine.
+    pub fn diskless_node(&self, settings: &[&str]) -> HubProcess {
+        let url = self.url();
+        HubProcess::spawn(None, settings, &["--cluster", &url], &[])
+            .unwrap_or_else(|logs| panic!("the node did not start:\n{logs}"))
+    }
+
     /// A hub node on this engine, with its own data directory.
     pub fn node(&self, settings: &[&str]) -> HubProcess {
         let dir = self.dir.join(format!("node-{}", unique()));

@@ -131,6 +131,7 @@ impl Hub {
                 name if !name.is_empty() => name.clone(),
                 _ => format!("node-{:08x}", fastrand::u32(..)),
             },
+            data_dir: (!config.memory).then(|| config.data_dir.clone()),
         };
         tracing::info!(node = options.node, "this node's name in the cluster");
         let settings = history_settings(&config);

@@ -36,6 +36,9 @@ pub(crate) struct ClusterOptions {
     pub apply_timeout: Duration,
     /// This node's name (`/v1/stats`, presence).
     pub node: String,
+    /// Where this node keeps its copy of the log (`data_dir`; none with
+    /// `memory = true`: cold events are then read from the engine).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a clustered log could not start.

@@ -317,6 +317,9 @@ pub(crate) struct Journal {
     reserved: u64,
     /// A failed write left bytes that could not be cut off: no more writes.
     damaged: bool,
+    /// A copy of a log held elsewhere ([`Journal::open_copy`]): nothing is
+    /// synced and no mark is written.
+    copy: bool,
     files: Arc<Segments>,
 }
 
@@ -479,6 +482,7 @@ impl Journal {
             floor,
             reserved,
             damaged: false,
+            copy: false,
             files,
         };
         Ok((
@@ -490,6 +494,22 @@ impl Journal {
                 reserved,
             },
         ))
+    }
+
+    /// An empty journal in `dir` (what it held is deleted) that copies a
+    /// log kept elsewhere, a cluster engine's, so that cold events are read
+    /// back from this disk: nothing is synced, and neither `reserved` nor
+    /// `floor` is written, since ids come from the engine and a copy left
+    /// by a crash is never read, only deleted by the next open.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn open_copy(dir: &Path) -> Result<Journal, JournalError> {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
+            _ => {}
+        }
+        let (mut journal, _) = Journal::open(dir, |_, _| {})?;
+        journal.copy = true;
+        Ok(journal)
     }
 
     /// The segment files, for reading events back.
@@ -511,7 +531,7 @@ impl Journal {
             self.roll(first.as_ref().id)?;
         }
         let top = events.last().map_or(0, |e| e.as_ref().id.0);
-        if top > self.reserved {
+        if top > self.reserved && !self.copy {
             let mark = top.saturating_add(RESERVE_STEP);
             write_number(&self.dir, "reserved", mark)?;
             self.reserved = mark;
@@ -580,7 +600,9 @@ impl Journal {
                 .set_len(self.len)
                 .map_err(io_err(&self.current.path))?;
         }
-        blocking::sync_all(&self.file).map_err(io_err(&self.current.path))?;
+        if !self.copy {
+            blocking::sync_all(&self.file).map_err(io_err(&self.current.path))?;
+        }
         let path = self.dir.join(segment_name(next.0));
         let file = OpenOptions::new()
             .create(true)
@@ -588,7 +610,9 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        sync_dir(&self.dir)?;
+        if !self.copy {
+            sync_dir(&self.dir)?;
+        }
         self.files.add(next.0, &path)?;
         let old = std::mem::replace(
             &mut self.current,
@@ -619,12 +643,16 @@ impl Journal {
         let floor = self.closed[retire - 1].last_id.max(self.floor);
         // The floor is durable before any file goes: a crash in between
         // leaves files below the floor, which recovery reads harmlessly.
-        write_number(&self.dir, "floor", floor)?;
+        if !self.copy {
+            write_number(&self.dir, "floor", floor)?;
+        }
         for segment in self.closed.drain(..retire) {
             self.files.remove(segment.first_id);
             fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
         }
-        sync_dir(&self.dir)?;
+        if !self.copy {
+            sync_dir(&self.dir)?;
+        }
         self.floor = floor;
         Ok(Some(floor))
     }

@@ -448,6 +448,7 @@ pub(super) fn standalone_decoder(
         connect_timeout: Duration::from_secs(1),
         apply_timeout: Duration::from_secs(1),
         node: node.into(),
+        data_dir: None,
     };
     Decoder::new(first_id, &settings, &options, 0)
 }

@@ -225,7 +225,12 @@ impl NatsLog {
             true => base + first_seq * step - 1,
             false => 0,
         };
-        let replica = Arc::new(Replica::new(settings, base + step, floor));
+        let replica = Arc::new(Replica::new(
+            settings,
+            base + step,
+            floor,
+            options.data_dir.as_deref(),
+        ));
         let decoder = Arc::new(Mutex::new(Decoder::new(
             base,
             &settings,

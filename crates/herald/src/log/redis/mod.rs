@@ -167,7 +167,7 @@ impl RedisLog {
             }
         };
         let first: u64 = first.parse().unwrap_or(1);
-        let replica = Replica::new(settings, first, floor);
+        let replica = Replica::new(settings, first, floor, options.data_dir.as_deref());
         let mut after = "-".to_owned();
         let mut loaded = 0usize;
         loop {
