@@ -140,6 +140,54 @@ impl From<FlatRecord> for Record {
     }
 }
 
+/// A [`Record`] as it is written, borrowing the event's fields: the same
+/// JSON, byte for byte, without copying the event into a draft first.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    id: u64,
+    ts: u64,
+    topics: &'a [crate::values::topic::Topic],
+    event_type: Option<&'a str>,
+    data: &'a str,
+    target: &'a crate::values::event::Target,
+    ttl_secs: Option<u64>,
+    coalesce_key: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    require_ack: bool,
+}
+
+impl<'a> RecordRef<'a> {
+    fn of(event: &'a Event) -> RecordRef<'a> {
+        RecordRef {
+            id: event.id.0,
+            ts: event.published_at_ms,
+            topics: &event.topics,
+            event_type: event.event_type.as_deref(),
+            data: &event.data,
+            target: &event.target,
+            ttl_secs: event
+                .expires_at_ms
+                .map(|e| (e - event.published_at_ms) / 1000),
+            coalesce_key: event.coalesce_key.as_deref(),
+            idempotency_key: event.idempotency_key.as_deref(),
+            require_ack: event.require_ack,
+        }
+    }
+}
+
+/// Appends `event` to `out` as one record (see [`frame`]), its JSON
+/// written in place.
+fn frame_event(event: &Event, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    serde_json::to_writer(&mut *out, &RecordRef::of(event)).expect("events serialize");
+    let body = &out[start + HEADER..];
+    let (len, crc) = (body.len() as u32, crc32fast::hash(body));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
 impl Record {
     pub(crate) fn of(event: &Event) -> Record {
         Record {
@@ -540,10 +588,8 @@ impl Journal {
         let mut places = Vec::with_capacity(events.len());
         for event in events {
             let event = event.as_ref();
-            let record = Record::of(event);
-            let body = serde_json::to_vec(&record).expect("events serialize");
             let start = buf.len();
-            frame(&body, &mut buf);
+            frame_event(event, &mut buf);
             places.push(Place {
                 offset: (self.len + start as u64) as u32,
                 len: (buf.len() - start) as u32,
@@ -909,6 +955,41 @@ mod tests {
             ..Default::default()
         };
         Arc::new(Event::commit(draft, EventId(id), 1000 + id))
+    }
+
+    /// A record is written from the event's own fields; its bytes are what
+    /// serializing the owned [`Record`] gives, for every field set or not.
+    #[test]
+    fn records_are_written_as_the_owned_record_serializes() {
+        let mut filter = serde_json::Map::new();
+        filter.insert("plan".into(), serde_json::json!(["pro", "team"]));
+        let full = EventDraft {
+            topics: vec![Topic::new("a/b").unwrap(), Topic::new("c").unwrap()],
+            event_type: Some("tick \"x\"".into()),
+            data: "line\nnext \u{1} é".into(),
+            target: crate::values::event::Target {
+                users: vec!["ann".into()],
+                connections: vec!["c1".into()],
+                broadcast: true,
+                filter: Some(filter),
+            },
+            ttl_secs: Some(30),
+            coalesce_key: Some("k".into()),
+            idempotency_key: Some("i".into()),
+            require_ack: true,
+        };
+        for draft in [EventDraft::default(), full] {
+            let event = Event::commit(draft, EventId(7), 1_700_000_000_123);
+            let mut framed = Vec::new();
+            frame_event(&event, &mut framed);
+            let mut want = Vec::new();
+            frame(&serde_json::to_vec(&Record::of(&event)).unwrap(), &mut want);
+            assert_eq!(
+                String::from_utf8_lossy(&framed),
+                String::from_utf8_lossy(&want)
+            );
+            assert_eq!(framed, want);
+        }
     }
 
     #[test]

@@ -163,7 +163,8 @@ fn bears_on_inboxes(entry: &Entry) -> bool {
 impl Replica {
     /// An empty replica of a log whose ids start at `first_id`, with
     /// everything at or below `floor` already gone from the engine; it
-    /// keeps a copy of the log in `data_dir`, if given and usable.
+    /// keeps a copy of the log in `data_dir`, if given and usable, unless
+    /// all of history fits the hot window.
     pub(super) fn new(
         settings: MemoryLogSettings,
         first_id: u64,
@@ -174,6 +175,9 @@ impl Replica {
         inner.set_floor(floor);
         inner.cool_unplaced();
         let head = inner.head();
+        // With a hot window as large as history may grow, nothing ever
+        // turns cold: a copy would never be read.
+        let data_dir = data_dir.filter(|_| settings.hot_bytes < settings.max_bytes);
         let copy = data_dir.and_then(|dir| match Copy::open(dir) {
             Ok(copy) => Some(copy),
             Err(err) => {
