@@ -810,6 +810,42 @@ async fn history_beyond_the_hot_window(kind: Kind) {
     assert_eq!(events_until(&mut resumed, "end").await, replayed(true));
 }
 
+/// A node whose copy of the log stops fitting on its disk (a file size
+/// limit, failing as a full disk does) says so once and reads what it
+/// could not copy from the engine: a resume replays everything, in order,
+/// part from the copy and part from the engine.
+async fn a_full_disk_sends_cold_reads_to_the_engine(kind: Kind) {
+    let Some(engine) = Engine::start(kind) else {
+        return;
+    };
+    let node = engine.node_with_file_limit(&["history.hot_bytes=0"], 32 * 1024);
+    let mut published = Vec::new();
+    for i in 0..100 {
+        let data = format!("{i:03} {}", "x".repeat(500));
+        published.push(publish_data(&node, "full", data).await);
+    }
+    published.push(publish_data(&node, "full", "end".into()).await);
+    node.wait_for_log(&["could not copy the log"]).await;
+    let mut resumed = resume(&node, "topic=full", &published[0].0).await;
+    assert_eq!(messages_until(&mut resumed, "end").await, published[1..]);
+    let warnings = node
+        .logs()
+        .iter()
+        .filter(|l| l.contains("could not copy the log"))
+        .count();
+    assert_eq!(warnings, 1, "said once, not at every write");
+}
+
+#[tokio::test]
+async fn redis_a_full_disk_sends_cold_reads_to_the_engine() {
+    a_full_disk_sends_cold_reads_to_the_engine(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_a_full_disk_sends_cold_reads_to_the_engine() {
+    a_full_disk_sends_cold_reads_to_the_engine(Kind::Nats).await;
+}
+
 #[tokio::test]
 async fn redis_history_beyond_the_hot_window() {
     history_beyond_the_hot_window(Kind::Redis).await;

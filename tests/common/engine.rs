@@ -177,6 +177,15 @@ impl Engine {
             .unwrap_or_else(|logs| panic!("the node did not start:\n{logs}"))
     }
 
+    /// A hub node on this engine whose files may grow to `bytes` at most
+    /// (`ulimit -f`): its copy of the log fails as on a full disk.
+    pub fn node_with_file_limit(&self, settings: &[&str], bytes: u64) -> HubProcess {
+        let dir = self.dir.join(format!("node-{}", unique()));
+        let url = self.url();
+        HubProcess::spawn_with_file_limit(&dir, settings, &["--cluster", &url], bytes)
+            .unwrap_or_else(|logs| panic!("the node did not start:\n{logs}"))
+    }
+
     /// A hub node on this engine, with its own data directory.
     pub fn node(&self, settings: &[&str]) -> HubProcess {
         let dir = self.dir.join(format!("node-{}", unique()));

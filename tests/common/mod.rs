@@ -57,6 +57,18 @@ impl HubProcess {
         settings: &[&str],
         bytes: u64,
     ) -> HubProcess {
+        Self::spawn_with_file_limit(data_dir, settings, &[], bytes)
+            .expect("herald did not say where it listens")
+    }
+
+    /// [`HubProcess::start_with_file_limit`] with more arguments; `Err` with
+    /// its output when it exits instead.
+    pub fn spawn_with_file_limit(
+        data_dir: &std::path::Path,
+        settings: &[&str],
+        args: &[&str],
+        bytes: u64,
+    ) -> Result<HubProcess, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         use std::os::unix::process::CommandExt;
         // SAFETY: only async-signal-safe setrlimit between fork and exec.
@@ -72,8 +84,7 @@ impl HubProcess {
                 }
             });
         }
-        Self::spawn_command(cmd, Some(data_dir), settings, &[], &[])
-            .expect("herald did not say where it listens")
+        Self::spawn_command(cmd, Some(data_dir), settings, args, &[])
     }
 
     /// Starts the hub; `Err` with its output when it exits instead.

@@ -18,6 +18,10 @@
 //! keeps only the place of events older than its hot window and reads them
 //! back through [`Segments`] when asked for them.
 //!
+//! A cluster node keeps the same files as its copy of the engine's log
+//! ([`Journal::open_copy`]): written the same way, but never synced and
+//! without marks, since the engine is the store of record.
+//!
 //! With syncing on, the open segment keeps [`ZERO_AHEAD`] bytes of zeros,
 //! written and synced, past its last record: a batch then overwrites blocks
 //! the file already has, and its `fdatasync` writes those blocks alone,
