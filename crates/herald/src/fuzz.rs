@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::log::journal::{decode_records, frame, Record};
+use crate::log::journal::{decode_records, frame, frame_event};
 use crate::log::Control;
 use crate::values::event::{Event, EventDraft, EventId};
 
@@ -59,10 +59,7 @@ pub fn journal_segment(bytes: &[u8]) {
     assert!(end <= bytes.len());
     let mut again = Vec::new();
     for event in &events {
-        frame(
-            &serde_json::to_vec(&Record::of(event)).expect("records encode"),
-            &mut again,
-        );
+        frame_event(event, &mut again);
     }
     let mut back = Vec::new();
     let (end, _) = decode_records(&again, &mut back, Path::new("fuzz"));

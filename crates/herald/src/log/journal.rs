@@ -181,15 +181,12 @@ impl<'a> RecordRef<'a> {
 }
 
 /// Appends `event` to `out` as one record (see [`frame`]), its JSON
-/// written in place.
-fn frame_event(event: &Event, out: &mut Vec<u8>) {
+/// written in place: what the journal writes.
+pub(crate) fn frame_event(event: &Event, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     serde_json::to_writer(&mut *out, &RecordRef::of(event)).expect("events serialize");
-    let body = &out[start + HEADER..];
-    let (len, crc) = (body.len() as u32, crc32fast::hash(body));
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    seal(out, start);
 }
 
 impl Record {
@@ -852,9 +849,19 @@ fn decode_placed(
 
 /// Appends `body` to `out` as one record: length, CRC-32, body.
 pub(crate) fn frame(body: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(body);
+    seal(out, start);
+}
+
+/// Fills in the header of the record that starts at `start` and runs to
+/// the end of `out`, from its body.
+fn seal(out: &mut [u8], start: usize) {
+    let body = &out[start + HEADER..];
+    let (len, crc) = (body.len() as u32, crc32fast::hash(body));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The body of one whole, undamaged record at the start of `bytes`, and

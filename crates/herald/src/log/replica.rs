@@ -44,12 +44,12 @@ pub(crate) struct Replica {
     /// sink at attach.
     recovered: Mutex<Vec<Entry>>,
     /// This node's copy of the log, if it keeps one.
-    copy: Option<Copy>,
+    copy: Option<LogCopy>,
 }
 
 /// A node's copy of the log on its own disk: written by whoever applies
 /// entries (the tail, one task), read by any read.
-struct Copy {
+struct LogCopy {
     journal: Mutex<Journal>,
     files: Arc<Segments>,
     /// The last write failed (said once, not at every write).
@@ -58,11 +58,11 @@ struct Copy {
     _lock: std::fs::File,
 }
 
-impl Copy {
+impl LogCopy {
     /// Opens a copy in `data_dir`: the first of `replica`, `replica-2`, …
     /// that no other process holds (several nodes may share a data
     /// directory), emptied.
-    fn open(data_dir: &Path) -> std::io::Result<Copy> {
+    fn open(data_dir: &Path) -> std::io::Result<LogCopy> {
         for n in 1..=64 {
             let dir = match n {
                 1 => data_dir.join("replica"),
@@ -81,7 +81,7 @@ impl Copy {
             // the disk.
             let journal = crate::blocking::at_start(|| Journal::open_copy(&dir.join("log")))
                 .map_err(std::io::Error::other)?;
-            return Ok(Copy {
+            return Ok(LogCopy {
                 files: journal.files(),
                 journal: Mutex::new(journal),
                 failing: Default::default(),
@@ -178,7 +178,7 @@ impl Replica {
         // With a hot window as large as history may grow, nothing ever
         // turns cold: a copy would never be read.
         let data_dir = data_dir.filter(|_| settings.hot_bytes < settings.max_bytes);
-        let copy = data_dir.and_then(|dir| match Copy::open(dir) {
+        let copy = data_dir.and_then(|dir| match LogCopy::open(dir) {
             Ok(copy) => Some(copy),
             Err(err) => {
                 tracing::warn!(dir = %dir.display(), %err, "cannot keep a copy of the log in the data directory; cold events are read from the engine");
